@@ -1,0 +1,395 @@
+"""The application service: the ledger's public API for commands and reads.
+
+    ledger = open_ledger("ledger.db")              # or "postgresql://..."; default ./ledger.db
+    order = ledger.submit(SubmitOrder(...))         # durable when it returns
+    ledger.record(RecordAccepted(order_id=order.id, broker_order_id="2411..."))
+    ledger.record(RecordFill(order_id=order.id, trade_id="T1", ...))
+    ledger.get_order(order.id)                      # now, at_version=N, or as_of=instant
+
+Each command loads the order, lets it decide, and saves the new events in one transaction.
+If another writer saved a new version of the same order first (the store refuses a second
+event at the same version), the command reloads the order and decides again, a bounded
+number of times: no update is lost, and none is applied twice.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final
+from uuid import UUID
+
+from eventsourcing.application import AggregateNotFoundError, Application
+from eventsourcing.persistence import IntegrityError, JSONTranscoder
+from eventsourcing.utils import EnvType
+
+from ledger.commands import (
+    BrokerUpdate,
+    CancelOrder,
+    ModifyOrder,
+    RecordAccepted,
+    RecordCancelled,
+    RecordCancelRejected,
+    RecordExpired,
+    RecordFill,
+    RecordModified,
+    RecordModifyRejected,
+    RecordRejected,
+    RecordTriggered,
+    SubmitOrder,
+)
+from ledger.domain.errors import (
+    ClientOrderIdReused,
+    ConcurrencyConflict,
+    InvalidCommand,
+    OrderNotFound,
+    Problem,
+)
+from ledger.domain.identity import order_id_for, tag_for
+from ledger.domain.order import Order
+from ledger.domain.status import OrderStatus
+from ledger.domain.values import InstrumentRef
+from ledger.instruments import InstrumentCatalog
+from ledger.persistence import StorageSettings, guard_environment, register_ledger_transcodings
+
+Clock = Callable[[], datetime]
+DEFAULT_MAX_ATTEMPTS: Final = 8
+_PAGE: Final = 1000
+
+
+def utc_now() -> datetime:
+    """The default clock."""
+    return datetime.now(UTC)
+
+
+class OrderLedger(Application[UUID]):
+    """Orders as event-sourced aggregates, with commands and reads.
+
+    Build one with `open_ledger`; it needs `close()` (or a `with` block) when done.
+    """
+
+    name = "orders"
+
+    def __init__(
+        self,
+        env: EnvType | None = None,
+        *,
+        instruments: InstrumentCatalog | None = None,
+        clock: Clock = utc_now,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        storage: StorageSettings | None = None,
+    ) -> None:
+        if max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
+        self.instruments = instruments if instruments is not None else InstrumentCatalog.default()
+        self.clock = clock
+        self.max_attempts = max_attempts
+        self.storage = storage
+        super().__init__(env)
+
+    def construct_env(self, name: str, env: EnvType | None = None) -> Any:
+        environment = super().construct_env(name, env)
+        guard_environment(environment, name)
+        return environment
+
+    def register_transcodings(self, transcoder: JSONTranscoder) -> None:
+        super().register_transcodings(transcoder)
+        register_ledger_transcodings(transcoder)
+
+    # ------------------------------------------------------------------ commands
+
+    def submit(self, command: SubmitOrder) -> Order:
+        """Record a new order (`Submitted`), durable when this returns.
+
+        Submitting the same (account, client_order_id) again returns the order already
+        made and writes nothing; with different terms it raises `ClientOrderIdReused`.
+        """
+        instrument = self.instruments.get(command.instrument)
+        order_id = order_id_for(command.account, command.client_order_id)
+        for _attempt in range(self.max_attempts):
+            existing = self._get_or_none(order_id)
+            if existing is not None:
+                differences = _differences(existing, command)
+                if differences:
+                    raise ClientOrderIdReused(command.account, command.client_order_id, differences)
+                return existing
+            order = Order.submit(
+                account=command.account,
+                client_order_id=command.client_order_id,
+                instrument=instrument,
+                side=command.side,
+                quantity=command.quantity,
+                order_type=command.order_type,
+                product=command.product,
+                variety=command.variety,
+                validity=command.validity,
+                validity_ttl=command.validity_ttl,
+                price=command.price,
+                trigger_price=command.trigger_price,
+                disclosed_quantity=command.disclosed_quantity,
+                market_protection=command.market_protection,
+                tag=command.tag or tag_for(order_id),
+                strategy=command.strategy,
+                reference_price=command.reference_price,
+                actor=command.actor,
+                at=self._now(),
+            )
+            try:
+                self.save(order)
+            except IntegrityError:
+                continue  # a concurrent submission of the same id won; return its order
+            return order
+        raise ConcurrencyConflict(order_id, self.max_attempts)
+
+    def request_modify(self, command: ModifyOrder) -> Order:
+        """Record a modification request (`ModifyRequested`) for the broker to carry out."""
+        return self._execute(
+            command.order_id,
+            lambda order, at: order.request_modify(command.changes, actor=command.actor, at=at),
+        )
+
+    def request_cancel(self, command: CancelOrder) -> Order:
+        """Record a cancellation request (`CancelRequested`) for the broker to carry out."""
+        return self._execute(
+            command.order_id,
+            lambda order, at: order.request_cancel(command.reason, actor=command.actor, at=at),
+        )
+
+    def record(self, update: BrokerUpdate) -> Order:
+        """Record what the broker said about an order.
+
+        Updates the order already reflects (a repeated notice, a fill already recorded
+        under the same trade id) write nothing: the returned order's version is unchanged.
+        """
+        return self._execute(update.order_id, lambda order, at: _apply_update(order, update, at))
+
+    # ------------------------------------------------------------------ reads
+
+    def get_order(
+        self,
+        order_id: UUID,
+        *,
+        at_version: int | None = None,
+        as_of: datetime | None = None,
+    ) -> Order:
+        """An order now, as it was at version `at_version`, or as it stood at `as_of`
+        (by the ledger's record time)."""
+        if at_version is not None and as_of is not None:
+            raise InvalidCommand(
+                "GetOrder", [Problem("at_version", "give at_version or as_of, not both")]
+            )
+        if as_of is not None:
+            if as_of.tzinfo is None or as_of.utcoffset() is None:
+                raise InvalidCommand("GetOrder", [Problem("as_of", "must be timezone-aware")])
+            at_version = self._version_as_of(order_id, as_of)
+        if at_version is not None and at_version < 1:
+            raise InvalidCommand("GetOrder", [Problem("at_version", "must be 1 or more")])
+        try:
+            order: object = self.repository.get(order_id, version=at_version)
+        except AggregateNotFoundError:
+            raise OrderNotFound(order_id) from None
+        if not isinstance(order, Order):
+            raise OrderNotFound(order_id, "(the id names something else)")
+        if at_version is not None and order.version < at_version:
+            raise OrderNotFound(order_id, f"at version {at_version} (latest is {order.version})")
+        return order
+
+    def find_order(self, account: str, client_order_id: str) -> Order:
+        """The order a strategy knows by its own client order id."""
+        return self.get_order(order_id_for(account, client_order_id))
+
+    def history(self, order_id: UUID) -> list[Order.Event]:
+        """Every event of the order, oldest first."""
+        events = [e for e in self.events.get(order_id) if isinstance(e, Order.Event)]
+        if not events:
+            raise OrderNotFound(order_id)
+        return events
+
+    def list_orders(
+        self,
+        *,
+        status: OrderStatus | None = None,
+        instrument: InstrumentRef | None = None,
+        account: str | None = None,
+        strategy: str | None = None,
+    ) -> list[Order]:
+        """Orders matching every filter given, in the order they were submitted.
+
+        Reads the whole log once and folds it: fine for a day's or a month's orders.
+        The projections package keeps an indexed order view for larger ledgers.
+        """
+        orders = [
+            order
+            for order in self.all_orders()
+            if (status is None or order.status is status)
+            and (instrument is None or order.instrument == instrument)
+            and (account is None or order.account == account)
+            and (strategy is None or order.strategy == strategy)
+        ]
+        return orders
+
+    def all_orders(self) -> list[Order]:
+        """Every order, rebuilt from one pass over the log, in submission order."""
+        events_by_order: dict[UUID, list[Order.Event]] = defaultdict(list)
+        for event in self.iter_log():
+            events_by_order[event.originator_id].append(event)
+        orders: list[Order] = []
+        for events in events_by_order.values():
+            aggregate: Order | None = None
+            for event in events:
+                aggregate = event.mutate(aggregate)
+            if aggregate is not None:
+                orders.append(aggregate)
+        return orders
+
+    def iter_log(self, *, after: int = 0) -> Iterator[Order.Event]:
+        """Every order event in log (commit) order, after notification id `after`."""
+        position = after
+        while True:
+            notifications = self.recorder.select_notifications(
+                start=position, limit=_PAGE, inclusive_of_start=False
+            )
+            if not notifications:
+                return
+            for notification in notifications:
+                event = self.mapper.to_domain_event(notification)
+                if isinstance(event, Order.Event):
+                    yield event
+            position = notifications[-1].id
+
+    def count_events(self) -> int:
+        """How many events the log holds (a cheap check that a refusal wrote nothing)."""
+        return sum(1 for _ in self.iter_log())
+
+    # ------------------------------------------------------------------ internals
+
+    def _now(self) -> datetime:
+        now = self.clock()
+        if now.tzinfo is None or now.utcoffset() is None:
+            raise ValueError("the ledger's clock must return timezone-aware datetimes")
+        return now
+
+    def _get_or_none(self, order_id: UUID) -> Order | None:
+        try:
+            return self.get_order(order_id)
+        except OrderNotFound:
+            return None
+
+    def _execute(self, order_id: UUID, decide: Callable[[Order, datetime], object]) -> Order:
+        """Load, decide, save; on a version conflict reload and decide again."""
+        for _attempt in range(self.max_attempts):
+            order = self.get_order(order_id)
+            decide(order, self._now())
+            if not order.pending_events:
+                return order
+            try:
+                self.save(order)
+            except IntegrityError:
+                continue
+            return order
+        raise ConcurrencyConflict(order_id, self.max_attempts)
+
+    def _version_as_of(self, order_id: UUID, as_of: datetime) -> int:
+        version = 0
+        for event in self.events.get(order_id):
+            if not isinstance(event, Order.Event) or event.timestamp > as_of:
+                break
+            version = event.originator_version
+        if version == 0:
+            if not any(True for _ in self.events.get(order_id, limit=1)):
+                raise OrderNotFound(order_id)
+            raise OrderNotFound(order_id, f"as of {as_of.isoformat()} (it was submitted later)")
+        return version
+
+
+def _apply_update(order: Order, update: BrokerUpdate, at: datetime) -> bool:
+    source = update.source
+    match update:
+        case RecordAccepted():
+            return order.accept(
+                update.broker_order_id,
+                exchange_order_id=update.exchange_order_id,
+                broker_timestamp=update.broker_timestamp,
+                source=source,
+                at=at,
+            )
+        case RecordRejected():
+            return order.reject(
+                update.reason, source=source, broker_timestamp=update.broker_timestamp, at=at
+            )
+        case RecordModified():
+            return order.record_modified(
+                update.changes, source=source, broker_timestamp=update.broker_timestamp, at=at
+            )
+        case RecordModifyRejected():
+            return order.reject_modify(update.reason, source=source, at=at)
+        case RecordTriggered():
+            return order.trigger(update.triggered_at, source=source, at=at)
+        case RecordFill():
+            return order.fill(
+                update.trade_id,
+                instrument=update.instrument,
+                quantity=update.quantity,
+                price=update.price,
+                exchange_timestamp=update.exchange_timestamp,
+                source=source,
+                charges=update.charges,
+                at=at,
+            )
+        case RecordCancelled():
+            return order.record_cancelled(
+                update.reason, source=source, broker_timestamp=update.broker_timestamp, at=at
+            )
+        case RecordCancelRejected():
+            return order.reject_cancel(update.reason, source=source, at=at)
+        case RecordExpired():
+            return order.expire(update.reason, source=source, at=at)
+
+
+def _differences(order: Order, command: SubmitOrder) -> list[str]:
+    """Which submitted terms differ between an existing order and a repeated submission."""
+    expected = {
+        "instrument": command.instrument,
+        "side": command.side,
+        "quantity": command.quantity,
+        "order_type": command.order_type,
+        "product": command.product,
+        "variety": command.variety,
+        "validity": command.validity,
+        "price": command.price,
+        "trigger_price": command.trigger_price,
+        "strategy": command.strategy,
+    }
+    # Compared with what was first submitted, not with the terms as modified since:
+    # the strategy is retrying the same submission.
+    first = order.submitted_terms
+    return [name for name, value in expected.items() if first.get(name) != value]
+
+
+def open_ledger(
+    url: str | Path | None = None,
+    *,
+    instruments: InstrumentCatalog | str | Path | None = None,
+    clock: Clock = utc_now,
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+) -> OrderLedger:
+    """Open the ledger on a SQLite file or PostgreSQL URL (default: `LEDGER_DATABASE_URL`,
+    else `./ledger.db`). Creates tables (and the PostgreSQL schema) if missing."""
+    storage = StorageSettings.from_url(url)
+    storage.prepare()
+    catalog = (
+        instruments
+        if isinstance(instruments, InstrumentCatalog)
+        else InstrumentCatalog.from_csv(instruments)
+        if instruments is not None
+        else None
+    )
+    return OrderLedger(
+        dict(storage.env),
+        instruments=catalog,
+        clock=clock,
+        max_attempts=max_attempts,
+        storage=storage,
+    )

@@ -1,0 +1,305 @@
+"""Commands: what strategies, the CLI and the broker gateway ask the ledger to do.
+
+These pydantic models are the boundary. Building one validates it: types, enums, money
+(Decimal, int or a decimal string: never a float), timezone-aware times, and every order
+rule that needs no reference data. A bad command raises `InvalidCommand`, which names each
+field and the rule it broke, before anything could be written.
+
+Commands are imperative (`SubmitOrder`); the events they lead to are in the past tense
+(`Order.Submitted`).
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Annotated, Any, Literal, Self
+from uuid import UUID
+
+import pydantic
+from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field
+
+from ledger.domain.errors import InvalidCommand, Problem
+from ledger.domain.rules import OrderTerms, check_terms
+from ledger.domain.values import (
+    Exchange,
+    InstrumentRef,
+    OrderChanges,
+    OrderType,
+    Product,
+    Side,
+    Source,
+    Validity,
+    Variety,
+)
+
+
+def _refuse_float(value: object) -> object:
+    if isinstance(value, float):
+        raise ValueError(
+            f"must be a Decimal, an int or a decimal string, not the float {value!r}"
+            " (floats cannot hold amounts like 0.05 exactly)"
+        )
+    return value
+
+
+#: An exact amount of money. Floats are refused; "812.35" and Decimal("812.35") are not.
+Money = Annotated[
+    Decimal,
+    BeforeValidator(_refuse_float),
+    Field(allow_inf_nan=False),
+]
+Quantity = Annotated[int, Field(strict=False)]
+Text = Annotated[str, Field(min_length=1, max_length=200)]
+
+
+class Command(BaseModel):
+    """Base of every command: frozen, no unknown fields, domain errors on bad input."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", str_strip_whitespace=True)
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except pydantic.ValidationError as error:
+            raise InvalidCommand(
+                type(self).__name__,
+                [
+                    Problem(
+                        ".".join(str(part) for part in e["loc"]) or "command",
+                        e["msg"].removeprefix("Value error, "),
+                    )
+                    for e in error.errors()
+                ],
+            ) from None
+        problems = self.problems()
+        if problems:
+            raise InvalidCommand(type(self).__name__, problems)
+
+    def problems(self) -> list[Problem]:
+        """Rules across fields; subclasses add theirs."""
+        return []
+
+    @classmethod
+    def parse(cls, data: dict[str, Any]) -> Self:
+        """Build from a mapping (JSON, CLI), with the same validation."""
+        return cls(**data)
+
+
+class SubmitOrder(Command):
+    """Create an order. Idempotent per (account, client_order_id)."""
+
+    account: Text
+    client_order_id: Annotated[str, Field(min_length=1, max_length=64)]
+    exchange: Exchange
+    tradingsymbol: Annotated[str, Field(min_length=1, max_length=64)]
+    side: Side
+    quantity: Quantity
+    order_type: OrderType
+    product: Product
+    variety: Variety = Variety.REGULAR
+    validity: Validity = Validity.DAY
+    validity_ttl: int | None = None
+    price: Money | None = None
+    trigger_price: Money | None = None
+    disclosed_quantity: int = 0
+    market_protection: Money | None = None
+    tag: str | None = None
+    strategy: Text | None = None
+    reference_price: Money | None = None
+    actor: Text = "api"
+
+    @property
+    def instrument(self) -> InstrumentRef:
+        return InstrumentRef(self.exchange, self.tradingsymbol)
+
+    @property
+    def terms(self) -> OrderTerms:
+        return OrderTerms(
+            side=self.side,
+            quantity=self.quantity,
+            order_type=self.order_type,
+            variety=self.variety,
+            validity=self.validity,
+            validity_ttl=self.validity_ttl,
+            price=self.price,
+            trigger_price=self.trigger_price,
+            disclosed_quantity=self.disclosed_quantity,
+            market_protection=self.market_protection,
+            tag=self.tag,
+        )
+
+    def problems(self) -> list[Problem]:
+        problems = check_terms(self.terms)
+        if self.reference_price is not None and self.reference_price <= 0:
+            problems.append(
+                Problem("reference_price", f"must be a positive amount, got {self.reference_price}")
+            )
+        return problems
+
+
+class _OrderCommand(Command):
+    order_id: UUID
+
+
+class ModifyOrder(_OrderCommand):
+    """Ask the broker to change a working order. Unnamed fields stay as they are."""
+
+    quantity: int | None = None
+    price: Money | None = None
+    trigger_price: Money | None = None
+    order_type: OrderType | None = None
+    validity: Validity | None = None
+    disclosed_quantity: int | None = None
+    actor: Text = "api"
+
+    @property
+    def changes(self) -> OrderChanges:
+        return OrderChanges(
+            quantity=self.quantity,
+            price=self.price,
+            trigger_price=self.trigger_price,
+            order_type=self.order_type,
+            validity=self.validity,
+            disclosed_quantity=self.disclosed_quantity,
+        )
+
+    def problems(self) -> list[Problem]:
+        if self.changes.is_empty():
+            return [Problem("changes", "name at least one field to change")]
+        return []
+
+
+class CancelOrder(_OrderCommand):
+    """Ask the broker to cancel a working order."""
+
+    reason: Text | None = None
+    actor: Text = "api"
+
+
+# --------------------------------------------------------------------------- broker updates
+
+
+class _BrokerUpdate(_OrderCommand):
+    source: Source = Source.BROKER
+
+
+class RecordAccepted(_BrokerUpdate):
+    """Kite accepted the order and gave it an id."""
+
+    kind: Literal["accepted"] = "accepted"
+    broker_order_id: Annotated[str, Field(min_length=1, max_length=64)]
+    exchange_order_id: str | None = None
+    broker_timestamp: AwareDatetime | None = None
+
+
+class RecordRejected(_BrokerUpdate):
+    """The broker, the exchange or the ledger refused the order."""
+
+    kind: Literal["rejected"] = "rejected"
+    reason: Text
+    broker_timestamp: AwareDatetime | None = None
+
+
+class RecordModified(_BrokerUpdate):
+    """The broker changed the order (at our request or not)."""
+
+    kind: Literal["modified"] = "modified"
+    quantity: int | None = None
+    price: Money | None = None
+    trigger_price: Money | None = None
+    order_type: OrderType | None = None
+    validity: Validity | None = None
+    disclosed_quantity: int | None = None
+    broker_timestamp: AwareDatetime | None = None
+
+    @property
+    def changes(self) -> OrderChanges:
+        return OrderChanges(
+            quantity=self.quantity,
+            price=self.price,
+            trigger_price=self.trigger_price,
+            order_type=self.order_type,
+            validity=self.validity,
+            disclosed_quantity=self.disclosed_quantity,
+        )
+
+    def problems(self) -> list[Problem]:
+        if self.changes.is_empty():
+            return [Problem("changes", "name at least one changed field")]
+        return []
+
+
+class RecordModifyRejected(_BrokerUpdate):
+    """The broker refused a modification."""
+
+    kind: Literal["modify_rejected"] = "modify_rejected"
+    reason: Text
+
+
+class RecordTriggered(_BrokerUpdate):
+    """A stop order's trigger was hit."""
+
+    kind: Literal["triggered"] = "triggered"
+    triggered_at: AwareDatetime
+
+
+class RecordFill(_BrokerUpdate):
+    """A trade. Identified by (exchange, trade_id): reporting it again changes nothing."""
+
+    kind: Literal["filled"] = "filled"
+    trade_id: Annotated[str, Field(min_length=1, max_length=64)]
+    exchange: Exchange
+    tradingsymbol: Annotated[str, Field(min_length=1, max_length=64)]
+    quantity: int
+    price: Money
+    exchange_timestamp: AwareDatetime | None = None
+    charges: Money | None = None
+
+    @property
+    def instrument(self) -> InstrumentRef:
+        return InstrumentRef(self.exchange, self.tradingsymbol)
+
+    def problems(self) -> list[Problem]:
+        problems = []
+        if self.quantity <= 0:
+            problems.append(Problem("quantity", f"must be greater than 0, got {self.quantity}"))
+        if self.price <= 0:
+            problems.append(Problem("price", f"must be a positive amount, got {self.price}"))
+        if self.charges is not None and self.charges < 0:
+            problems.append(Problem("charges", f"must not be negative, got {self.charges}"))
+        return problems
+
+
+class RecordCancelled(_BrokerUpdate):
+    """The broker cancelled the order."""
+
+    kind: Literal["cancelled"] = "cancelled"
+    reason: Text | None = None
+    broker_timestamp: AwareDatetime | None = None
+
+
+class RecordCancelRejected(_BrokerUpdate):
+    """The broker refused a cancellation."""
+
+    kind: Literal["cancel_rejected"] = "cancel_rejected"
+    reason: Text
+
+
+class RecordExpired(_BrokerUpdate):
+    """The order lapsed (IOC remainder, TTL, end of day)."""
+
+    kind: Literal["expired"] = "expired"
+    reason: Text
+
+
+BrokerUpdate = (
+    RecordAccepted
+    | RecordRejected
+    | RecordModified
+    | RecordModifyRejected
+    | RecordTriggered
+    | RecordFill
+    | RecordCancelled
+    | RecordCancelRejected
+    | RecordExpired
+)

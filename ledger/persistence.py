@@ -1,0 +1,275 @@
+"""Where the log lives, and how events are written to it.
+
+`StorageSettings.from_url` turns a database URL into the `eventsourcing` environment:
+
+* a path (default `./ledger.db`) or `sqlite:///path`: one SQLite file, WAL journal (set
+  by the library), `synchronous` left at SQLite's FULL default so a commit is durable;
+* `postgresql://user[:password]@host[:port]/dbname[?schema=name]`: PostgreSQL through
+  `eventsourcing.postgres` with a connection pool, in a schema of its own (default
+  `kite_ledger`), created if missing.
+
+`POSTGRES_ENABLE_DB_FUNCTIONS` is forced off, and refused if someone turns it on: without
+the table lock it drops, readers that tail the log by notification id can miss events
+committed out of order.
+
+The transcoder learns the ledger's value types so that every event comes back from the log
+exactly as it went in: enums as the same member (not `str`), dates as `date`, nested values
+as their frozen dataclasses.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import date
+from enum import Enum
+from pathlib import Path
+from typing import Any, Final, Literal
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from eventsourcing.persistence import JSONTranscoder, Transcoding
+
+from ledger.domain.errors import LedgerError
+from ledger.domain.status import EventKind, OrderStatus
+from ledger.domain.values import (
+    Exchange,
+    InstrumentRef,
+    OrderChanges,
+    OrderType,
+    Product,
+    Side,
+    Source,
+    Validity,
+    Variety,
+)
+
+DEFAULT_DATABASE: Final = "./ledger.db"
+DEFAULT_SCHEMA: Final = "kite_ledger"
+DATABASE_URL_VARIABLE: Final = "LEDGER_DATABASE_URL"
+_FORBIDDEN_SETTING: Final = "POSTGRES_ENABLE_DB_FUNCTIONS"
+
+
+class StorageError(LedgerError, ValueError):
+    """The database URL or settings are unusable; the message says which part."""
+
+
+def _redact(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+        return parts._replace(netloc=netloc).geturl()
+    return url
+
+
+@dataclass(frozen=True)
+class StorageSettings:
+    """A parsed database location and the `eventsourcing` environment for it."""
+
+    backend: Literal["sqlite", "postgres"]
+    display: str  # the URL with any password removed, for messages and logs
+    env: Mapping[str, str] = field(repr=False)
+    sqlite_path: Path | None = None
+    postgres_schema: str | None = None
+    postgres_conninfo: str | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_url(cls, url: str | Path | None = None) -> StorageSettings:
+        """Parse `url`, or `LEDGER_DATABASE_URL`, or the default `./ledger.db`."""
+        text = str(url) if url is not None else os.environ.get(DATABASE_URL_VARIABLE, "")
+        text = text.strip() or DEFAULT_DATABASE
+        if text.startswith(("postgresql://", "postgres://")):
+            return cls._postgres(text)
+        if text.startswith("sqlite:"):
+            path_text = text.removeprefix("sqlite:")
+            path_text = path_text.removeprefix("//") if path_text.startswith("///") else path_text
+            return cls._sqlite(path_text)
+        if "://" in text:
+            scheme = text.split("://", 1)[0]
+            raise StorageError(
+                f"database URL: unsupported scheme {scheme!r} in {_redact(text)!r}"
+                " (use a file path, sqlite:///path or postgresql://user@host:port/dbname)"
+            )
+        return cls._sqlite(text)
+
+    @classmethod
+    def _sqlite(cls, path_text: str) -> StorageSettings:
+        if not path_text or path_text == ":memory:":
+            raise StorageError(
+                "database URL: give a file path for SQLite; an in-memory database"
+                " would lose the log when the process ends"
+            )
+        path = Path(path_text).expanduser()
+        if path.is_dir():
+            raise StorageError(f"database URL: {path} is a directory, not a database file")
+        if not path.parent.exists():
+            raise StorageError(f"database URL: directory {path.parent} does not exist")
+        env = {
+            "PERSISTENCE_MODULE": "eventsourcing.sqlite",
+            "SQLITE_DBNAME": str(path),
+            "SQLITE_LOCK_TIMEOUT": "10",
+        }
+        return cls(backend="sqlite", display=str(path), env=env, sqlite_path=path)
+
+    @classmethod
+    def _postgres(cls, url: str) -> StorageSettings:
+        parts = urlsplit(url)
+        query = parse_qs(parts.query)
+        unknown = sorted(set(query) - {"schema"})
+        if unknown:
+            raise StorageError(
+                f"database URL: unknown parameter(s) {', '.join(unknown)} (only schema= is read)"
+            )
+        dbname = unquote(parts.path.lstrip("/"))
+        if not dbname:
+            raise StorageError(f"database URL: no database name in {_redact(url)!r}")
+        if not parts.hostname:
+            raise StorageError(f"database URL: no host in {_redact(url)!r}")
+        try:
+            port = parts.port or 5432
+        except ValueError:
+            raise StorageError(f"database URL: bad port in {_redact(url)!r}") from None
+        schema = query.get("schema", [DEFAULT_SCHEMA])[0]
+        if not schema.replace("_", "").isalnum() or schema[0].isdigit():
+            raise StorageError(f"database URL: schema {schema!r} must be letters, digits and _")
+        user = unquote(parts.username or "postgres")
+        password = unquote(parts.password or "")
+        env = {
+            "PERSISTENCE_MODULE": "eventsourcing.postgres",
+            "POSTGRES_DBNAME": dbname,
+            "POSTGRES_HOST": parts.hostname,
+            "POSTGRES_PORT": str(port),
+            "POSTGRES_USER": user,
+            "POSTGRES_PASSWORD": password,
+            "POSTGRES_SCHEMA": schema,
+            "POSTGRES_POOL_SIZE": "5",
+            "POSTGRES_MAX_OVERFLOW": "10",
+            "POSTGRES_CONNECT_TIMEOUT": "10",
+            "POSTGRES_LOCK_TIMEOUT": "10",
+            "POSTGRES_PRE_PING": "y",
+            _FORBIDDEN_SETTING: "n",
+        }
+        conninfo = f"postgresql://{parts.netloc}/{parts.path.lstrip('/')}"
+        return cls(
+            backend="postgres",
+            display=_redact(url),
+            env=env,
+            postgres_schema=schema,
+            postgres_conninfo=conninfo,
+        )
+
+    def prepare(self) -> None:
+        """Create what the library does not: the PostgreSQL schema."""
+        if self.backend != "postgres":
+            return
+        import psycopg
+        from psycopg import sql
+
+        assert self.postgres_conninfo is not None
+        assert self.postgres_schema is not None
+        try:
+            with psycopg.connect(
+                self.postgres_conninfo, autocommit=True, connect_timeout=10
+            ) as conn:
+                conn.execute(
+                    sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(
+                        sql.Identifier(self.postgres_schema)
+                    )
+                )
+        except psycopg.errors.UniqueViolation:
+            pass  # a concurrent process created it first
+        except psycopg.OperationalError as error:
+            first_line = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+            raise StorageError(f"cannot reach PostgreSQL at {self.display}: {first_line}") from None
+
+
+def guard_environment(env: Mapping[str, str], app_name: str) -> None:
+    """Refuse `POSTGRES_ENABLE_DB_FUNCTIONS` wherever it might be set."""
+    for key in (_FORBIDDEN_SETTING, f"{app_name.upper()}_{_FORBIDDEN_SETTING}"):
+        value = env.get(key, "").strip().lower()
+        if value and value not in ("n", "no", "f", "false", "off", "0"):
+            raise StorageError(
+                f"{key}={env[key]!r} is refused: it drops the table lock that keeps the log's"
+                " order equal to commit order, and readers would miss events"
+            )
+
+
+# --------------------------------------------------------------------------- transcodings
+
+
+class EnumAsValue(Transcoding):
+    """One enum class, stored as its value and read back as the same member."""
+
+    def __init__(self, enum_class: type[Enum]) -> None:
+        self.type = enum_class
+        self.name = enum_class.__name__
+        self._enum_class = enum_class
+
+    def encode(self, obj: Enum) -> Any:
+        return obj.value
+
+    def decode(self, data: Any) -> Enum:
+        return self._enum_class(data)
+
+
+class DateAsISO(Transcoding):
+    type = date
+    name = "date_iso"
+
+    def encode(self, obj: date) -> str:
+        return obj.isoformat()
+
+    def decode(self, data: str) -> date:
+        return date.fromisoformat(data)
+
+
+class InstrumentRefAsDict(Transcoding):
+    type = InstrumentRef
+    name = "instrument_ref"
+
+    def encode(self, obj: InstrumentRef) -> dict[str, Any]:
+        return {"exchange": obj.exchange, "tradingsymbol": obj.tradingsymbol}
+
+    def decode(self, data: dict[str, Any]) -> InstrumentRef:
+        return InstrumentRef(exchange=data["exchange"], tradingsymbol=data["tradingsymbol"])
+
+
+class OrderChangesAsDict(Transcoding):
+    type = OrderChanges
+    name = "order_changes"
+
+    def encode(self, obj: OrderChanges) -> dict[str, Any]:
+        return {
+            "quantity": obj.quantity,
+            "price": obj.price,
+            "trigger_price": obj.trigger_price,
+            "order_type": obj.order_type,
+            "validity": obj.validity,
+            "disclosed_quantity": obj.disclosed_quantity,
+        }
+
+    def decode(self, data: dict[str, Any]) -> OrderChanges:
+        return OrderChanges(**data)
+
+
+#: Enum classes that may appear in events; their class names are their stored names.
+STORED_ENUMS: Final[tuple[type[Enum], ...]] = (
+    Exchange,
+    Side,
+    OrderType,
+    Product,
+    Variety,
+    Validity,
+    Source,
+    OrderStatus,
+    EventKind,
+)
+
+
+def register_ledger_transcodings(transcoder: JSONTranscoder) -> None:
+    """Teach `transcoder` the ledger's value types (in addition to the library's own)."""
+    for enum_class in STORED_ENUMS:
+        transcoder.register(EnumAsValue(enum_class))
+    transcoder.register(DateAsISO())
+    transcoder.register(InstrumentRefAsDict())
+    transcoder.register(OrderChangesAsDict())
