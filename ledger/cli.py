@@ -132,9 +132,8 @@ def demo(db: DbOption = None) -> None:
     """Run a scripted trading session into the ledger and show what it recorded."""
     with _open(db) as ledger:
         result: DemoResult = run_session(ledger)
-        console.print(
-            f"[bold]Demo session {result.session}[/] recorded in {ledger.storage.display if ledger.storage else db}"
-        )
+        where = ledger.storage.display if ledger.storage else db
+        console.print(f"[bold]Demo session {result.session}[/] recorded in {where}")
         console.print(orders_table(result.orders, title=f"Orders of session {result.session}"))
         showcase = ledger.get_order(result.showcase_order_id)
         console.print(history_table(showcase, ledger.history(showcase.id)))

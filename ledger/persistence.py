@@ -81,8 +81,9 @@ class StorageSettings:
         if text.startswith(("postgresql://", "postgres://")):
             return cls._postgres(text)
         if text.startswith("sqlite:"):
+            # As in SQLAlchemy: sqlite:///relative.db and sqlite:////absolute/path.db
             path_text = text.removeprefix("sqlite:")
-            path_text = path_text.removeprefix("//") if path_text.startswith("///") else path_text
+            path_text = path_text.removeprefix("///") if path_text.startswith("///") else path_text
             return cls._sqlite(path_text)
         if "://" in text:
             scheme = text.split("://", 1)[0]

@@ -1,0 +1,458 @@
+"""The application service against real databases: every test runs on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import threading
+from datetime import date, timedelta
+from decimal import Decimal
+from typing import Any
+from uuid import uuid4
+
+import pytest
+
+from ledger.application import OrderLedger
+from ledger.commands import (
+    CancelOrder,
+    ModifyOrder,
+    RecordCancelled,
+    RecordCancelRejected,
+    RecordExpired,
+    RecordFill,
+    RecordModified,
+    RecordModifyRejected,
+    RecordRejected,
+    RecordTriggered,
+    SubmitOrder,
+)
+from ledger.domain.errors import (
+    ClientOrderIdReused,
+    ConcurrencyConflict,
+    InstrumentMismatch,
+    InvalidCommand,
+    OrderNotFound,
+    Overfill,
+    TransitionRefused,
+    UnknownInstrument,
+)
+from ledger.domain.order import Order
+from ledger.domain.status import OrderStatus
+from ledger.domain.values import IST, Exchange, InstrumentRef, OrderChanges, OrderType, Source
+from tests.conftest import LedgerFactory
+from tests.support import FakeClock, accepted, fill, submit_command
+
+D = Decimal
+
+
+def state(order: Order) -> dict[str, Any]:
+    """Everything an order knows, for comparing two rebuilds of it."""
+    return {k: v for k, v in vars(order).items() if k != "_pending_events"}
+
+
+def test_submit_is_durable_and_read_back_by_a_fresh_instance(make_ledger: LedgerFactory) -> None:
+    order = make_ledger().submit(submit_command())
+    again = make_ledger().get_order(order.id)
+    assert state(again) == state(order)
+    assert again.status is OrderStatus.SUBMITTED
+    assert again.tag == "KL" + order.id.hex[:18]
+
+
+def test_resubmission_returns_the_same_order_and_writes_nothing(ledger: OrderLedger) -> None:
+    first = ledger.submit(submit_command())
+    before = ledger.count_events()
+    second = ledger.submit(submit_command())
+    assert second.id == first.id
+    assert ledger.count_events() == before == 1
+
+
+def test_resubmission_after_a_modification_still_finds_the_order(ledger: OrderLedger) -> None:
+    order = ledger.submit(submit_command())
+    ledger.record(accepted(order))
+    ledger.record(RecordModified(order_id=order.id, price=D("812.40")))
+    assert ledger.submit(submit_command()).version == 3
+
+
+def test_reused_client_order_id_with_other_terms_is_refused(ledger: OrderLedger) -> None:
+    ledger.submit(submit_command())
+    with pytest.raises(ClientOrderIdReused, match="quantity"):
+        ledger.submit(submit_command(quantity=5))
+    assert ledger.count_events() == 1
+
+
+def test_a_whole_life(ledger: OrderLedger) -> None:
+    order = ledger.submit(submit_command(quantity=100))
+    ledger.record(accepted(order, "2411290001"))
+    ledger.record(fill(order, "T1", 40, "812.35"))
+    ledger.request_modify(ModifyOrder(order_id=order.id, price=D("812.50")))
+    assert ledger.get_order(order.id).status is OrderStatus.PENDING_MODIFY
+    ledger.record(RecordModified(order_id=order.id, price=D("812.50")))
+    ledger.request_cancel(CancelOrder(order_id=order.id, reason="done"))
+    ledger.record(RecordCancelRejected(order_id=order.id, reason="order is being filled"))
+    ledger.record(fill(order, "T2", 60, "812.50"))
+    final = ledger.get_order(order.id)
+    assert final.status is OrderStatus.FILLED
+    assert final.average_price == D("812.44")
+    assert final.broker_order_id == "2411290001"
+    assert [type(e).__name__ for e in ledger.history(order.id)] == [
+        "Submitted",
+        "Accepted",
+        "Filled",
+        "ModifyRequested",
+        "Modified",
+        "CancelRequested",
+        "CancelRejected",
+        "Filled",
+    ]
+
+
+def test_every_broker_update_kind_is_recorded(ledger: OrderLedger) -> None:
+    stop = ledger.submit(
+        submit_command(order_type="SL", price=D("812.35"), trigger_price=D("812.00"))
+    )
+    ledger.record(accepted(stop))
+    ledger.record(RecordTriggered(order_id=stop.id, triggered_at=ledger.clock()))
+    ledger.request_modify(ModifyOrder(order_id=stop.id, quantity=120))
+    ledger.record(RecordModifyRejected(order_id=stop.id, reason="margin"))
+    ledger.record(RecordExpired(order_id=stop.id, reason="day end"))
+    assert ledger.get_order(stop.id).status is OrderStatus.EXPIRED
+
+    rejected = ledger.submit(submit_command(client_order_id="c-2"))
+    ledger.record(RecordRejected(order_id=rejected.id, reason="RMS", source=Source.EXCHANGE))
+    got = ledger.get_order(rejected.id)
+    assert got.status is OrderStatus.REJECTED
+    assert got.reason == "RMS"
+
+
+def test_fill_after_cancel_is_kept(ledger: OrderLedger) -> None:
+    order = ledger.submit(submit_command())
+    ledger.record(accepted(order))
+    ledger.request_cancel(CancelOrder(order_id=order.id))
+    ledger.record(RecordCancelled(order_id=order.id))
+    ledger.record(fill(order, "T9", 30))
+    got = ledger.get_order(order.id)
+    assert got.status is OrderStatus.CANCELLED
+    assert got.filled_quantity == 30
+
+
+def test_duplicate_fills_from_every_source_count_once(ledger: OrderLedger) -> None:
+    order = ledger.submit(submit_command())
+    ledger.record(accepted(order))
+    for source in Source:
+        update = fill(order, "T1", 40).model_copy(update={"source": source})
+        ledger.record(update)
+    assert ledger.get_order(order.id).filled_quantity == 40
+    assert ledger.count_events() == 3
+
+
+def test_read_at_version_and_as_of(ledger: OrderLedger) -> None:
+    clock = ledger.clock
+    assert isinstance(clock, FakeClock)
+    order = ledger.submit(submit_command())
+    after_submit = clock.now
+    clock.advance(timedelta(minutes=1))
+    ledger.record(accepted(order))
+    after_accept = clock.now
+    clock.advance(timedelta(minutes=1))
+    ledger.record(fill(order, "T1", 100))
+
+    assert ledger.get_order(order.id, at_version=1).status is OrderStatus.SUBMITTED
+    assert ledger.get_order(order.id, at_version=2).status is OrderStatus.ACCEPTED
+    assert ledger.get_order(order.id, at_version=3).status is OrderStatus.FILLED
+    assert ledger.get_order(order.id, as_of=after_submit).version == 1
+    assert ledger.get_order(order.id, as_of=after_accept + timedelta(seconds=30)).version == 2
+    assert ledger.get_order(order.id, as_of=clock.now.astimezone(IST)).version == 3
+    with pytest.raises(OrderNotFound, match="submitted later"):
+        ledger.get_order(order.id, as_of=after_submit - timedelta(hours=1))
+    with pytest.raises(OrderNotFound, match="at version 9"):
+        ledger.get_order(order.id, at_version=9)
+    with pytest.raises(InvalidCommand, match="as_of: must be timezone-aware"):
+        ledger.get_order(order.id, as_of=after_submit.replace(tzinfo=None))
+
+
+def test_list_orders_by_status_instrument_account_strategy(ledger: OrderLedger) -> None:
+    a = ledger.submit(submit_command(client_order_id="a", strategy="alpha"))
+    b = ledger.submit(
+        submit_command(
+            client_order_id="b", tradingsymbol="INFY", price=D("1900.0"), strategy="beta"
+        )
+    )
+    c = ledger.submit(submit_command(client_order_id="c", account="ZZ9999", strategy="alpha"))
+    ledger.record(accepted(a))
+    ledger.record(fill(a, "T1", 100))
+
+    def ids(orders: list[Order]) -> list[str]:
+        return [o.client_order_id for o in orders]
+
+    assert ids(ledger.list_orders()) == ["a", "b", "c"]
+    assert ids(ledger.list_orders(status=OrderStatus.FILLED)) == ["a"]
+    assert ids(ledger.list_orders(status=OrderStatus.SUBMITTED)) == ["b", "c"]
+    assert ids(ledger.list_orders(instrument=InstrumentRef(Exchange.NSE, "INFY"))) == ["b"]
+    assert ids(ledger.list_orders(account="ZZ9999")) == ["c"]
+    assert ids(ledger.list_orders(strategy="alpha")) == ["a", "c"]
+    assert ids(ledger.list_orders(strategy="alpha", account="AB1234")) == ["a"]
+    assert b.id != c.id
+
+
+def test_history_of_unknown_order(ledger: OrderLedger) -> None:
+    with pytest.raises(OrderNotFound):
+        ledger.history(uuid4())
+    with pytest.raises(OrderNotFound):
+        ledger.get_order(uuid4())
+
+
+# ---------------------------------------------------------------- bad input writes nothing
+
+
+def _bad_inputs(ledger: OrderLedger, order: Order) -> list[tuple[type[Exception], Any]]:
+    unknown = uuid4()
+    return [
+        (Overfill, lambda: ledger.record(fill(order, "T-over", 61))),
+        (OrderNotFound, lambda: ledger.record(RecordCancelled(order_id=unknown))),
+        (OrderNotFound, lambda: ledger.request_cancel(CancelOrder(order_id=unknown))),
+        (
+            InstrumentMismatch,
+            lambda: ledger.record(
+                RecordFill(
+                    order_id=order.id,
+                    trade_id="T-x",
+                    exchange=Exchange.NSE,
+                    tradingsymbol="INFY",
+                    quantity=1,
+                    price=D("1900"),
+                )
+            ),
+        ),
+        (
+            InvalidCommand,
+            lambda: ledger.submit(submit_command(client_order_id="n", price=D("812.33"))),
+        ),
+        (InvalidCommand, lambda: ledger.submit(submit_command(client_order_id="n", quantity=0))),
+        (InvalidCommand, lambda: ledger.submit(submit_command(client_order_id="n", quantity=-3))),
+        (
+            InvalidCommand,
+            lambda: ledger.submit(SubmitOrder.parse({**_valid(), "price": 812.35})),
+        ),
+        (
+            InvalidCommand,
+            lambda: ledger.request_modify(
+                ModifyOrder.parse({"order_id": order.id, "price": 812.4})
+            ),
+        ),
+        (
+            InvalidCommand,
+            lambda: ledger.request_modify(ModifyOrder(order_id=order.id, price=D("812.33"))),
+        ),
+        (
+            UnknownInstrument,
+            lambda: ledger.submit(submit_command(client_order_id="n", tradingsymbol="NOPE")),
+        ),
+        (ClientOrderIdReused, lambda: ledger.submit(submit_command(side="SELL"))),
+    ]
+
+
+def _valid() -> dict[str, Any]:
+    return submit_command(client_order_id="n").model_dump()
+
+
+def test_refused_commands_leave_the_log_exactly_as_it_was(ledger: OrderLedger) -> None:
+    order = ledger.submit(submit_command())
+    ledger.record(accepted(order))
+    ledger.record(fill(order, "T1", 40))
+    before = [(e.originator_id, e.originator_version) for e in ledger.iter_log()]
+    for expected, attempt in _bad_inputs(ledger, order):
+        with pytest.raises(expected) as caught:
+            attempt()
+        assert str(caught.value)
+    after = [(e.originator_id, e.originator_version) for e in ledger.iter_log()]
+    assert after == before
+    assert ledger.get_order(order.id).filled_quantity == 40
+
+
+def test_cancel_of_a_finished_order_is_refused(ledger: OrderLedger) -> None:
+    order = ledger.submit(submit_command())
+    ledger.record(accepted(order))
+    ledger.record(fill(order, "T1", 100))
+    with pytest.raises(
+        TransitionRefused, match="CancelRequested is not allowed when status is FILLED"
+    ):
+        ledger.request_cancel(CancelOrder(order_id=order.id))
+    with pytest.raises(
+        TransitionRefused, match="ModifyRequested is not allowed when status is FILLED"
+    ):
+        ledger.request_modify(ModifyOrder(order_id=order.id, price=D("812.50")))
+    assert ledger.count_events() == 3
+
+
+# ---------------------------------------------------------------- concurrent writers
+
+
+def test_a_lost_race_is_retried_and_loses_no_update(make_ledger: LedgerFactory) -> None:
+    first, second = make_ledger(), make_ledger()
+    order = first.submit(submit_command())
+    first.record(accepted(order))
+    real_get = first.get_order
+    interfered: list[bool] = []
+
+    def get_then_interfere(order_id: Any, **kwargs: Any) -> Order:
+        loaded = real_get(order_id, **kwargs)
+        if not interfered:
+            interfered.append(True)
+            second.record(fill(order, "T-second", 30))  # saved between load and save
+        return loaded
+
+    first.get_order = get_then_interfere  # type: ignore[method-assign]
+    first.record(fill(order, "T-first", 20))
+    final = second.get_order(order.id)
+    assert final.trade_ids == {"T-first", "T-second"}
+    assert final.filled_quantity == 50
+    assert final.version == 4
+
+
+def test_endless_conflicts_give_up_with_a_clear_error(make_ledger: LedgerFactory) -> None:
+    first, second = make_ledger(max_attempts=3), make_ledger()
+    order = first.submit(submit_command(quantity=1000))
+    first.record(accepted(order))
+    real_get = first.get_order
+    counter = iter(range(100))
+
+    def get_then_interfere(order_id: Any, **kwargs: Any) -> Order:
+        loaded = real_get(order_id, **kwargs)
+        second.record(fill(order, f"T-{next(counter)}", 1))
+        return loaded
+
+    first.get_order = get_then_interfere  # type: ignore[method-assign]
+    with pytest.raises(ConcurrencyConflict, match="gave up after 3 attempts"):
+        first.record(fill(order, "T-first", 20))
+    assert "T-first" not in second.get_order(order.id).trade_ids
+
+
+def test_concurrent_writers_threads(make_ledger: LedgerFactory) -> None:
+    """Four writers, each with its own connections, fill one order at once: all land."""
+    writers = [make_ledger(max_attempts=200) for _ in range(4)]
+    order = writers[0].submit(submit_command(quantity=1000))
+    writers[0].record(accepted(order))
+    errors: list[BaseException] = []
+
+    def work(index: int, writer: OrderLedger) -> None:
+        try:
+            for n in range(10):
+                writer.record(fill(order, f"T-{index}-{n}", 1))
+        except BaseException as error:  # pragma: no cover - reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=work, args=(i, w)) for i, w in enumerate(writers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    final = writers[0].get_order(order.id)
+    assert final.filled_quantity == 40
+    assert final.version == 42
+
+
+def test_concurrent_resubmissions_make_one_order(make_ledger: LedgerFactory) -> None:
+    writers = [make_ledger() for _ in range(4)]
+    results: list[Order] = []
+    barrier = threading.Barrier(len(writers))
+
+    def work(writer: OrderLedger) -> None:
+        barrier.wait()
+        results.append(writer.submit(submit_command()))
+
+    threads = [threading.Thread(target=work, args=(w,)) for w in writers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len({o.id for o in results}) == 1
+    assert writers[0].count_events() == 1
+
+
+# ---------------------------------------------------------------- encoding round trips
+
+
+def test_every_value_type_round_trips_exactly(make_ledger: LedgerFactory) -> None:
+    """Decimal, enums, dates, aware datetimes (in IST), nested values: what is read back
+    equals what was written, type for type."""
+    ledger = make_ledger()
+    future = ledger.submit(
+        submit_command(
+            exchange=Exchange.NFO,
+            tradingsymbol="NIFTY26DECFUT",
+            quantity=150,
+            order_type="SL-M",
+            price=None,
+            trigger_price=D("26000.1"),
+            market_protection=D("2.5"),
+            reference_price=D("25999.123456789012345678901234567"),
+            validity="TTL",
+            validity_ttl=30,
+        )
+    )
+    ledger.record(accepted(future))
+    ledger.request_modify(
+        ModifyOrder(order_id=future.id, order_type=OrderType.SL_M, trigger_price=D("26000.5"))
+    )
+    exchange_time = ledger.clock().astimezone(IST)
+    ledger.record(
+        RecordFill(
+            order_id=future.id,
+            trade_id="T1",
+            exchange=Exchange.NFO,
+            tradingsymbol="NIFTY26DECFUT",
+            quantity=75,
+            price=D("26001.30"),
+            exchange_timestamp=exchange_time,
+            charges=D("23.6149"),
+        )
+    )
+    written = make_ledger().history(future.id)
+    live = ledger.get_order(future.id)
+
+    submitted = written[0]
+    assert isinstance(submitted, Order.Submitted)
+    assert submitted.expiry == date(2026, 12, 29)
+    assert type(submitted.expiry) is date
+    assert submitted.order_type is OrderType.SL_M
+    assert submitted.instrument == InstrumentRef(Exchange.NFO, "NIFTY26DECFUT")
+    assert submitted.reference_price == D("25999.123456789012345678901234567")
+    assert submitted.market_protection == D("2.5")
+    requested = written[2]
+    assert isinstance(requested, Order.ModifyRequested)
+    assert requested.changes == OrderChanges(order_type=OrderType.SL_M, trigger_price=D("26000.5"))
+    filled = written[3]
+    assert isinstance(filled, Order.Filled)
+    assert filled.price == D("26001.30")
+    assert str(filled.price) == "26001.30"  # scale kept, not just value
+    assert filled.charges == D("23.6149")
+    assert filled.exchange_timestamp == exchange_time
+    assert filled.exchange_timestamp is not None
+    assert filled.exchange_timestamp.utcoffset() == timedelta(hours=5, minutes=30)
+    assert filled.source is Source.BROKER
+    assert written == ledger.history(future.id)
+    assert state(make_ledger().get_order(future.id)) == state(live)
+
+
+def test_event_topics_and_versions_are_pinned() -> None:
+    """Stored events name their class by topic: renaming one would orphan the log."""
+    from ledger.domain.order import ORDER_EVENT_CLASSES
+
+    assert [cls.TOPIC for cls in ORDER_EVENT_CLASSES] == [
+        f"ledger.domain.order:Order.{name}"
+        for name in (
+            "Submitted",
+            "Accepted",
+            "Rejected",
+            "ModifyRequested",
+            "Modified",
+            "ModifyRejected",
+            "Triggered",
+            "Filled",
+            "CancelRequested",
+            "Cancelled",
+            "CancelRejected",
+            "Expired",
+        )
+    ]
+    assert all(cls.class_version == 1 for cls in ORDER_EVENT_CLASSES)
+    assert Order.TOPIC == "ledger.domain.order:Order"

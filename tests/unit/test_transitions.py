@@ -1,0 +1,419 @@
+"""Given events / when command / then events or error: every transition of the order."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+
+from ledger.domain.errors import (
+    BrokerIdMismatch,
+    InstrumentMismatch,
+    InvalidCommand,
+    Overfill,
+    TransitionRefused,
+)
+from ledger.domain.order import Order
+from ledger.domain.status import TRANSITIONS, EventKind, OrderStatus
+from ledger.domain.values import Exchange, InstrumentRef, OrderChanges, OrderType, Source
+from tests.unit.dsl import (
+    ACTIONS,
+    NOW,
+    SBIN,
+    EventSpec,
+    accepted,
+    cancel_rejected,
+    cancel_requested,
+    cancelled,
+    expired,
+    filled,
+    given,
+    modified,
+    modify_rejected,
+    modify_requested,
+    rejected,
+    submitted,
+    triggered,
+    when,
+)
+
+D = Decimal
+S = OrderStatus
+
+# One way to reach each lifecycle status. Terminal ones are reached without an acceptance,
+# so that a late acceptance (the broker's ids learnt after the end) can be tried on them.
+PATHS: dict[OrderStatus, list[EventSpec]] = {
+    S.SUBMITTED: [submitted()],
+    S.ACCEPTED: [submitted(), accepted()],
+    S.TRIGGERED: [submitted(), accepted(), triggered()],
+    S.PARTIALLY_FILLED: [submitted(), accepted(), filled("T1", 40)],
+    S.FILLED: [submitted(), filled("T1", 100)],
+    S.CANCELLED: [submitted(), cancelled()],
+    S.REJECTED: [submitted(), rejected()],
+    S.EXPIRED: [submitted(), expired()],
+}
+
+# The status each admitted (status, event) pair leads to, with the ACTIONS decision.
+EXPECTED: dict[tuple[OrderStatus, str], OrderStatus] = {
+    (S.SUBMITTED, "Accepted"): S.ACCEPTED,
+    (S.SUBMITTED, "Rejected"): S.REJECTED,
+    (S.SUBMITTED, "Triggered"): S.TRIGGERED,
+    (S.SUBMITTED, "Filled"): S.PARTIALLY_FILLED,
+    (S.SUBMITTED, "CancelRequested"): S.PENDING_CANCEL,
+    (S.SUBMITTED, "Cancelled"): S.CANCELLED,
+    (S.SUBMITTED, "Expired"): S.EXPIRED,
+    (S.ACCEPTED, "ModifyRequested"): S.PENDING_MODIFY,
+    (S.ACCEPTED, "Modified"): S.ACCEPTED,
+    (S.ACCEPTED, "Triggered"): S.TRIGGERED,
+    (S.ACCEPTED, "Filled"): S.PARTIALLY_FILLED,
+    (S.ACCEPTED, "CancelRequested"): S.PENDING_CANCEL,
+    (S.ACCEPTED, "Cancelled"): S.CANCELLED,
+    (S.ACCEPTED, "Expired"): S.EXPIRED,
+    (S.ACCEPTED, "Rejected"): S.REJECTED,
+    (S.TRIGGERED, "ModifyRequested"): S.PENDING_MODIFY,
+    (S.TRIGGERED, "Modified"): S.TRIGGERED,
+    (S.TRIGGERED, "Filled"): S.PARTIALLY_FILLED,
+    (S.TRIGGERED, "CancelRequested"): S.PENDING_CANCEL,
+    (S.TRIGGERED, "Cancelled"): S.CANCELLED,
+    (S.TRIGGERED, "Expired"): S.EXPIRED,
+    (S.TRIGGERED, "Rejected"): S.REJECTED,
+    (S.PARTIALLY_FILLED, "ModifyRequested"): S.PENDING_MODIFY,
+    (S.PARTIALLY_FILLED, "Modified"): S.PARTIALLY_FILLED,
+    (S.PARTIALLY_FILLED, "Filled"): S.PARTIALLY_FILLED,
+    (S.PARTIALLY_FILLED, "CancelRequested"): S.PENDING_CANCEL,
+    (S.PARTIALLY_FILLED, "Cancelled"): S.CANCELLED,
+    (S.PARTIALLY_FILLED, "Expired"): S.EXPIRED,
+    (S.FILLED, "Accepted"): S.FILLED,
+    (S.CANCELLED, "Accepted"): S.CANCELLED,
+    (S.CANCELLED, "Filled"): S.CANCELLED,
+    (S.EXPIRED, "Accepted"): S.EXPIRED,
+    (S.EXPIRED, "Filled"): S.EXPIRED,
+    (S.REJECTED, "Accepted"): S.REJECTED,
+}
+
+# Admitted by the table, but with nothing to record from these paths: the update is one the
+# order already reflects (idempotence), so the decision writes no event.
+NOTHING_TO_RECORD = {
+    (S.ACCEPTED, "Accepted"),  # same broker id again
+    (S.TRIGGERED, "Accepted"),
+    (S.PARTIALLY_FILLED, "Accepted"),
+    (S.SUBMITTED, "CancelRejected"),  # no cancel pending
+    (S.ACCEPTED, "ModifyRejected"),
+    (S.ACCEPTED, "CancelRejected"),
+    (S.TRIGGERED, "ModifyRejected"),
+    (S.TRIGGERED, "CancelRejected"),
+    (S.PARTIALLY_FILLED, "ModifyRejected"),
+    (S.PARTIALLY_FILLED, "CancelRejected"),
+}
+
+
+def status_of(order: Order) -> OrderStatus:
+    """A call, so that the type checker does not narrow `order.status` across decisions."""
+    return order.status
+
+
+def test_every_admitted_transition_has_an_expectation() -> None:
+    admitted = {(status, kind.value) for status, row in TRANSITIONS.items() for kind in row}
+    assert admitted == set(EXPECTED) | NOTHING_TO_RECORD
+
+
+@pytest.mark.parametrize(("status", "kind"), sorted(EXPECTED, key=str))
+def test_admitted_transition(status: OrderStatus, kind: str) -> None:
+    order = given(*PATHS[status])
+    assert order.status is status
+    events = when(order, ACTIONS[kind])
+    assert isinstance(events, list), events
+    assert [type(e).__name__ for e in events] == [kind]
+    assert order.status is EXPECTED[(status, kind)]
+    assert order.version == len(PATHS[status]) + 1
+
+
+@pytest.mark.parametrize(("status", "kind"), sorted(NOTHING_TO_RECORD, key=str))
+def test_update_already_reflected_records_nothing(status: OrderStatus, kind: str) -> None:
+    order = given(*PATHS[status])
+    assert when(order, ACTIONS[kind]) == []
+    assert order.status is status
+
+
+REFUSED = [
+    (status, kind.value)
+    for status in PATHS
+    for kind in EventKind
+    if kind is not EventKind.SUBMITTED and kind not in TRANSITIONS[status]
+]
+
+
+@pytest.mark.parametrize(("status", "kind"), REFUSED)
+def test_transition_not_in_table_writes_nothing(status: OrderStatus, kind: str) -> None:
+    """Anything the table does not admit is refused with a domain error, or (a repeated
+    notice of what already happened, such as a second Cancelled) records nothing. It is
+    never applied."""
+    order = given(*PATHS[status])
+    result = when(order, ACTIONS[kind])
+    if isinstance(result, list):
+        assert result == [], f"{kind} applied in {status}"
+        assert (status.value, kind) in {
+            ("TRIGGERED", "Triggered"),
+            ("PARTIALLY_FILLED", "Triggered"),  # a stop with fills has obviously triggered
+            ("CANCELLED", "Cancelled"),
+            ("REJECTED", "Rejected"),
+            ("EXPIRED", "Expired"),
+            ("FILLED", "ModifyRejected"),
+            ("FILLED", "CancelRejected"),
+            ("CANCELLED", "ModifyRejected"),
+            ("CANCELLED", "CancelRejected"),
+            ("REJECTED", "ModifyRejected"),
+            ("REJECTED", "CancelRejected"),
+            ("EXPIRED", "ModifyRejected"),
+            ("EXPIRED", "CancelRejected"),
+            ("SUBMITTED", "ModifyRejected"),
+        }
+    elif (status, kind) == (S.FILLED, "Filled"):
+        assert isinstance(result, Overfill), result  # the more telling refusal here
+    else:
+        assert isinstance(result, TransitionRefused), result
+        assert status.value in str(result)
+        assert kind in str(result)
+
+
+# ----------------------------------------------------------------- the real-world cases
+
+
+def test_fill_after_cancel_is_recorded_and_stays_cancelled() -> None:
+    order = given(submitted(), accepted(), cancel_requested(), cancelled())
+    events = when(order, ACTIONS["Filled"])
+    assert [type(e) for e in events] == [Order.Filled]  # type: ignore[union-attr]
+    assert order.status is S.CANCELLED
+    assert order.filled_quantity == 10
+    assert order.remaining_quantity == 0
+
+
+def test_late_fills_that_complete_a_cancelled_order_make_it_filled() -> None:
+    """If everything traded, the cancel never took effect."""
+    order = given(submitted(), accepted(), filled("T1", 90), cancelled())
+    when(order, ACTIONS["Filled"])
+    assert order.status is S.FILLED
+
+
+def test_rejected_cancel_goes_back_to_the_previous_state() -> None:
+    order = given(submitted(), accepted(), filled("T1", 40), cancel_requested())
+    assert status_of(order) is S.PENDING_CANCEL
+    assert [type(e) for e in when(order, ACTIONS["CancelRejected"])] == [Order.CancelRejected]  # type: ignore[union-attr]
+    assert order.status is S.PARTIALLY_FILLED
+
+
+def test_rejected_modify_goes_back_and_keeps_the_old_terms() -> None:
+    order = given(submitted(), accepted(), modify_requested(price=D("812.50")))
+    assert status_of(order) is S.PENDING_MODIFY
+    when(order, ACTIONS["ModifyRejected"])
+    assert order.status is S.ACCEPTED
+    assert order.price == D("812.35")
+
+
+def test_repeated_cancel_request_is_recorded_again() -> None:
+    order = given(submitted(), accepted(), cancel_requested())
+    assert [type(e) for e in when(order, ACTIONS["CancelRequested"])] == [Order.CancelRequested]  # type: ignore[union-attr]
+    assert order.status is S.PENDING_CANCEL
+
+
+def test_ioc_from_submitted_straight_to_cancelled() -> None:
+    order = given(submitted())
+    when(order, ACTIONS["Cancelled"])
+    assert order.status is S.CANCELLED
+
+
+def test_fill_while_cancel_pending_moves_the_lifecycle_on() -> None:
+    order = given(submitted(), accepted(), cancel_requested(), filled("T1", 100))
+    assert order.status is S.FILLED
+    assert when(order, ACTIONS["CancelRejected"]) == []  # nothing pending any more
+
+
+def test_modified_applies_the_new_terms_and_clears_the_request() -> None:
+    order = given(submitted(), accepted(), modify_requested(quantity=150), modified(quantity=150))
+    assert order.status is S.ACCEPTED
+    assert order.quantity == 150
+
+
+def test_modified_from_outside_without_a_request() -> None:
+    order = given(submitted(), accepted(), modified(price=D("812.40")))
+    assert order.price == D("812.40")
+
+
+def test_modify_before_acceptance_is_refused_with_the_reason() -> None:
+    result = when(given(submitted()), ACTIONS["ModifyRequested"])
+    assert isinstance(result, TransitionRefused)
+    assert "not accepted" in str(result)
+
+
+def test_modify_while_cancel_pending_is_refused() -> None:
+    result = when(given(submitted(), accepted(), cancel_requested()), ACTIONS["ModifyRequested"])
+    assert isinstance(result, TransitionRefused)
+    assert "cancellation is pending" in str(result)
+
+
+def test_modify_to_less_than_filled_is_refused() -> None:
+    order = given(submitted(), accepted(), filled("T1", 40))
+    result = when(order, lambda o: o.request_modify(OrderChanges(quantity=40), actor="t", at=NOW))
+    assert isinstance(result, InvalidCommand)
+    assert result.fields == ("quantity",)
+    assert "40 already filled" in str(result)
+
+
+def test_modify_that_changes_nothing_is_refused() -> None:
+    order = given(submitted(), accepted())
+    result = when(
+        order, lambda o: o.request_modify(OrderChanges(price=D("812.35")), actor="t", at=NOW)
+    )
+    assert isinstance(result, InvalidCommand)
+    assert "already has these terms" in str(result)
+
+
+def test_modify_to_a_price_off_the_tick_is_refused() -> None:
+    order = given(submitted(), accepted())
+    result = when(
+        order, lambda o: o.request_modify(OrderChanges(price=D("812.33")), actor="t", at=NOW)
+    )
+    assert isinstance(result, InvalidCommand)
+    assert "tick size 0.05" in str(result)
+
+
+def test_modify_to_market_without_protection_is_refused() -> None:
+    order = given(submitted(), accepted())
+    result = when(
+        order,
+        lambda o: o.request_modify(OrderChanges(order_type=OrderType.MARKET), actor="t", at=NOW),
+    )
+    assert isinstance(result, InvalidCommand)
+    assert "market protection" in str(result)
+
+
+def test_trigger_of_a_limit_order_is_refused() -> None:
+    order = given(submitted(order_type=OrderType.LIMIT, trigger_price=None), accepted())
+    result = when(order, ACTIONS["Triggered"])
+    assert isinstance(result, TransitionRefused)
+    assert "only SL and SL-M" in str(result)
+
+
+def test_trigger_twice_records_once() -> None:
+    order = given(submitted(), accepted(), triggered())
+    assert when(order, ACTIONS["Triggered"]) == []
+
+
+# ----------------------------------------------------------------- fills
+
+
+def test_duplicate_trade_id_from_another_source_is_applied_once() -> None:
+    order = given(submitted(), accepted(), filled("T1", 40))
+    result = when(
+        order,
+        lambda o: o.fill(
+            "T1",
+            instrument=SBIN,
+            quantity=40,
+            price=D("812.35"),
+            exchange_timestamp=None,
+            source=Source.RECONCILIATION,
+            at=NOW,
+        ),
+    )
+    assert result == []
+    assert order.filled_quantity == 40
+
+
+def test_overfill_is_refused_and_names_the_quantities() -> None:
+    order = given(submitted(), accepted(), filled("T1", 95))
+    result = when(
+        order,
+        lambda o: o.fill(
+            "T2",
+            instrument=SBIN,
+            quantity=10,
+            price=D("812.35"),
+            exchange_timestamp=None,
+            source=Source.POLL,
+            at=NOW,
+        ),
+    )
+    assert isinstance(result, Overfill)
+    assert "95 of 100 already filled, 5 remaining" in str(result)
+    assert order.filled_quantity == 95
+
+
+def test_fill_for_another_instrument_is_refused() -> None:
+    order = given(submitted(), accepted())
+    result = when(
+        order,
+        lambda o: o.fill(
+            "T1",
+            instrument=InstrumentRef(Exchange.BSE, "SBIN"),
+            quantity=10,
+            price=D("812.35"),
+            exchange_timestamp=None,
+            source=Source.POLL,
+            at=NOW,
+        ),
+    )
+    assert isinstance(result, InstrumentMismatch)
+    assert "BSE:SBIN" in str(result)
+    assert "NSE:SBIN" in str(result)
+
+
+@pytest.mark.parametrize(
+    ("quantity", "price"), [(0, "812.35"), (-5, "812.35"), (5, "0"), (5, "-1")]
+)
+def test_fill_with_bad_numbers_is_refused(quantity: int, price: str) -> None:
+    order = given(submitted(), accepted())
+    result = when(
+        order,
+        lambda o: o.fill(
+            "T1",
+            instrument=SBIN,
+            quantity=quantity,
+            price=D(price),
+            exchange_timestamp=None,
+            source=Source.POLL,
+            at=NOW,
+        ),
+    )
+    assert isinstance(result, InvalidCommand)
+
+
+def test_average_price_is_the_exact_weighted_mean() -> None:
+    order = given(submitted(), accepted(), filled("T1", 40, "2500"), filled("T2", 60, "2505"))
+    assert order.average_price == D("2503")
+    order = given(submitted(quantity=3), accepted(), filled("T1", 1, "1"), filled("T2", 2, "2"))
+    assert order.filled_value == D("5")
+    # A mean that does not terminate is exact to 34 significant digits; the notional is exact.
+    assert order.average_price == D("1.666666666666666666666666666666667")
+
+
+def test_fill_on_a_rejected_order_is_refused() -> None:
+    result = when(given(submitted(), rejected()), ACTIONS["Filled"])
+    assert isinstance(result, TransitionRefused)
+
+
+def test_reject_after_fills_is_refused() -> None:
+    result = when(given(submitted(), accepted(), filled("T1", 10)), ACTIONS["Rejected"])
+    assert isinstance(result, TransitionRefused)
+    assert "it has fills" in str(result)
+
+
+def test_a_different_broker_order_id_is_refused() -> None:
+    order = given(submitted(), accepted("B-1"))
+    result = when(
+        order,
+        lambda o: o.accept(
+            "B-2", exchange_order_id=None, broker_timestamp=None, source=Source.POLL, at=NOW
+        ),
+    )
+    assert isinstance(result, BrokerIdMismatch)
+
+
+def test_pending_states_are_cleared_by_terminal_events() -> None:
+    order = given(submitted(), accepted(), modify_requested(price=D("812.5")), cancelled())
+    assert order.status is S.CANCELLED
+    assert order.pending is None
+    order = given(submitted(), accepted(), cancel_requested(), cancel_rejected(), expired())
+    assert order.status is S.EXPIRED
+    order = given(submitted(), accepted(), modify_requested(price=D("812.5")), modify_rejected())
+    assert order.status is S.ACCEPTED

@@ -1,0 +1,246 @@
+"""Every validation rule: refused before any event exists, with the field and rule named."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+from uuid import uuid4
+
+import pytest
+
+from ledger.commands import CancelOrder, ModifyOrder, RecordAccepted, RecordFill, SubmitOrder
+from ledger.domain.errors import InvalidCommand
+from ledger.domain.order import Order
+from ledger.domain.values import (
+    Exchange,
+    Instrument,
+    InstrumentRef,
+    OrderType,
+    Product,
+    Side,
+    Validity,
+)
+from tests.support import START, submit_command
+
+D = Decimal
+
+
+def refused(**overrides: Any) -> InvalidCommand:
+    with pytest.raises(InvalidCommand) as caught:
+        submit_command(**overrides)
+    return caught.value
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field", "words"),
+    [
+        ({"exchange": None}, "exchange", "Input should be 'NSE'"),
+        ({"tradingsymbol": ""}, "tradingsymbol", "at least 1 character"),
+        ({"exchange": "NYSE"}, "exchange", "'NSE'"),
+        ({"side": "HOLD"}, "side", "'BUY' or 'SELL'"),
+        ({"quantity": 0}, "quantity", "greater than 0"),
+        ({"quantity": -10}, "quantity", "greater than 0"),
+        ({"quantity": "ten"}, "quantity", "valid integer"),
+        ({"order_type": "LIMIT", "price": None}, "price", "required for LIMIT"),
+        (
+            {"order_type": "SL", "price": D("812.35"), "trigger_price": None},
+            "trigger_price",
+            "required for SL",
+        ),
+        (
+            {"order_type": "SL-M", "price": None, "market_protection": D(-1)},
+            "trigger_price",
+            "required for SL-M",
+        ),
+        (
+            {"order_type": "SL", "side": "BUY", "price": D("800"), "trigger_price": D("801")},
+            "trigger_price",
+            "BUY stop order must be at or below the limit price 800",
+        ),
+        (
+            {"order_type": "SL", "side": "SELL", "price": D("800"), "trigger_price": D("799")},
+            "trigger_price",
+            "SELL stop order must be at or above the limit price 800",
+        ),
+        ({"order_type": "MARKET", "price": None}, "market_protection", "required for MARKET"),
+        (
+            {"order_type": "MARKET", "price": None, "market_protection": D(0)},
+            "market_protection",
+            "-1 (automatic) or a percentage",
+        ),
+        (
+            {"order_type": "MARKET", "price": None, "market_protection": D(101)},
+            "market_protection",
+            "-1 (automatic) or a percentage",
+        ),
+        ({"market_protection": D(5)}, "market_protection", "only to MARKET and SL-M"),
+        (
+            {"order_type": "MARKET", "market_protection": D(-1)},
+            "price",
+            "must not be given for MARKET",
+        ),
+        ({"trigger_price": D("810")}, "trigger_price", "must not be given for LIMIT"),
+        ({"price": D("-1")}, "price", "positive amount"),
+        ({"price": 812.35}, "price", "not the float 812.35"),
+        ({"price": "NaN"}, "price", "finite number"),
+        ({"tag": "x" * 21}, "tag", "1 to 20 letters or digits"),
+        ({"tag": "bad tag!"}, "tag", "1 to 20 letters or digits"),
+        ({"disclosed_quantity": 101}, "disclosed_quantity", "must not exceed the quantity 100"),
+        ({"disclosed_quantity": 5}, "disclosed_quantity", "at least 10%"),
+        ({"disclosed_quantity": -1}, "disclosed_quantity", "must not be negative"),
+        (
+            {"disclosed_quantity": 50, "validity": "IOC"},
+            "disclosed_quantity",
+            "not allowed on IOC",
+        ),
+        ({"validity": "TTL"}, "validity_ttl", "required for TTL"),
+        ({"validity_ttl": 5}, "validity_ttl", "only to TTL orders"),
+        ({"variety": "co"}, "variety", "co is not supported"),
+        ({"reference_price": D("0")}, "reference_price", "positive amount"),
+        ({"account": ""}, "account", "at least 1 character"),
+        ({"unexpected": 1}, "unexpected", "Extra inputs are not permitted"),
+    ],
+)
+def test_submit_rule(overrides: dict[str, Any], field: str, words: str) -> None:
+    error = refused(**overrides)
+    assert field in error.fields, error
+    assert words in str(error)
+    assert str(error).startswith("SubmitOrder refused: ")
+
+
+def test_missing_instrument_is_named() -> None:
+    fields = submit_command().model_dump()
+    del fields["tradingsymbol"]
+    with pytest.raises(InvalidCommand, match="tradingsymbol: Field required"):
+        SubmitOrder.parse(fields)
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    error = refused(quantity=0, order_type="SL", price=D("800"), trigger_price=D("801"), tag="?")
+    assert set(error.fields) == {"quantity", "trigger_price", "tag"}
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"order_type": "LIMIT", "price": D("812.35")},
+        {"order_type": "LIMIT", "price": "812.35"},
+        {"order_type": "LIMIT", "price": 812},
+        {"order_type": "MARKET", "price": None, "market_protection": D(-1)},
+        {"order_type": "MARKET", "price": None, "market_protection": D("2.5")},
+        {"order_type": "SL", "side": "BUY", "price": D("800"), "trigger_price": D("800")},
+        {"order_type": "SL", "side": "SELL", "price": D("800"), "trigger_price": D("801")},
+        {"order_type": "SL-M", "price": None, "trigger_price": D("801"), "market_protection": 3},
+        {"validity": "TTL", "validity_ttl": 15},
+        {"validity": "IOC"},
+        {"disclosed_quantity": 10},
+        {"variety": "amo"},
+        {"tag": "MyTag2026"},
+    ],
+)
+def test_valid_submissions_pass(overrides: dict[str, Any]) -> None:
+    command = submit_command(**overrides)
+    assert command.quantity == 100
+    assert command.price is None or isinstance(command.price, Decimal)
+
+
+# ---------------------------------------------------------------- reference data, in the aggregate
+
+SBIN = Instrument(InstrumentRef(Exchange.NSE, "SBIN"), tick_size=D("0.05"), lot_size=1)
+NIFTY = Instrument(InstrumentRef(Exchange.NFO, "NIFTY26DECFUT"), tick_size=D("0.1"), lot_size=75)
+
+
+def aggregate_submit(instrument: Instrument, **overrides: Any) -> Order:
+    fields: dict[str, Any] = {
+        "account": "AB1234",
+        "client_order_id": "c-1",
+        "instrument": instrument,
+        "side": Side.BUY,
+        "quantity": 100,
+        "order_type": OrderType.LIMIT,
+        "product": Product.CNC,
+        "price": D("812.35"),
+        "tag": "KLtest",
+        "actor": "test",
+        "at": START,
+    }
+    fields.update(overrides)
+    return Order.submit(**fields)
+
+
+def test_price_must_be_a_multiple_of_the_tick_size() -> None:
+    with pytest.raises(
+        InvalidCommand, match=r"price: 812.33 is not a multiple of the tick size 0.05"
+    ):
+        aggregate_submit(SBIN, price=D("812.33"))
+
+
+def test_trigger_price_must_be_a_multiple_of_the_tick_size() -> None:
+    with pytest.raises(InvalidCommand, match=r"trigger_price: 812.01 is not a multiple"):
+        aggregate_submit(SBIN, order_type=OrderType.SL, trigger_price=D("812.01"))
+
+
+def test_quantity_must_be_a_multiple_of_the_lot_size() -> None:
+    with pytest.raises(InvalidCommand, match=r"quantity: must be a multiple of the lot size 75"):
+        aggregate_submit(NIFTY, quantity=100, price=D("26000.1"))
+    order = aggregate_submit(NIFTY, quantity=150, price=D("26000.1"))
+    assert order.lot_size == 75
+
+
+def test_record_time_must_be_timezone_aware() -> None:
+    with pytest.raises(InvalidCommand, match="at: must be a timezone-aware datetime"):
+        aggregate_submit(SBIN, at=datetime(2026, 11, 24, 9, 15))
+
+
+def test_blank_account_is_refused_in_the_aggregate_too() -> None:
+    with pytest.raises(InvalidCommand, match="account: must not be blank"):
+        aggregate_submit(SBIN, account="  ")
+
+
+def test_tick_multiples_are_exact_in_decimal() -> None:
+    """0.1 + 0.2 style errors cannot creep in: 812.35 is 16247 ticks of 0.05 exactly."""
+    order = aggregate_submit(SBIN, price=D("812.35"), validity=Validity.DAY)
+    assert order.price == D("812.35")
+
+
+# ---------------------------------------------------------------- other commands
+
+
+def test_modify_needs_at_least_one_change() -> None:
+    with pytest.raises(InvalidCommand, match="changes: name at least one field to change"):
+        ModifyOrder(order_id=uuid4())
+
+
+def test_modify_refuses_a_float_price() -> None:
+    with pytest.raises(InvalidCommand, match="price: must be a Decimal"):
+        ModifyOrder.parse({"order_id": uuid4(), "price": 812.4})
+
+
+def test_cancel_needs_an_order_id() -> None:
+    with pytest.raises(InvalidCommand, match="order_id: Field required"):
+        CancelOrder.parse({})
+    with pytest.raises(InvalidCommand, match="order_id: Input should be a valid UUID"):
+        CancelOrder.parse({"order_id": "not-a-uuid"})
+
+
+def test_fill_refuses_a_float_price_and_a_naive_time() -> None:
+    base = {
+        "order_id": uuid4(),
+        "trade_id": "T1",
+        "exchange": "NSE",
+        "tradingsymbol": "SBIN",
+        "quantity": 1,
+        "price": D("812.35"),
+    }
+    with pytest.raises(InvalidCommand, match="price: must be a Decimal"):
+        RecordFill.parse({**base, "price": 812.35})
+    with pytest.raises(InvalidCommand, match="exchange_timestamp: Input should have timezone info"):
+        RecordFill.parse({**base, "exchange_timestamp": datetime(2026, 11, 24, 9, 15)})
+    with pytest.raises(InvalidCommand, match="quantity: must be greater than 0"):
+        RecordFill.parse({**base, "quantity": 0})
+
+
+def test_accepted_needs_a_broker_order_id() -> None:
+    with pytest.raises(InvalidCommand, match="broker_order_id"):
+        RecordAccepted.parse({"order_id": uuid4(), "broker_order_id": ""})
