@@ -52,13 +52,13 @@ def _open(db: str | None) -> OrderLedger:
 
 
 def _money(value: Decimal | None) -> str:
-    return (
-        ""
-        if value is None
-        else f"{value:,.2f}"
-        if value == value.quantize(Decimal("0.01"))
-        else f"{value:,}"
-    )
+    """Two decimals where that is exact; otherwise up to four (display only: the ledger
+    keeps the exact value)."""
+    if value is None:
+        return ""
+    if value == value.quantize(Decimal("0.01")):
+        return f"{value:,.2f}"
+    return f"{value:,.4f}".rstrip("0")
 
 
 def orders_table(orders: Iterable[Order], title: str = "Orders") -> Table:
