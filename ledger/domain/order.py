@@ -255,13 +255,22 @@ class Order(Aggregate):
             order._move(self.KIND)
 
     class Filled(Event):
-        """A trade: part or all of the order executed at the exchange."""
+        """A trade: part or all of the order executed at the exchange.
+
+        A fill names the account, side, product and strategy it affects (copied from the
+        order), so positions and P&L fold from fills alone: offline, from an export, with
+        no join back to the order.
+        """
 
         TOPIC = f"{_TOPIC_PREFIX}.Filled"
         KIND = EventKind.FILLED
         class_version = 1
         trade_id: str
+        account: str
         instrument: InstrumentRef
+        side: Side
+        product: Product
+        strategy: str | None
         quantity: int
         price: Decimal
         exchange_timestamp: datetime | None
@@ -736,7 +745,11 @@ class Order(Aggregate):
             self.Filled,
             timestamp=at,
             trade_id=trade_id,
+            account=self.account,
             instrument=instrument,
+            side=self.side,
+            product=self.product,
+            strategy=self.strategy,
             quantity=quantity,
             price=price,
             exchange_timestamp=exchange_timestamp,

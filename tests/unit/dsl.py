@@ -94,7 +94,11 @@ def filled(trade_id: str, quantity: int, price: str = "812.35") -> EventSpec:
     return _event(
         Order.Filled,
         trade_id=trade_id,
+        account="AB1234",
         instrument=SBIN,
+        side=Side.BUY,
+        product=Product.CNC,
+        strategy="s1",
         quantity=quantity,
         price=D(price),
         exchange_timestamp=None,
