@@ -1,0 +1,179 @@
+"""The audit trail: every event in log order, with time, order, type, actor, source and
+details; filters by order, instrument, account, time range and event type; CSV and JSON
+lines export.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import date, datetime
+from decimal import Decimal
+from enum import Enum
+from typing import Any, ClassVar
+from uuid import UUID
+
+from ledger.domain.order import Order
+from ledger.domain.values import InstrumentRef, OrderChanges
+from projections.base import Projection, Table, View
+
+_COMMON = {"originator_id", "originator_version", "timestamp", "originator_topic"}
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    log_position: int
+    recorded_at: datetime
+    order_id: str
+    order_version: int
+    account: str
+    client_order_id: str
+    exchange: str
+    tradingsymbol: str
+    event_type: str
+    actor: str
+    source: str
+    details: str  # JSON object of the event's own fields
+
+
+@dataclass(frozen=True, slots=True)
+class AuditOrder:
+    """What the trail needs to know about an order to label its later events."""
+
+    order_id: str
+    account: str
+    client_order_id: str
+    exchange: str
+    tradingsymbol: str
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, Decimal | UUID):
+        return str(value)
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if isinstance(value, InstrumentRef):
+        return str(value)
+    if isinstance(value, OrderChanges):
+        return {k: _plain(v) for k, v in _fields(value).items() if v is not None}
+    return value
+
+
+def _fields(obj: Any) -> dict[str, Any]:
+    names = getattr(type(obj), "__dataclass_fields__", {})
+    return {name: getattr(obj, name) for name in names}
+
+
+def details_of(event: Order.Event) -> dict[str, Any]:
+    """The event's own fields as JSON-ready values."""
+    return {k: _plain(v) for k, v in vars(event).items() if k not in _COMMON}
+
+
+class AuditTrailProjection(Projection):
+    name: ClassVar[str] = "audit"
+    version: ClassVar[int] = 1
+    tables: ClassVar[tuple[Table, ...]] = (
+        Table("audit_trail", AuditEntry, ("log_position",)),
+        Table("audit_orders", AuditOrder, ("order_id",)),
+    )
+    handles: ClassVar[tuple[type[Order.Event], ...]] = (Order.Event,)
+
+    def apply(self, view: View, event: Order.Event, position: int) -> None:
+        order_id = str(event.originator_id)
+        if isinstance(event, Order.Submitted):
+            view.put(
+                "audit_orders",
+                (order_id,),
+                AuditOrder(
+                    order_id,
+                    event.account,
+                    event.client_order_id,
+                    event.instrument.exchange.value,
+                    event.instrument.tradingsymbol,
+                ),
+            )
+        order: AuditOrder = view.get("audit_orders", (order_id,))
+        source = getattr(event, "source", None)
+        actor = getattr(event, "actor", None)
+        view.put(
+            "audit_trail",
+            (position,),
+            AuditEntry(
+                log_position=position,
+                recorded_at=event.timestamp,
+                order_id=order_id,
+                order_version=event.originator_version,
+                account=order.account,
+                client_order_id=order.client_order_id,
+                exchange=order.exchange,
+                tradingsymbol=order.tradingsymbol,
+                event_type=type(event).__name__,
+                actor=actor if actor is not None else "broker",
+                source=source.value if source is not None else "ledger",
+                details=json.dumps(details_of(event), sort_keys=True, separators=(",", ":")),
+            ),
+        )
+
+
+def query(
+    entries: Iterable[AuditEntry],
+    *,
+    order_id: UUID | str | None = None,
+    instrument: InstrumentRef | None = None,
+    account: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    event_types: Iterable[str] | None = None,
+) -> list[AuditEntry]:
+    """Entries matching every filter, in log order. `since` inclusive, `until` exclusive."""
+    types = set(event_types) if event_types is not None else None
+    wanted_order = str(order_id) if order_id is not None else None
+    matched = [
+        e
+        for e in entries
+        if (wanted_order is None or e.order_id == wanted_order)
+        and (
+            instrument is None
+            or (e.exchange, e.tradingsymbol)
+            == (instrument.exchange.value, instrument.tradingsymbol)
+        )
+        and (account is None or e.account == account)
+        and (since is None or e.recorded_at >= since)
+        and (until is None or e.recorded_at < until)
+        and (types is None or e.event_type in types)
+    ]
+    return sorted(matched, key=lambda e: e.log_position)
+
+
+def trail(view: View, **filters: Any) -> list[AuditEntry]:
+    return query(view.rows("audit_trail"), **filters)
+
+
+CSV_COLUMNS = list(AuditEntry.__dataclass_fields__)
+
+
+def _row(entry: AuditEntry) -> dict[str, Any]:
+    row = {name: getattr(entry, name) for name in CSV_COLUMNS}
+    row["recorded_at"] = entry.recorded_at.isoformat()
+    return row
+
+
+def to_csv(entries: Iterable[AuditEntry]) -> str:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for entry in entries:
+        writer.writerow(_row(entry))
+    return out.getvalue()
+
+
+def to_jsonl(entries: Iterable[AuditEntry]) -> Iterator[str]:
+    for entry in entries:
+        row = _row(entry)
+        row["details"] = json.loads(entry.details)
+        yield json.dumps(row, sort_keys=True)

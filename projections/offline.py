@@ -1,0 +1,307 @@
+"""Export the log, and rebuild every projection from an export with no database server.
+
+An export holds one record per event, in log order:
+
+| column | meaning |
+|---|---|
+| position | the event's notification id in the log |
+| order_id, version | the order and the event's version in it |
+| topic, event_type | the event class (stable topic) and its short name |
+| recorded_at | the ledger's record time (UTC) |
+| state | the event exactly as stored (the ledger's JSON), so nothing is lost |
+
+JSON lines (`.jsonl`) and Parquet (`.parquet`) hold the same columns. An analyst can query
+either directly (DuckDB: `SELECT * FROM 'log.parquet'`), or rebuild the projections into a
+DuckDB or SQLite file with `offline_rebuild` and query those tables; they equal the live
+projections exactly, because the same folds run over the same events.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final, Literal
+from uuid import UUID
+
+from eventsourcing.persistence import (
+    DatetimeAsISO,
+    DecimalAsStr,
+    JSONTranscoder,
+    Mapper,
+    StoredEvent,
+    UUIDAsHex,
+)
+
+from ledger.application import OrderLedger
+from ledger.domain.errors import LedgerError
+from ledger.domain.order import Order
+from ledger.persistence import register_ledger_transcodings
+from projections.base import Projection
+from projections.rebuild import rebuild
+from projections.runner import DEFAULT_BATCH_SIZE, decode
+from projections.store import store_for_file
+
+Format = Literal["jsonl", "parquet"]
+COLUMNS: Final = ("position", "order_id", "version", "topic", "event_type", "recorded_at", "state")
+
+
+class ExportError(LedgerError, ValueError):
+    """An export file is unreadable or malformed; the message names the file and record."""
+
+
+def offline_mapper() -> Mapper[UUID]:
+    """A mapper that decodes stored events with no database: the ledger's transcodings."""
+    transcoder = JSONTranscoder()
+    transcoder.register(UUIDAsHex())
+    transcoder.register(DecimalAsStr())
+    transcoder.register(DatetimeAsISO())
+    register_ledger_transcodings(transcoder)
+    return Mapper(transcoder=transcoder)
+
+
+def format_of(path: str | Path) -> Format:
+    suffix = Path(path).suffix.lower()
+    if suffix == ".parquet":
+        return "parquet"
+    if suffix in (".jsonl", ".ndjson", ".json"):
+        return "jsonl"
+    raise ExportError(f"{path}: unknown export format {suffix!r} (use .jsonl or .parquet)")
+
+
+# --------------------------------------------------------------------------- export
+
+
+def _records(
+    ledger: OrderLedger, since: datetime | None, until: datetime | None, page: int = 5000
+) -> Iterator[dict[str, Any]]:
+    after = 0
+    while True:
+        notifications = ledger.recorder.select_notifications(
+            start=after, limit=page, inclusive_of_start=False
+        )
+        if not notifications:
+            return
+        for (position, event), n in zip(
+            decode(ledger.mapper, ((n.id, n) for n in notifications)), notifications, strict=False
+        ):
+            assert position == n.id
+            if since is not None and event.timestamp < since:
+                continue
+            if until is not None and event.timestamp >= until:
+                continue
+            yield {
+                "position": position,
+                "order_id": str(event.originator_id),
+                "version": event.originator_version,
+                "topic": n.topic,
+                "event_type": type(event).__name__,
+                "recorded_at": event.timestamp.astimezone(UTC),
+                "state": bytes(n.state).decode("utf-8"),
+            }
+        after = notifications[-1].id
+
+
+def export_log(
+    ledger: OrderLedger,
+    path: str | Path,
+    *,
+    fmt: Format | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    on_record: Callable[[int], None] | None = None,
+) -> int:
+    """Write the log (optionally only events recorded in [since, until)) to `path`.
+    Streams: memory stays flat whatever the log's size. Returns the records written."""
+    fmt = fmt or format_of(path)
+    records = _records(ledger, since, until)
+    count = (
+        _write_parquet(path, records, on_record)
+        if fmt == "parquet"
+        else _write_jsonl(path, records, on_record)
+    )
+    return count
+
+
+def _write_jsonl(
+    path: str | Path, records: Iterator[dict[str, Any]], on_record: Callable[[int], None] | None
+) -> int:
+    count = 0
+    with Path(path).open("w", encoding="utf-8") as out:
+        for record in records:
+            record["recorded_at"] = record["recorded_at"].isoformat()
+            out.write(json.dumps(record, separators=(",", ":")) + "\n")
+            count += 1
+            if on_record:
+                on_record(count)
+    return count
+
+
+def _parquet_schema() -> Any:
+    import pyarrow as pa
+
+    return pa.schema(
+        [
+            ("position", pa.int64()),
+            ("order_id", pa.string()),
+            ("version", pa.int64()),
+            ("topic", pa.string()),
+            ("event_type", pa.string()),
+            ("recorded_at", pa.timestamp("us", tz="UTC")),
+            ("state", pa.string()),
+        ]
+    )
+
+
+def _write_parquet(
+    path: str | Path, records: Iterator[dict[str, Any]], on_record: Callable[[int], None] | None
+) -> int:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = _parquet_schema()
+    count = 0
+    with pq.ParquetWriter(str(path), schema) as writer:
+        chunk: list[dict[str, Any]] = []
+        for record in records:
+            chunk.append(record)
+            count += 1
+            if len(chunk) >= 10000:
+                writer.write_table(pa.Table.from_pylist(chunk, schema=schema))
+                chunk = []
+            if on_record:
+                on_record(count)
+        if chunk or count == 0:
+            writer.write_table(pa.Table.from_pylist(chunk, schema=schema))
+    return count
+
+
+# --------------------------------------------------------------------------- import
+
+
+def _stored(record: Any, where: str) -> tuple[int, StoredEvent]:
+    if not isinstance(record, dict):
+        raise ExportError(f"{where}: expected an object with {', '.join(COLUMNS)}")
+    missing = [c for c in ("position", "order_id", "version", "topic", "state") if c not in record]
+    if missing:
+        raise ExportError(f"{where}: missing {', '.join(missing)}")
+    try:
+        position = int(record["position"])
+        version = int(record["version"])
+        order_id = UUID(str(record["order_id"]))
+    except (TypeError, ValueError) as error:
+        raise ExportError(f"{where}: bad position, version or order_id ({error})") from None
+    if not isinstance(record["topic"], str) or not isinstance(record["state"], str):
+        raise ExportError(f"{where}: topic and state must be strings")
+    return position, StoredEvent(
+        originator_id=order_id,
+        originator_version=version,
+        topic=record["topic"],
+        state=record["state"].encode("utf-8"),
+    )
+
+
+def read_export(path: str | Path, *, chunk: int = 5000) -> Iterator[list[tuple[int, Order.Event]]]:
+    """The events of an export, in chunks, checked: positions must increase and each
+    record must decode to an order event, or `ExportError` names the record."""
+    mapper = offline_mapper()
+    fmt = format_of(path)
+    raw = _read_parquet(path) if fmt == "parquet" else _read_jsonl(path)
+    last = 0
+    pending: list[tuple[int, StoredEvent]] = []
+
+    def flush() -> list[tuple[int, Order.Event]]:
+        try:
+            return decode(mapper, pending)
+        except Exception as error:  # a corrupt state or unknown topic
+            first = pending[0][0] if pending else 0
+            raise ExportError(
+                f"{path}: cannot decode events from position {first}: {error}"
+            ) from None
+
+    for where, record in raw:
+        position, stored = _stored(record, where)
+        if position <= last:
+            raise ExportError(
+                f"{where}: position {position} is not after {last} (log order broken)"
+            )
+        last = position
+        pending.append((position, stored))
+        if len(pending) >= chunk:
+            yield flush()
+            pending = []
+    if pending:
+        yield flush()
+
+
+def _read_jsonl(path: str | Path) -> Iterator[tuple[str, Any]]:
+    try:
+        with Path(path).open(encoding="utf-8") as lines:
+            for number, line in enumerate(lines, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    yield f"{path}:{number}", json.loads(line)
+                except json.JSONDecodeError as error:
+                    raise ExportError(f"{path}:{number}: not JSON ({error.msg})") from None
+    except OSError as error:
+        raise ExportError(f"{path}: cannot read export: {error.strerror}") from None
+    except UnicodeDecodeError:
+        raise ExportError(f"{path}: not a UTF-8 text file") from None
+
+
+def _read_parquet(path: str | Path) -> Iterator[tuple[str, Any]]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        parquet = pq.ParquetFile(str(path))
+    except (OSError, pa.ArrowException) as error:
+        raise ExportError(f"{path}: cannot read Parquet export: {error}") from None
+    index = 0
+    for batch in parquet.iter_batches(batch_size=5000):
+        for record in batch.to_pylist():
+            index += 1
+            yield f"{path} record {index}", record
+
+
+@dataclass
+class ExportLog:
+    """An export file as an event source for the runner (read front to back, once)."""
+
+    path: str | Path
+    _chunks: Iterator[list[tuple[int, Order.Event]]] | None = None
+    _buffer: list[tuple[int, Order.Event]] = field(default_factory=list)
+
+    def read(self, after: int, limit: int) -> list[tuple[int, Order.Event]]:
+        if self._chunks is None:
+            self._chunks = read_export(self.path)
+        self._buffer = [item for item in self._buffer if item[0] > after]
+        while len(self._buffer) < limit:
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                break
+            self._buffer.extend(item for item in chunk if item[0] > after)
+        taken, self._buffer = self._buffer[:limit], self._buffer[limit:]
+        return taken
+
+
+def offline_rebuild(
+    export: str | Path,
+    into: str | Path,
+    projections: Sequence[Projection],
+    *,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    on_batch: Callable[[int, int], None] | None = None,
+) -> int:
+    """Rebuild `projections` from an export into a DuckDB (`.duckdb`) or SQLite file.
+    Returns the records folded."""
+    store = store_for_file(into)
+    try:
+        return rebuild(
+            ExportLog(export), store, projections, batch_size=batch_size, on_batch=on_batch
+        )
+    finally:
+        store.close()

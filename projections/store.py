@@ -1,0 +1,382 @@
+"""Where projections keep their tables: SQLite, PostgreSQL or DuckDB.
+
+Every projection table gets one SQL table, named `proj_<projection>_v<version>_<table>`,
+with typed columns an analyst can query (NUMERIC / DECIMAL for money, TIMESTAMPTZ for
+times) and the row's key as primary key. Beside them:
+
+* `proj_tracking (projection, version, position)`: how far into the log each projection
+  version has folded. It is written in the same transaction as the rows a batch changed,
+  so a projection is never ahead of or behind its tracking position: exactly once.
+* `proj_active (projection, version)`: the version readers use. A new version is built
+  beside the old one and switched to in one statement when it has caught up.
+
+Only values (never names from input) go into parameters; the identifiers are the
+projections' own.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import types
+import typing
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import date, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, Final
+
+from projections.base import PRICE_PLACES, Key, Projection, Table, View
+
+TRACKING: Final = "proj_tracking"
+ACTIVE: Final = "proj_active"
+
+
+def table_name(
+    projection: Projection | type[Projection], table: Table, version: int | None = None
+) -> str:
+    return f"proj_{projection.name}_v{version or projection.version}_{table.name}"
+
+
+def _base_type(annotation: Any) -> tuple[type[Any], bool]:
+    """(the type, whether None is allowed) of a row field annotation."""
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return args[0], True
+    return annotation, False
+
+
+class ProjectionStore(ABC):
+    """Tables, tracking positions and active versions in one database."""
+
+    placeholder = "?"
+    sql_types: Mapping[type[Any], str] = {}
+
+    # ------------------------------------------------------------------ dialect
+
+    @abstractmethod
+    @contextmanager
+    def transaction(self) -> Iterator[Any]:
+        """A cursor inside one transaction: committed on success, rolled back on error."""
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    def encode(self, value: Any, kind: type[Any]) -> Any:
+        return value
+
+    def decode(self, value: Any, kind: type[Any]) -> Any:
+        if value is None:
+            return None
+        if kind is Decimal and not isinstance(value, Decimal):
+            return Decimal(str(value))
+        return value
+
+    def _q(self, name: str) -> str:
+        return '"' + name.replace('"', '""') + '"'
+
+    # ------------------------------------------------------------------ schema
+
+    def ensure(self, projections: Sequence[Projection]) -> None:
+        """Create the bookkeeping tables and every projection's tables, if missing."""
+        with self.transaction() as cur:
+            self._ensure_bookkeeping(cur)
+            for projection in projections:
+                for table in projection.tables:
+                    cur.execute(self._create_statement(projection, table))
+                cur.execute(
+                    f"INSERT INTO {TRACKING} (projection, version, position) VALUES"
+                    f" ({self.placeholder}, {self.placeholder}, 0) ON CONFLICT DO NOTHING",
+                    (projection.name, projection.version),
+                )
+                cur.execute(
+                    f"INSERT INTO {ACTIVE} (projection, version) VALUES"
+                    f" ({self.placeholder}, {self.placeholder}) ON CONFLICT DO NOTHING",
+                    (projection.name, projection.version),
+                )
+
+    @staticmethod
+    def _ensure_bookkeeping(cur: Any) -> None:
+        cur.execute(
+            f"CREATE TABLE IF NOT EXISTS {TRACKING} (projection TEXT NOT NULL,"
+            " version INTEGER NOT NULL, position BIGINT NOT NULL,"
+            " PRIMARY KEY (projection, version))"
+        )
+        cur.execute(
+            f"CREATE TABLE IF NOT EXISTS {ACTIVE} (projection TEXT PRIMARY KEY,"
+            " version INTEGER NOT NULL)"
+        )
+
+    def _create_statement(self, projection: Projection, table: Table) -> str:
+        columns = []
+        for name, annotation in table.columns.items():
+            kind, nullable = _base_type(annotation)
+            sql_type = self.sql_types[kind]
+            columns.append(f"{self._q(name)} {sql_type}{'' if nullable else ' NOT NULL'}")
+        key = ", ".join(self._q(k) for k in table.key_fields)
+        return (
+            f"CREATE TABLE IF NOT EXISTS {self._q(table_name(projection, table))}"
+            f" ({', '.join(columns)}, PRIMARY KEY ({key}))"
+        )
+
+    def drop(self, projection: Projection) -> None:
+        """Drop a projection version's tables and forget its position."""
+        with self.transaction() as cur:
+            self._ensure_bookkeeping(cur)
+            for table in projection.tables:
+                cur.execute(f"DROP TABLE IF EXISTS {self._q(table_name(projection, table))}")
+            cur.execute(
+                f"DELETE FROM {TRACKING} WHERE projection = {self.placeholder}"
+                f" AND version = {self.placeholder}",
+                (projection.name, projection.version),
+            )
+
+    # ------------------------------------------------------------------ tracking
+
+    def position(self, projection: Projection) -> int:
+        with self.transaction() as cur:
+            cur.execute(
+                f"SELECT position FROM {TRACKING} WHERE projection = {self.placeholder}"
+                f" AND version = {self.placeholder}",
+                (projection.name, projection.version),
+            )
+            row = cur.fetchone()
+        return int(row[0]) if row else 0
+
+    def active_version(self, name: str) -> int | None:
+        with self.transaction() as cur:
+            cur.execute(
+                f"SELECT version FROM {ACTIVE} WHERE projection = {self.placeholder}", (name,)
+            )
+            row = cur.fetchone()
+        return int(row[0]) if row else None
+
+    def activate(self, projection: Projection) -> None:
+        """Point readers at this projection version (one statement: no reader sees half)."""
+        with self.transaction() as cur:
+            cur.execute(
+                f"UPDATE {ACTIVE} SET version = {self.placeholder}"
+                f" WHERE projection = {self.placeholder}",
+                (projection.version, projection.name),
+            )
+
+    # ------------------------------------------------------------------ rows
+
+    def load_view(self, projection: Projection) -> View:
+        """Every row of the projection's tables."""
+        view = View()
+        with self.transaction() as cur:
+            for table in projection.tables:
+                names = list(table.columns)
+                kinds = [_base_type(a)[0] for a in table.columns.values()]
+                cur.execute(
+                    f"SELECT {', '.join(self._q(n) for n in names)}"
+                    f" FROM {self._q(table_name(projection, table))}"
+                )
+                rows = view.table(table.name)
+                for record in cur.fetchall():
+                    values = {
+                        n: self.decode(v, k) for n, v, k in zip(names, record, kinds, strict=True)
+                    }
+                    row = table.row_type(**values)
+                    rows[table.key_of(row)] = row
+        return view
+
+    def commit(
+        self,
+        changes: Sequence[tuple[Projection, Mapping[str, Mapping[Key, Any]]]],
+        position: int,
+    ) -> None:
+        """Write changed rows of several projections and move each to `position`, in one
+        transaction."""
+        with self.transaction() as cur:
+            for projection, tables in changes:
+                for table_key, rows in tables.items():
+                    if not rows:
+                        continue
+                    table = projection.table_named(table_key)
+                    statement, encoders = self._upsert(projection, table)
+                    cur.executemany(
+                        statement,
+                        [
+                            tuple(enc(getattr(row, n)) for n, enc in encoders)
+                            for row in rows.values()
+                        ],
+                    )
+                cur.execute(
+                    f"UPDATE {TRACKING} SET position = {self.placeholder}"
+                    f" WHERE projection = {self.placeholder} AND version = {self.placeholder}",
+                    (position, projection.name, projection.version),
+                )
+            self.count_transaction()
+
+    transactions_committed = 0
+
+    def count_transaction(self) -> None:
+        """Counted so tests can prove batching (one transaction per batch, not per event)."""
+        self.transactions_committed += 1
+
+    def _upsert(self, projection: Projection, table: Table) -> tuple[str, list[tuple[str, Any]]]:
+        names = list(table.columns)
+        kinds = [_base_type(a)[0] for a in table.columns.values()]
+        updates = [n for n in names if n not in table.key_fields] or names[:1]
+        statement = (
+            f"INSERT INTO {self._q(table_name(projection, table))}"
+            f" ({', '.join(self._q(n) for n in names)})"
+            f" VALUES ({', '.join([self.placeholder] * len(names))})"
+            f" ON CONFLICT ({', '.join(self._q(k) for k in table.key_fields)}) DO UPDATE SET "
+            + ", ".join(f"{self._q(n)} = excluded.{self._q(n)}" for n in updates)
+        )
+
+        def encoder(kind: type[Any]) -> Any:
+            return lambda value: None if value is None else self.encode(value, kind)
+
+        return statement, [(n, encoder(k)) for n, k in zip(names, kinds, strict=True)]
+
+
+class SQLiteProjectionStore(ProjectionStore):
+    """Projection tables in a SQLite file (by default the ledger's own file)."""
+
+    sql_types = {
+        str: "TEXT",
+        int: "INTEGER",
+        bool: "INTEGER",
+        Decimal: "TEXT",  # exact: SQLite has no decimal type
+        datetime: "TEXT",
+        date: "TEXT",
+    }
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = str(path)
+        self._conn = sqlite3.connect(
+            self.path, isolation_level=None, timeout=30, check_same_thread=False
+        )
+        self._conn.execute("PRAGMA journal_mode=WAL")
+
+    @contextmanager
+    def transaction(self) -> Iterator[Any]:
+        cur = self._conn.cursor()
+        cur.execute("BEGIN IMMEDIATE")
+        try:
+            yield cur
+        except BaseException:
+            self._conn.rollback()
+            raise
+        else:
+            self._conn.commit()
+
+    def encode(self, value: Any, kind: type[Any]) -> Any:
+        if kind is Decimal:
+            return str(value)
+        if kind is datetime or kind is date:
+            return value.isoformat()
+        if kind is bool:
+            return int(value)
+        return value
+
+    def decode(self, value: Any, kind: type[Any]) -> Any:
+        if value is None:
+            return None
+        if kind is Decimal:
+            return Decimal(value)
+        if kind is datetime:
+            return datetime.fromisoformat(value)
+        if kind is date:
+            return date.fromisoformat(value)
+        if kind is bool:
+            return bool(value)
+        return value
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+class PostgresProjectionStore(ProjectionStore):
+    """Projection tables in PostgreSQL, in the given schema (by default the ledger's)."""
+
+    placeholder = "%s"
+    sql_types = {
+        str: "TEXT",
+        int: "BIGINT",
+        bool: "BOOLEAN",
+        Decimal: "NUMERIC",
+        datetime: "TIMESTAMPTZ",
+        date: "DATE",
+    }
+
+    def __init__(self, conninfo: str, schema: str) -> None:
+        import psycopg
+        from psycopg import sql
+
+        self.schema = schema
+        self._conn = psycopg.connect(conninfo, autocommit=True)
+        self._conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
+        self._conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(schema)))
+
+    @contextmanager
+    def transaction(self) -> Iterator[Any]:
+        with self._conn.transaction(), self._conn.cursor() as cur:
+            yield cur
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+class DuckDBProjectionStore(ProjectionStore):
+    """Projection tables in a DuckDB file, for analysts (no server)."""
+
+    sql_types = {
+        str: "VARCHAR",
+        int: "BIGINT",
+        bool: "BOOLEAN",
+        Decimal: f"DECIMAL(38,{PRICE_PLACES})",
+        datetime: "TIMESTAMPTZ",
+        date: "DATE",
+    }
+
+    def __init__(self, path: str | Path) -> None:
+        import duckdb
+
+        self.path = str(path)
+        self._conn = duckdb.connect(self.path)
+        self._conn.execute("SET TimeZone = 'UTC'")
+
+    @contextmanager
+    def transaction(self) -> Iterator[Any]:
+        cur = self._conn.cursor()
+        cur.execute("BEGIN TRANSACTION")
+        try:
+            yield cur
+        except BaseException:
+            cur.execute("ROLLBACK")
+            raise
+        else:
+            cur.execute("COMMIT")
+        finally:
+            cur.close()
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+def store_for_ledger_url(url: str | Path | None) -> ProjectionStore:
+    """The store that keeps projections beside the ledger's log (same file or schema)."""
+    from ledger.persistence import StorageSettings
+
+    settings = StorageSettings.from_url(url)
+    if settings.backend == "sqlite":
+        assert settings.sqlite_path is not None
+        return SQLiteProjectionStore(settings.sqlite_path)
+    assert settings.postgres_conninfo is not None
+    assert settings.postgres_schema is not None
+    return PostgresProjectionStore(settings.postgres_conninfo, settings.postgres_schema)
+
+
+def store_for_file(path: str | Path) -> ProjectionStore:
+    """An analyst's file: `.duckdb` for DuckDB, anything else SQLite."""
+    return (
+        DuckDBProjectionStore(path)
+        if str(path).endswith(".duckdb")
+        else SQLiteProjectionStore(path)
+    )
