@@ -1,0 +1,253 @@
+"""Projections kept in real databases: the runner, rebuilds, versions, point in time,
+offline rebuilds. Every test runs on SQLite and on PostgreSQL."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+
+from ledger.application import OrderLedger
+from ledger.demo import run_session
+from projections import all_projections
+from projections.base import Projection
+from projections.offline import ExportError, export_log, offline_rebuild
+from projections.pointintime import as_of
+from projections.positions import PositionsProjection, positions_of
+from projections.rebuild import build_beside, read_active, rebuild, retire
+from projections.runner import LedgerLog, ProjectionRunner
+from projections.store import ProjectionStore, store_for_file, store_for_ledger_url
+from tests.conftest import LedgerFactory
+from tests.support import FakeClock
+
+
+def tables(store: ProjectionStore, projections: list[Projection]) -> dict[str, Any]:
+    return {p.name: store.load_view(p).tables for p in projections}
+
+
+def folded(ledger: OrderLedger, projections: list[Projection]) -> dict[str, Any]:
+    """What a clean fold of the whole log gives, in memory."""
+    events = list(_all_events(ledger))
+    return {p.name: p.fold(events).tables for p in projections}
+
+
+def _all_events(ledger: OrderLedger) -> Any:
+    log = LedgerLog(ledger)
+    after = 0
+    while batch := log.read(after, 1000):
+        yield from batch
+        after = batch[-1][0]
+
+
+@pytest.fixture
+def store(database_url: str) -> Any:
+    store = store_for_ledger_url(database_url)
+    yield store
+    store.close()
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, 1000])
+def test_runner_equals_a_clean_fold_whatever_the_batch_size(
+    ledger: OrderLedger, store: ProjectionStore, batch_size: int
+) -> None:
+    run_session(ledger)
+    projections = all_projections()
+    runner = ProjectionRunner(LedgerLog(ledger), store, projections, batch_size=batch_size)
+    covered = runner.catch_up()
+    assert covered == ledger.count_events()
+    assert tables(store, projections) == folded(ledger, projections)
+    assert runner.catch_up() == 0
+
+
+def test_one_transaction_per_batch_not_per_event(
+    ledger: OrderLedger, store: ProjectionStore
+) -> None:
+    """A guard against falling back to a commit per event."""
+    run_session(ledger)
+    events = ledger.count_events()
+    runner = ProjectionRunner(LedgerLog(ledger), store, all_projections(), batch_size=10)
+    before = store.transactions_committed
+    runner.catch_up()
+    assert store.transactions_committed - before == -(-events // 10)
+
+
+def test_live_runner_follows_new_events(ledger: OrderLedger, store: ProjectionStore) -> None:
+    projections = all_projections()
+    runner = ProjectionRunner(LedgerLog(ledger), store, projections, batch_size=4)
+    run_session(ledger)
+    runner.catch_up()
+    run_session(ledger)
+    runner.catch_up()
+    assert tables(store, projections) == folded(ledger, projections)
+
+
+def test_a_new_runner_resumes_where_the_last_one_stopped(
+    ledger: OrderLedger, database_url: str
+) -> None:
+    run_session(ledger)
+    projections = all_projections()
+    first_store = store_for_ledger_url(database_url)
+    first = ProjectionRunner(LedgerLog(ledger), first_store, projections, batch_size=5)
+    first.run_once()
+    first.run_once()
+    stopped_at = first.position
+    first_store.close()
+    second_store = store_for_ledger_url(database_url)
+    second = ProjectionRunner(LedgerLog(ledger), second_store, projections, batch_size=5)
+    assert second.position == stopped_at
+    second.catch_up()
+    assert tables(second_store, projections) == folded(ledger, projections)
+    second_store.close()
+
+
+def test_a_failed_batch_commits_nothing_and_is_folded_again(
+    ledger: OrderLedger, store: ProjectionStore
+) -> None:
+    run_session(ledger)
+    projections = all_projections()
+    runner = ProjectionRunner(LedgerLog(ledger), store, projections, batch_size=8)
+    runner.run_once()
+    real_commit = store.commit
+
+    def failing_commit(*args: Any, **kwargs: Any) -> None:
+        raise ConnectionError("database went away")
+
+    store.commit = failing_commit  # type: ignore[method-assign]
+    position = runner.position
+    with pytest.raises(ConnectionError):
+        runner.run_once()
+    assert runner.position == position
+    store.commit = real_commit  # type: ignore[method-assign]
+    runner.catch_up()
+    assert tables(store, projections) == folded(ledger, projections)
+
+
+def test_gaps_in_positions_are_not_waited_for(store: ProjectionStore, ledger: OrderLedger) -> None:
+    run_session(ledger)
+    events = list(_all_events(ledger))
+    gappy = [(position * 10 + 7, event) for position, event in events]  # ids 17, 27, ...
+
+    class GappyLog:
+        def read(self, after: int, limit: int) -> list[Any]:
+            return [item for item in gappy if item[0] > after][:limit]
+
+    projections = all_projections()
+    runner = ProjectionRunner(GappyLog(), store, projections, batch_size=3)
+    runner.catch_up()
+    assert runner.position == gappy[-1][0]
+    expected = {p.name: p.fold(gappy).tables for p in projections}
+    assert tables(store, projections) == expected
+
+
+def test_rebuild_one_projection_from_scratch(ledger: OrderLedger, store: ProjectionStore) -> None:
+    run_session(ledger)
+    projections = all_projections()
+    ProjectionRunner(LedgerLog(ledger), store, projections).catch_up()
+    positions = PositionsProjection()
+    with store.transaction() as cur:  # damage it
+        cur.execute("DELETE FROM proj_positions_v1_positions")
+    assert tables(store, [positions]) != folded(ledger, [positions])
+    rebuild(LedgerLog(ledger), store, [positions], batch_size=4)
+    assert tables(store, projections) == folded(ledger, projections)
+
+
+class PositionsV2(PositionsProjection):
+    """A new version of a projection (here: the same fold, new tables)."""
+
+    version: ClassVar[int] = 2
+
+
+def test_build_a_new_version_beside_and_switch_readers(
+    ledger: OrderLedger, store: ProjectionStore
+) -> None:
+    run_session(ledger)
+    v1, v2 = PositionsProjection(), PositionsV2()
+    ProjectionRunner(LedgerLog(ledger), store, [v1]).catch_up()
+    assert store.active_version("positions") == 1
+    assert set(read_active(store, [v1, v2])) == {"positions"}
+    before_switch = read_active(store, [v1, v2])["positions"]
+    build_beside(LedgerLog(ledger), store, v2, batch_size=5)
+    assert store.active_version("positions") == 2
+    after_switch = read_active(store, [v1, v2])["positions"]
+    assert after_switch.tables == before_switch.tables
+    retire(store, v1)
+    with pytest.raises(ValueError, match="still the active version"):
+        retire(store, v2)
+    with pytest.raises(ValueError, match="already the active version"):
+        build_beside(LedgerLog(ledger), store, v2)
+
+
+def test_positions_as_of_a_past_instant(make_ledger: LedgerFactory) -> None:
+    clock = FakeClock()
+    ledger = make_ledger(clock=clock)
+    run_session(ledger)
+    midway = clock.now
+    clock.advance(timedelta(minutes=5))
+    run_session(ledger)
+    projections = all_projections()
+    then = as_of(LedgerLog(ledger), projections, midway)
+    now = as_of(LedgerLog(ledger), projections, clock.now)
+    events = list(_all_events(ledger))
+    expected_then = PositionsProjection().fold([(n, e) for n, e in events if e.timestamp <= midway])
+    assert then["positions"].tables == expected_then.tables
+    assert then["positions"].tables != now["positions"].tables
+    assert now["positions"].tables == folded(ledger, projections)["positions"]
+    nets = {p.tradingsymbol: p.net_quantity for p in positions_of(then["positions"])}
+    assert nets["SBIN"] == 50
+
+
+@pytest.mark.parametrize(
+    ("fmt", "target"), [("jsonl", "a.duckdb"), ("parquet", "a.sqlite"), ("parquet", "b.duckdb")]
+)
+def test_offline_rebuild_from_an_export_equals_live(
+    ledger: OrderLedger, store: ProjectionStore, tmp_path: Path, fmt: str, target: str
+) -> None:
+    run_session(ledger)
+    run_session(ledger)
+    projections = all_projections()
+    ProjectionRunner(LedgerLog(ledger), store, projections).catch_up()
+    export = tmp_path / f"log.{fmt}"
+    assert export_log(ledger, export) == ledger.count_events()
+    into = tmp_path / target
+    assert offline_rebuild(export, into, projections, batch_size=7) == ledger.count_events()
+    offline_store = store_for_file(into)
+    try:
+        assert tables(offline_store, projections) == tables(store, projections)
+    finally:
+        offline_store.close()
+
+
+def test_export_time_window(ledger: OrderLedger, tmp_path: Path) -> None:
+    clock = ledger.clock
+    assert isinstance(clock, FakeClock)
+    run_session(ledger)
+    middle = clock.now
+    clock.advance(timedelta(seconds=1))
+    run_session(ledger)
+    total = ledger.count_events()
+    first = export_log(ledger, tmp_path / "first.jsonl", until=middle + timedelta(microseconds=1))
+    second = export_log(ledger, tmp_path / "second.jsonl", since=middle + timedelta(microseconds=1))
+    assert first + second == total
+    assert 0 < first < total
+
+
+def test_bad_export_files_are_named(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"position": 1}\nnot json\n')
+    with pytest.raises(ExportError, match=r"bad.jsonl:1: missing order_id"):
+        offline_rebuild(bad, tmp_path / "x.sqlite", all_projections())
+    with pytest.raises(ExportError, match="unknown export format"):
+        offline_rebuild(tmp_path / "log.csv", tmp_path / "x.sqlite", all_projections())
+    with pytest.raises(ExportError, match="cannot read export"):
+        offline_rebuild(tmp_path / "none.jsonl", tmp_path / "x.sqlite", all_projections())
+
+
+def test_views_can_be_read_while_empty(store: ProjectionStore) -> None:
+    projections = all_projections()
+    store.ensure(projections)
+    empty: dict[str, dict[str, dict[Any, Any]]] = {
+        p.name: {t.name: {} for t in p.tables} for p in projections
+    }
+    assert tables(store, projections) == empty

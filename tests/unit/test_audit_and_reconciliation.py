@@ -1,0 +1,172 @@
+"""The audit trail's filters and exports; reconciliation against Kite's positions."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ledger.domain.values import Exchange, InstrumentRef, Side
+from projections.audit import AuditTrailProjection, to_csv, to_jsonl, trail
+from projections.positions import PositionsProjection, positions_of
+from projections.reconciliation import BrokerPayloadError, reconcile
+from tests.unit.dsl import accepted, at, cancel_requested, cancelled, filled, submitted
+from tests.unit.projection_dsl import fill_event, fold, order_events, order_uuid
+
+D = Decimal
+
+
+def _trail_view() -> Any:
+    events = order_events(1, submitted(), accepted(), filled("T1", 40)) + order_events(
+        2,
+        submitted(instrument=InstrumentRef(Exchange.NSE, "INFY"), account="ZZ9"),
+        cancel_requested(),
+        cancelled(),
+    )
+    return fold(AuditTrailProjection(), events)
+
+
+def test_every_event_in_log_order_with_actor_and_source() -> None:
+    entries = trail(_trail_view())
+    assert [e.log_position for e in entries] == [1, 2, 3, 4, 5, 6]
+    assert [e.event_type for e in entries] == [
+        "Submitted",
+        "Accepted",
+        "Filled",
+        "Submitted",
+        "CancelRequested",
+        "Cancelled",
+    ]
+    assert entries[0].actor == "test"
+    assert entries[0].source == "ledger"
+    assert entries[1].actor == "broker"
+    assert entries[1].source == "broker"
+    assert entries[2].source == "postback"
+    assert json.loads(entries[2].details)["trade_id"] == "T1"
+    assert entries[5].tradingsymbol == "INFY"  # labelled from the order's Submitted
+
+
+def test_filters() -> None:
+    view = _trail_view()
+    assert len(trail(view, order_id=order_uuid(1))) == 3
+    assert len(trail(view, instrument=InstrumentRef(Exchange.NSE, "INFY"))) == 3
+    assert len(trail(view, account="ZZ9")) == 3
+    assert [e.event_type for e in trail(view, event_types=["Filled", "Cancelled"])] == [
+        "Filled",
+        "Cancelled",
+    ]
+    assert [e.log_position for e in trail(view, since=at(2), until=at(3))] == [2, 5]
+
+
+def test_csv_and_jsonl_exports() -> None:
+    entries = trail(_trail_view())
+    rows = list(csv.DictReader(io.StringIO(to_csv(entries))))
+    assert len(rows) == 6
+    assert rows[2]["event_type"] == "Filled"
+    assert rows[2]["recorded_at"] == at(3).isoformat()
+    lines = [json.loads(line) for line in to_jsonl(entries)]
+    assert lines[2]["details"]["quantity"] == 40
+    assert lines[2]["details"]["price"] == "812.35"
+
+
+# ----------------------------------------------------------------- reconciliation
+
+
+def _positions() -> list[Any]:
+    view = fold(
+        PositionsProjection(),
+        [
+            fill_event("T1", Side.BUY, 10, "420.65", order=1),
+            fill_event("T2", Side.BUY, 5, "421.00", order=2),
+        ],
+    )
+    return positions_of(view)
+
+
+def _broker(**overrides: Any) -> dict[str, Any]:
+    entry = {
+        "tradingsymbol": "SBIN",
+        "exchange": "NSE",
+        "product": "CNC",
+        "quantity": 15,
+        "average_price": 420.7666,
+        "buy_quantity": 15,
+        "sell_quantity": 0,
+    }
+    entry.update(overrides)
+    return {"status": "success", "data": {"net": [entry], "day": []}}
+
+
+def test_matching_positions_reconcile_clean() -> None:
+    report = reconcile("AB1234", _positions(), _broker())
+    assert report.clean, report.differences
+    assert report.matched == 1
+
+
+def test_every_difference_is_reported() -> None:
+    report = reconcile("AB1234", _positions(), _broker(quantity=14, buy_quantity=14))
+    assert {d.field for d in report.differences} == {"quantity", "buy_quantity"}
+    report = reconcile("AB1234", _positions(), _broker(average_price=421.5))
+    assert [str(d) for d in report.differences] == [
+        "NSE:SBIN CNC: average_price ledger=420.7666666667 broker=421.5"
+    ]
+    extra = _broker()
+    extra["data"]["net"].append(
+        {"tradingsymbol": "INFY", "exchange": "NSE", "product": "CNC", "quantity": 3}
+    )
+    report = reconcile("AB1234", _positions(), extra)
+    assert [(d.tradingsymbol, d.ledger, d.broker) for d in report.differences] == [
+        ("INFY", "missing", "3")
+    ]
+    report = reconcile("AB1234", _positions(), {"net": []})
+    assert [(d.field, d.ledger, d.broker) for d in report.differences] == [
+        ("position", "15", "missing")
+    ]
+
+
+@pytest.mark.parametrize(
+    ("payload", "message"),
+    [
+        ({"data": {}}, "'net' list"),
+        ({"net": ["x"]}, r"net\[0\]: expected an object"),
+        ({"net": [{"exchange": "NSE"}]}, "missing field"),
+        (
+            {
+                "net": [
+                    {"exchange": "NSE", "tradingsymbol": "SBIN", "product": "CNC", "quantity": "x"}
+                ]
+            },
+            "not a whole number",
+        ),
+    ],
+)
+def test_malformed_broker_payloads_are_named(payload: dict[str, Any], message: str) -> None:
+    with pytest.raises(BrokerPayloadError, match=message):
+        reconcile("AB1234", _positions(), payload)
+
+
+def test_kite_sample_positions_shape_parses() -> None:
+    sample = Path(__file__).resolve().parents[3] / "shared" / "kite" / "trades.json"
+    if not sample.exists():
+        pytest.skip(f"Kite samples NOT FOUND at {sample.parent}")
+    trades = json.loads(sample.read_text())["data"]
+    net = [
+        {
+            "tradingsymbol": t["tradingsymbol"],
+            "exchange": t["exchange"],
+            "product": t["product"],
+            "quantity": t["quantity"],
+            "average_price": t["average_price"],
+            "buy_quantity": t["quantity"],
+            "sell_quantity": 0,
+        }
+        for t in trades
+        if t["tradingsymbol"] == "SBIN"
+    ]
+    report = reconcile("AB1234", [], {"net": net})
+    assert report.differences
