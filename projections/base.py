@@ -97,6 +97,10 @@ class View:
     def rows(self, table: str) -> Iterator[Any]:
         return iter(self.tables.get(table, {}).values())
 
+    def contents(self) -> dict[str, dict[Key, Any]]:
+        """The non-empty tables: what two views are compared by."""
+        return {name: dict(rows) for name, rows in self.tables.items() if rows}
+
     def take_dirty(self) -> dict[str, dict[Key, Any]]:
         """The changed rows, by table; clears the record of changes."""
         changed = {
