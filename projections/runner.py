@@ -25,7 +25,7 @@ from eventsourcing.persistence import Mapper, StoredEvent
 from ledger.application import OrderLedger
 from ledger.domain.order import Order
 from projections.base import Projection, View
-from projections.store import ProjectionStore
+from projections.store import ProjectionConflict, ProjectionStore
 
 DEFAULT_BATCH_SIZE = 2000
 
@@ -117,7 +117,14 @@ class ProjectionRunner:
                 for position, event in batch:
                     if position > seen and isinstance(event, handles):
                         projection.apply(view, event, position)
-            self.store.commit([(p, self.views[p.name].take_dirty()) for p in behind], last)
+            self.store.commit(
+                [(p, self.views[p.name].take_dirty()) for p in behind],
+                last,
+                expected={p.name: self.positions[p.name] for p in behind},
+            )
+        except ProjectionConflict:
+            self._load()  # another runner got there first: carry on from where it is
+            return len(batch)
         except BaseException:
             self._load()  # the in-memory views may hold half a batch: start again from the store
             raise

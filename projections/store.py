@@ -47,6 +47,16 @@ def _base_type(annotation: Any) -> tuple[type[Any], bool]:
     return annotation, False
 
 
+class ProjectionConflict(RuntimeError):
+    """Another runner moved a projection while this one folded a batch."""
+
+    def __init__(self, name: str, expected: int, actual: int) -> None:
+        super().__init__(
+            f"projection {name}: expected position {expected}, found {actual}"
+            " (another runner is folding it)"
+        )
+
+
 class ProjectionStore(ABC):
     """Tables, tracking positions and active versions in one database."""
 
@@ -187,11 +197,19 @@ class ProjectionStore(ABC):
         self,
         changes: Sequence[tuple[Projection, Mapping[str, Mapping[Key, Any]]]],
         position: int,
+        expected: Mapping[str, int] | None = None,
     ) -> None:
         """Write changed rows of several projections and move each to `position`, in one
-        transaction."""
+        transaction.
+
+        With `expected` (projection name -> the position the caller folded from), the
+        commit first checks, holding the tracking row, that no other runner moved the
+        projection meanwhile, and raises `ProjectionConflict` (writing nothing) if one did.
+        """
         with self.transaction() as cur:
             for projection, tables in changes:
+                if expected is not None:
+                    self._check_position(cur, projection, expected[projection.name])
                 for table_key, rows in tables.items():
                     if not rows:
                         continue
@@ -210,6 +228,19 @@ class ProjectionStore(ABC):
                     (position, projection.name, projection.version),
                 )
             self.count_transaction()
+
+    lock_clause = ""
+
+    def _check_position(self, cur: Any, projection: Projection, expected: int) -> None:
+        cur.execute(
+            f"SELECT position FROM {TRACKING} WHERE projection = {self.placeholder}"
+            f" AND version = {self.placeholder}{self.lock_clause}",
+            (projection.name, projection.version),
+        )
+        row = cur.fetchone()
+        actual = int(row[0]) if row else 0
+        if actual != expected:
+            raise ProjectionConflict(projection.name, expected, actual)
 
     transactions_committed = 0
 
@@ -296,6 +327,7 @@ class PostgresProjectionStore(ProjectionStore):
     """Projection tables in PostgreSQL, in the given schema (by default the ledger's)."""
 
     placeholder = "%s"
+    lock_clause = " FOR UPDATE"  # concurrent runners queue here, then see the new position
     sql_types = {
         str: "TEXT",
         int: "BIGINT",

@@ -249,3 +249,30 @@ def test_views_can_be_read_while_empty(store: ProjectionStore) -> None:
     store.ensure(projections)
     assert tables(store, projections) == {p.name: {} for p in projections}
     assert all(set(store.load_view(p).tables) == {t.name for t in p.tables} for p in projections)
+
+
+def test_two_runners_on_one_store_never_double_count(
+    ledger: OrderLedger, database_url: str
+) -> None:
+    """A second runner (say a CLI read while `serve` runs) must not commit a batch folded
+    from a position another runner has moved past: that would move tracking backwards
+    and the next runner would fold those events twice. The position check refuses it."""
+    run_session(ledger)
+    run_session(ledger)
+    projections = all_projections()
+    stores = [store_for_ledger_url(database_url) for _ in range(3)]
+    try:
+        behind = ProjectionRunner(LedgerLog(ledger), stores[0], projections, batch_size=7)
+        ahead = ProjectionRunner(LedgerLog(ledger), stores[1], projections, batch_size=5)
+        for _ in range(3):
+            ahead.run_once()
+        assert ahead.position == 15
+        behind.run_once()  # folded from 0; must not drag tracking back to 7
+        assert stores[2].position(projections[0]) == 15
+        assert behind.position == 15  # it reloaded instead
+        fresh = ProjectionRunner(LedgerLog(ledger), stores[2], projections)
+        fresh.catch_up()
+        assert tables(stores[2], projections) == folded(ledger, projections)
+    finally:
+        for store in stores:
+            store.close()
