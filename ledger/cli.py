@@ -192,7 +192,8 @@ def main() -> None:
         sys.exit(2)
 
 
-if __name__ == "__main__":  # pragma: no cover
-    main()
+# The read-side commands register themselves on `app` (they import from this module).
+# Run the CLI as `kite-ledger` or `python -m ledger`.
+from ledger import cli_read  # noqa: E402
 
-__all__ = ["Path", "app", "main"]
+__all__ = ["Path", "app", "cli_read", "main"]

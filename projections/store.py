@@ -27,6 +27,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Final
 
+from ledger.persistence import StorageSettings
 from projections.base import PRICE_PLACES, Key, Projection, Table, View
 
 TRACKING: Final = "proj_tracking"
@@ -392,11 +393,9 @@ class DuckDBProjectionStore(ProjectionStore):
         self._conn.close()
 
 
-def store_for_ledger_url(url: str | Path | None) -> ProjectionStore:
+def store_for_ledger_url(url: str | Path | StorageSettings | None) -> ProjectionStore:
     """The store that keeps projections beside the ledger's log (same file or schema)."""
-    from ledger.persistence import StorageSettings
-
-    settings = StorageSettings.from_url(url)
+    settings = url if isinstance(url, StorageSettings) else StorageSettings.from_url(url)
     if settings.backend == "sqlite":
         assert settings.sqlite_path is not None
         return SQLiteProjectionStore(settings.sqlite_path)

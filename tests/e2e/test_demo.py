@@ -12,7 +12,7 @@ import pytest
 from ledger.application import open_ledger
 from ledger.domain.status import OrderStatus
 
-CLI = [sys.executable, "-m", "ledger.cli"]
+CLI = [sys.executable, "-m", "ledger"]
 
 
 def run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:

@@ -1,0 +1,462 @@
+"""`kite-ledger` commands for the read side: projections, rebuilds, exports.
+
+Read commands first bring the projections stored beside the log up to date (a catch-up
+from their tracking position), so what they show is current; `--as-of` folds the log up to
+that instant instead, in memory.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, fields, is_dataclass
+from datetime import date, datetime, time, timedelta
+from decimal import Decimal, InvalidOperation
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any
+from uuid import UUID
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+from rich.table import Table
+
+from ledger.application import OrderLedger
+from ledger.cli import DbOption, _money, _open, app, console
+from ledger.domain.errors import LedgerError
+from ledger.domain.values import IST, Exchange, InstrumentRef
+from projections import all_projections
+from projections.audit import AuditEntry, to_csv, to_jsonl, trail
+from projections.base import Projection, View
+from projections.offline import export_log, offline_rebuild
+from projections.pnl import pnl_report
+from projections.pointintime import as_of
+from projections.positions import positions_of
+from projections.rebuild import rebuild
+from projections.reports import fills_for, report_for
+from projections.runner import LedgerLog, ProjectionRunner
+from projections.statistics import statistics
+from projections.store import ProjectionStore, store_for_ledger_url
+
+FormatOption = Annotated[str, typer.Option("--format", help="table, json or csv.")]
+AsOfOption = Annotated[
+    str | None,
+    typer.Option(
+        "--as-of",
+        help="ISO time with a zone (2026-11-24T11:30+05:30) or a date (its end, in IST).",
+    ),
+]
+MarkOption = Annotated[
+    list[str] | None,
+    typer.Option("--mark", help="A price to value open positions at: NSE:SBIN=815.20 (repeat)."),
+]
+
+
+def parse_instant(text: str) -> datetime:
+    """An ISO time with a zone, or a date meaning the end of that day in Asia/Kolkata."""
+    text = text.strip()
+    try:
+        day = date.fromisoformat(text)
+    except ValueError:
+        pass
+    else:
+        return datetime.combine(day, time.max, tzinfo=IST)
+    try:
+        instant = datetime.fromisoformat(text)
+    except ValueError:
+        raise LedgerError(
+            f"--as-of: {text!r} is not an ISO time (2026-11-24T11:30:00+05:30) or date"
+        ) from None
+    if instant.tzinfo is None:
+        raise LedgerError(f"--as-of: {text!r} has no time zone (add +05:30 or Z)")
+    return instant
+
+
+def parse_marks(marks: list[str] | None) -> dict[InstrumentRef, Decimal]:
+    parsed: dict[InstrumentRef, Decimal] = {}
+    for mark in marks or []:
+        try:
+            name, price = mark.split("=", 1)
+            exchange, symbol = name.split(":", 1)
+            parsed[InstrumentRef(Exchange(exchange.upper()), symbol)] = Decimal(price)
+        except (ValueError, InvalidOperation):
+            raise LedgerError(f"--mark: {mark!r} is not EXCHANGE:SYMBOL=PRICE") from None
+    return parsed
+
+
+def _check_format(fmt: str, allowed: tuple[str, ...]) -> str:
+    if fmt not in allowed:
+        raise LedgerError(f"--format: {fmt!r} is not one of {', '.join(allowed)}")
+    return fmt
+
+
+@contextmanager
+def _progress(label: str, total: int | None) -> Iterator[Any]:
+    with Progress(
+        TextColumn(label),
+        BarColumn(),
+        MofNCompleteColumn(),
+        console=console,
+        transient=True,
+        disable=not console.is_terminal,
+    ) as progress:
+        task = progress.add_task(label, total=total)
+
+        def advance(count: int, _position: int = 0) -> None:
+            progress.advance(task, count)
+
+        yield advance
+
+
+def current_views(ledger: OrderLedger, instant: datetime | None = None) -> dict[str, View]:
+    """Every projection, current (caught up in the database) or as of `instant`."""
+    projections = all_projections()
+    if instant is not None:
+        return as_of(LedgerLog(ledger), projections, instant)
+    store = store_for_ledger_url(ledger.storage)
+    try:
+        runner = ProjectionRunner(LedgerLog(ledger), store, projections)
+        behind = LedgerLog(ledger).last_position() - runner.position
+        with _progress("catching up projections", behind) as advance:
+            runner.on_batch = advance
+            runner.catch_up()
+        return {p.name: runner.view(p.name) for p in projections}
+    finally:
+        store.close()
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Decimal | UUID):
+        return str(value)
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    if isinstance(value, Enum):
+        return value.value
+    return value
+
+
+def _emit(rows: list[dict[str, Any]], fmt: str, title: str) -> None:
+    if fmt == "json":
+        console.print_json(json.dumps([{k: _plain(v) for k, v in r.items()} for r in rows]))
+        return
+    if fmt == "csv":
+        import csv
+        import io
+
+        out = io.StringIO()
+        if rows:
+            writer = csv.DictWriter(out, fieldnames=list(rows[0]), lineterminator="\n")
+            writer.writeheader()
+            writer.writerows({k: _plain(v) for k, v in r.items()} for r in rows)
+        console.out(out.getvalue(), end="")
+        return
+    if not rows:
+        console.print(f"{title}: none")
+        return
+    table = Table(title=title, title_justify="left")
+    columns = list(rows[0])
+    for column in columns:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*[_cell(row[c]) for c in columns])
+    console.print(table)
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, Decimal):
+        return _money(value)
+    if isinstance(value, datetime):
+        return value.astimezone(IST).strftime("%Y-%m-%d %H:%M:%S")
+    return "" if value is None else str(_plain(value))
+
+
+@app.command()
+def positions(
+    db: DbOption = None,
+    as_of_time: AsOfOption = None,
+    mark: MarkOption = None,
+    fmt: FormatOption = "table",
+) -> None:
+    """Positions per account, instrument and product (average-cost P&L)."""
+    _check_format(fmt, ("table", "json", "csv"))
+    marks = parse_marks(mark)
+    instant = parse_instant(as_of_time) if as_of_time else None
+    with _open(db) as ledger:
+        view = current_views(ledger, instant)["positions"]
+    rows = []
+    for p in positions_of(view):
+        row = {f.name: getattr(p, f.name) for f in fields(p)}
+        row["unrealised_pnl"] = p.unrealised_pnl(marks.get(p.instrument))
+        rows.append(row)
+    title = "Positions" + (f" as of {instant.isoformat()}" if instant else "")
+    _emit(rows, fmt, title)
+
+
+@app.command()
+def pnl(
+    db: DbOption = None,
+    as_of_time: AsOfOption = None,
+    by: Annotated[str, typer.Option(help="instrument, strategy or day.")] = "instrument",
+    mark: MarkOption = None,
+    fmt: FormatOption = "table",
+) -> None:
+    """Realised, unrealised, charges and net P&L per instrument, strategy or day."""
+    _check_format(fmt, ("table", "json", "csv"))
+    if by not in ("instrument", "strategy", "day"):
+        raise LedgerError(f"--by: {by!r} is not one of instrument, strategy, day")
+    instant = parse_instant(as_of_time) if as_of_time else None
+    with _open(db) as ledger:
+        view = current_views(ledger, instant)["pnl"]
+    lines = pnl_report(view, by, parse_marks(mark))  # type: ignore[arg-type]
+    rows = [
+        {
+            by: line.group,
+            "realised": line.realised_pnl,
+            "unrealised": line.unrealised_pnl,
+            "charges": line.charges,
+            "net": line.net_pnl,
+        }
+        for line in lines
+    ]
+    _emit(rows, fmt, f"P&L by {by}")
+
+
+@app.command()
+def stats(db: DbOption = None, fmt: FormatOption = "table") -> None:
+    """Execution summary and statistics."""
+    _check_format(fmt, ("table", "json"))
+    with _open(db) as ledger:
+        summary = statistics(current_views(ledger)["statistics"])
+    data = asdict(summary) if is_dataclass(summary) else {}
+    if fmt == "json":
+        console.print_json(json.dumps({k: _plain(v) for k, v in data.items()}))
+        return
+    table = Table(title="Execution statistics", title_justify="left")
+    table.add_column("counter")
+    table.add_column("value", justify="right")
+    for key, value in data.items():
+        shown = (
+            ", ".join(f"{k} {v}" for k, v in value.items())
+            if isinstance(value, dict)
+            else _cell(value)
+        )
+        table.add_row(key, shown)
+    console.print(table)
+
+
+@app.command()
+def report(
+    order_id: Annotated[str, typer.Argument(help="The order's id (a UUID).")],
+    db: DbOption = None,
+    fmt: FormatOption = "table",
+) -> None:
+    """The execution report of one order, with its fills and slippage."""
+    _check_format(fmt, ("table", "json"))
+    try:
+        parsed = UUID(order_id)
+    except ValueError:
+        raise LedgerError(f"ORDER_ID: {order_id!r} is not an order id (a UUID)") from None
+    with _open(db) as ledger:
+        view = current_views(ledger)["reports"]
+    found = report_for(view, parsed)
+    if found is None:
+        raise LedgerError(f"order {parsed}: no such order")
+    data = {f.name: getattr(found, f.name) for f in fields(found)}
+    for name in ("remaining_quantity", "average_price", "slippage", "slippage_bps"):
+        data[name] = getattr(found, name)
+    fills = [{f.name: getattr(x, f.name) for f in fields(x)} for x in fills_for(view, parsed)]
+    if fmt == "json":
+        data["fills"] = fills
+        console.print_json(
+            json.dumps(
+                {
+                    k: (
+                        [{a: _plain(b) for a, b in f.items()} for f in v]
+                        if k == "fills"
+                        else _plain(v)
+                    )
+                    for k, v in data.items()
+                }
+            )
+        )
+        return
+    _emit(
+        [{"field": k, "value": v} for k, v in data.items()], "table", f"Execution report {parsed}"
+    )
+    _emit(fills, "table", "Fills")
+
+
+@app.command()
+def audit(
+    db: DbOption = None,
+    order: Annotated[str | None, typer.Option(help="An order id.")] = None,
+    instrument: Annotated[str | None, typer.Option(help="EXCHANGE:SYMBOL, e.g. NSE:SBIN.")] = None,
+    account: Annotated[str | None, typer.Option()] = None,
+    since: Annotated[str | None, typer.Option("--from", help="From this time (inclusive).")] = None,
+    until: Annotated[str | None, typer.Option("--to", help="To this time (exclusive).")] = None,
+    event_type: Annotated[
+        list[str] | None, typer.Option("--type", help="Event type, e.g. Filled (repeat).")
+    ] = None,
+    fmt: Annotated[str, typer.Option("--format", help="table, csv or jsonl.")] = "table",
+) -> None:
+    """The audit trail: every event in log order, filtered."""
+    _check_format(fmt, ("table", "csv", "jsonl"))
+    filters: dict[str, Any] = {
+        "account": account,
+        "since": parse_instant(since) if since else None,
+        "until": parse_instant(until) if until else None,
+        "event_types": event_type,
+    }
+    if order:
+        try:
+            filters["order_id"] = UUID(order)
+        except ValueError:
+            raise LedgerError(f"--order: {order!r} is not an order id (a UUID)") from None
+    if instrument:
+        filters["instrument"] = next(iter(parse_marks([f"{instrument}=0"])))
+    with _open(db) as ledger:
+        entries: list[AuditEntry] = trail(current_views(ledger)["audit"], **filters)
+    if fmt == "csv":
+        console.out(to_csv(entries), end="")
+    elif fmt == "jsonl":
+        for line in to_jsonl(entries):
+            console.out(line)
+    else:
+        rows = [
+            {
+                "#": e.log_position,
+                "recorded": e.recorded_at,
+                "order": e.client_order_id,
+                "instrument": f"{e.exchange}:{e.tradingsymbol}",
+                "event": e.event_type,
+                "actor": e.actor,
+                "source": e.source,
+            }
+            for e in entries
+        ]
+        _emit(rows, "table", f"Audit trail ({len(rows)} events)")
+
+
+ProjectionsDbOption = Annotated[
+    str | None,
+    typer.Option(
+        "--projections-db",
+        help="Keep projection tables in this database instead (SQLite path or postgresql:// URL).",
+    ),
+]
+
+
+def _store(ledger: OrderLedger, projections_db: str | None) -> ProjectionStore:
+    if projections_db:
+        return store_for_ledger_url(projections_db)
+    return store_for_ledger_url(ledger.storage)
+
+
+@app.command()
+def project(
+    db: DbOption = None,
+    follow: Annotated[bool, typer.Option(help="Keep following the log until Ctrl-C.")] = False,
+    batch_size: Annotated[int, typer.Option(min=1)] = 2000,
+    projections_db: ProjectionsDbOption = None,
+) -> None:
+    """Bring every projection up to date from the log (and follow it with --follow)."""
+    with _open(db) as ledger:
+        store = _store(ledger, projections_db)
+        try:
+            runner = ProjectionRunner(
+                LedgerLog(ledger), store, all_projections(), batch_size=batch_size
+            )
+            behind = LedgerLog(ledger).last_position() - runner.position
+            with _progress("projecting", behind) as advance:
+                runner.on_batch = advance
+                folded = runner.catch_up()
+            console.print(
+                f"projections at position {runner.position} ({folded} new records folded)"
+            )
+            if follow:
+                stop = threading.Event()
+                console.print("following the log; Ctrl-C to stop")
+                try:
+                    runner.run_forever(stop)
+                except KeyboardInterrupt:
+                    stop.set()
+        finally:
+            store.close()
+
+
+def _named(name: str | None) -> list[Projection]:
+    projections = all_projections()
+    if name is None:
+        return projections
+    chosen = [p for p in projections if p.name == name]
+    if not chosen:
+        names = ", ".join(p.name for p in projections)
+        raise LedgerError(f"PROJECTION: unknown projection {name!r} (one of {names})")
+    return chosen
+
+
+@app.command("rebuild")
+def rebuild_command(
+    name: Annotated[
+        str | None, typer.Argument(metavar="[PROJECTION]", help="One projection, or all.")
+    ] = None,
+    db: DbOption = None,
+    projections_db: ProjectionsDbOption = None,
+) -> None:
+    """Drop projection tables and fold the whole log into them again."""
+    chosen = _named(name)
+    with _open(db) as ledger:
+        store = _store(ledger, projections_db)
+        try:
+            with _progress("rebuilding", LedgerLog(ledger).last_position()) as advance:
+                folded = rebuild(LedgerLog(ledger), store, chosen, on_batch=advance)
+        finally:
+            store.close()
+    console.print(f"rebuilt {', '.join(p.name for p in chosen)} from {folded} records")
+
+
+@app.command()
+def export(
+    out: Annotated[Path, typer.Option("--out", help="The file to write.")],
+    db: DbOption = None,
+    fmt: Annotated[str, typer.Option("--format", help="parquet or jsonl.")] = "parquet",
+    since: Annotated[
+        str | None, typer.Option("--from", help="Only events recorded from then.")
+    ] = None,
+    until: Annotated[
+        str | None, typer.Option("--to", help="Only events recorded before then.")
+    ] = None,
+) -> None:
+    """Export the log (every event, exactly as stored) to Parquet or JSON lines."""
+    _check_format(fmt, ("parquet", "jsonl"))
+    if not out.parent.exists():
+        raise LedgerError(f"--out: directory {out.parent} does not exist")
+    start = parse_instant(since) if since else None
+    end = parse_instant(until) if until else None
+    with _open(db) as ledger, _progress("exporting", LedgerLog(ledger).last_position()) as advance:
+        count = export_log(
+            ledger,
+            out,
+            fmt="parquet" if fmt == "parquet" else "jsonl",
+            since=start,
+            until=end,
+            on_record=lambda _: advance(1),
+        )
+    console.print(f"exported {count} events to {out}")
+
+
+@app.command("offline-rebuild")
+def offline_rebuild_command(
+    source: Annotated[Path, typer.Option("--from", help="An export (.parquet or .jsonl).")],
+    into: Annotated[Path, typer.Option("--into", help="FILE.duckdb or FILE.sqlite to build.")],
+) -> None:
+    """Rebuild every projection from an export into a DuckDB or SQLite file: no server."""
+    if not source.exists():
+        raise LedgerError(f"--from: {source} does not exist")
+    with _progress("rebuilding offline", None) as advance:
+        folded = offline_rebuild(source, into, all_projections(), on_batch=advance)
+    console.print(f"rebuilt {len(all_projections())} projections from {folded} events into {into}")

@@ -1,0 +1,122 @@
+"""The read-side commands, run as a user runs them, after the demo."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ledger.application import open_ledger
+from projections import all_projections
+from projections.store import store_for_file, store_for_ledger_url
+
+CLI = [sys.executable, "-m", "ledger"]
+
+
+def run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "LEDGER_DATABASE_URL"}
+    return subprocess.run(
+        [*CLI, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+@pytest.fixture(scope="module")
+def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("demo")
+    result = run("demo", cwd=folder)
+    assert result.returncode == 0, result.stderr
+    return folder
+
+
+def test_positions_json_equals_offline_rebuild(demo_dir: Path) -> None:
+    shown = run("positions", "--format", "json", cwd=demo_dir)
+    assert shown.returncode == 0, shown.stderr
+    rows = json.loads(shown.stdout)
+    sbin = next(r for r in rows if r["tradingsymbol"] == "SBIN")
+    assert sbin["net_quantity"] == 50
+    assert sbin["realised_pnl"] == "-386"
+
+    exported = run("export", "--format", "parquet", "--out", "log.parquet", cwd=demo_dir)
+    assert exported.returncode == 0, exported.stderr
+    assert "exported 29 events" in exported.stdout
+    rebuilt = run("offline-rebuild", "--from", "log.parquet", "--into", "a.duckdb", cwd=demo_dir)
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    offline = store_for_file(demo_dir / "a.duckdb")
+    live = store_for_ledger_url(demo_dir / "ledger.db")
+    try:
+        for projection in all_projections():
+            assert offline.load_view(projection).contents() == live.load_view(projection).contents()
+    finally:
+        offline.close()
+        live.close()
+
+
+def test_positions_as_of_mid_session(demo_dir: Path) -> None:
+    with open_ledger(demo_dir / "ledger.db") as ledger:
+        infy_cancel = ledger.history(ledger.find_order("ZD1234", "s1-infy-sell").id)[3]
+    instant = infy_cancel.timestamp.isoformat()
+    then = json.loads(run("positions", "--as-of", instant, "--format", "json", cwd=demo_dir).stdout)
+    now = json.loads(run("positions", "--format", "json", cwd=demo_dir).stdout)
+    assert then != now
+    assert {r["tradingsymbol"] for r in then} == {"SBIN", "RELIANCE"}
+
+
+def test_pnl_stats_report_audit(demo_dir: Path) -> None:
+    pnl = run(
+        "pnl", "--by", "instrument", "--mark", "NSE:SBIN=815", "--format", "csv", cwd=demo_dir
+    )
+    assert pnl.returncode == 0, pnl.stderr
+    lines = {r["instrument"]: r for r in csv.DictReader(io.StringIO(pnl.stdout))}
+    assert lines["NSE:SBIN"]["realised"] == "-386"
+    assert lines["NSE:SBIN"]["unrealised"] == "134"
+    stats = json.loads(run("stats", "--format", "json", cwd=demo_dir).stdout)
+    assert stats["total_fills"] == 8
+    assert stats["total_rejected"] == 1
+    with open_ledger(demo_dir / "ledger.db") as ledger:
+        order_id = ledger.find_order("ZD1234", "s1-sbin-buy").id
+    report = json.loads(run("report", str(order_id), "--format", "json", cwd=demo_dir).stdout)
+    assert report["average_price"] == "812.32"
+    assert report["slippage"] == "22"  # paid 0.22 over 812.10 on 100 shares
+    assert [f["trade_id"] for f in report["fills"]] == ["0001000001", "0001000002"]
+    audit = run(
+        "audit", "--type", "Filled", "--instrument", "NSE:SBIN", "--format", "jsonl", cwd=demo_dir
+    )
+    entries = [json.loads(line) for line in audit.stdout.splitlines()]
+    assert len(entries) == 3
+    assert {e["event_type"] for e in entries} == {"Filled"}
+
+
+def test_rebuild_and_project(demo_dir: Path) -> None:
+    rebuilt = run("rebuild", "positions", cwd=demo_dir)
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    assert "rebuilt positions from 29 records" in rebuilt.stdout
+    projected = run("project", cwd=demo_dir)
+    assert projected.returncode == 0, projected.stderr
+    assert "projections at position 29" in projected.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["positions", "--as-of", "yesterday"], "is not an ISO time"),
+        (["positions", "--as-of", "2026-11-24T10:00"], "has no time zone"),
+        (["positions", "--format", "xml"], "--format: 'xml'"),
+        (["pnl", "--by", "week"], "--by: 'week'"),
+        (["pnl", "--mark", "SBIN"], "is not EXCHANGE:SYMBOL=PRICE"),
+        (["rebuild", "nope"], "unknown projection 'nope'"),
+        (["report", "00000000-0000-0000-0000-000000000000"], "no such order"),
+        (["offline-rebuild", "--from", "none.parquet", "--into", "x.duckdb"], "does not exist"),
+        (["export", "--out", "no/such/dir/x.parquet"], "does not exist"),
+    ],
+)
+def test_read_command_errors(demo_dir: Path, args: list[str], message: str) -> None:
+    result = run(*args, cwd=demo_dir)
+    assert result.returncode == 2, result.stdout
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
