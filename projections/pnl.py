@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import date
 from decimal import Decimal
 from typing import ClassVar, Literal
@@ -19,7 +19,7 @@ from typing import ClassVar, Literal
 from ledger.domain.order import Order
 from ledger.domain.values import Exchange, InstrumentRef
 from projections.base import ZERO, Key, Projection, Table, View, money, trading_day
-from projections.positions import Position, apply_fill
+from projections.positions import Position, apply_fill, open_position
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,19 +69,15 @@ class PnlProjection(Projection):
         product = event.product.value
         book_key: Key = (event.account, strategy, exchange, symbol, product)
         book = view.get("pnl_books", book_key) or Book(
-            account=event.account,
-            exchange=exchange,
-            tradingsymbol=symbol,
-            product=product,
-            net_quantity=0,
-            average_price=ZERO,
-            realised_pnl=ZERO,
-            buy_quantity=0,
-            buy_value=ZERO,
-            sell_quantity=0,
-            sell_value=ZERO,
-            charges=ZERO,
-            multiplier=self.multipliers.get(event.instrument, 1),
+            **asdict(
+                open_position(
+                    event.account,
+                    exchange,
+                    symbol,
+                    product,
+                    multiplier=self.multipliers.get(event.instrument, 1),
+                )
+            ),
             strategy=strategy,
         )
         book, realised = apply_fill(book, event.side, event.quantity, event.price, event.charges)

@@ -49,7 +49,7 @@ from ledger.commands import (
 from ledger.domain.errors import LedgerError
 from ledger.domain.order import Order
 from ledger.domain.values import Exchange, Source
-from tests.support import FakeClock
+from tests.support import FakeClock, submit_command
 
 TICK = Decimal("0.05")
 prices = st.integers(min_value=16000, max_value=16500).map(lambda n: n * TICK)
@@ -102,19 +102,7 @@ class OrderLogMachine(RuleBasedStateMachine):
 
     @staticmethod
     def _submit(client_order_id: str, **overrides: Any) -> SubmitOrder:
-        fields: dict[str, Any] = {
-            "account": "AB1234",
-            "client_order_id": client_order_id,
-            "exchange": "NSE",
-            "tradingsymbol": "SBIN",
-            "side": "BUY",
-            "quantity": 100,
-            "order_type": "LIMIT",
-            "product": "CNC",
-            "price": Decimal("812.35"),
-        }
-        fields.update(overrides)
-        return SubmitOrder.parse(fields)
+        return submit_command(client_order_id=client_order_id, strategy=None, **overrides)
 
     @rule(
         target=orders,

@@ -118,6 +118,7 @@ def test_live_equals_rebuilt_equals_offline(
             events = all_events(ledger)
 
             assert live == {p.name: p.fold(events).contents() for p in all_projections()}
+            assert_pnl_is_mark_to_market(live_store, events)
 
             rebuilt_store = other_store()
             rebuild(LedgerLog(ledger), rebuilt_store, all_projections(), batch_size=batch_size + 3)
@@ -141,6 +142,23 @@ def test_live_equals_rebuilt_equals_offline(
                 )
                 assert then["positions"].contents() == expected.contents()
                 assert middle < clock.now + timedelta(seconds=1)
+
+
+def assert_pnl_is_mark_to_market(store: ProjectionStore, events: list[Any]) -> None:
+    """Against marks one tick above each instrument's base price, the stored P&L's
+    realised + unrealised equals the fills' mark-to-market change."""
+    marks = {
+        InstrumentRef(Exchange.NSE, symbol): Decimal(base) + tick
+        for symbol, tick, base in INSTRUMENTS
+    }
+    pnl = next(p for p in all_projections() if p.name == "pnl")
+    report = pnl_report(store.load_view(pnl), "strategy", marks)
+    fills = [e for _, e in events if isinstance(e, Order.Filled)]
+    mtm = sum(
+        ((marks[f.instrument] - f.price) * f.quantity * f.side.sign for f in fills), Decimal(0)
+    )
+    total = sum((line.realised_pnl + line.unrealised_pnl for line in report), Decimal(0))
+    assert abs(total - mtm) < Decimal("0.01")
 
 
 @settings(max_examples=40, deadline=None)
