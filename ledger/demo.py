@@ -215,20 +215,20 @@ def run_session(ledger: OrderLedger) -> DemoResult:
     )
     s.fill(infy, 10, "1900.0", source=Source.POLL)
 
-    # 4. A market order on a future (lot size 75), with automatic market protection.
+    # 4. A market order on a future (lot size 65), with automatic market protection.
     nifty = s.submit(
         "nifty-fut",
         exchange=nfo,
         tradingsymbol="NIFTY26DECFUT",
         side="BUY",
-        quantity=75,
+        quantity=65,
         order_type="MARKET",
         product="NRML",
         market_protection="-1",
         reference_price="26100.0",
     )
     s.accept(nifty)
-    s.fill(nifty, 75, "26100.5")
+    s.fill(nifty, 65, "26100.5")
 
     # 5. Rejected at the exchange: price outside the circuit band.
     tcs = s.submit(

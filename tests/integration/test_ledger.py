@@ -379,7 +379,7 @@ def test_every_value_type_round_trips_exactly(make_ledger: LedgerFactory) -> Non
         submit_command(
             exchange=Exchange.NFO,
             tradingsymbol="NIFTY26DECFUT",
-            quantity=150,
+            quantity=130,
             order_type="SL-M",
             price=None,
             trigger_price=D("26000.1"),
@@ -400,7 +400,7 @@ def test_every_value_type_round_trips_exactly(make_ledger: LedgerFactory) -> Non
             trade_id="T1",
             exchange=Exchange.NFO,
             tradingsymbol="NIFTY26DECFUT",
-            quantity=75,
+            quantity=65,
             price=D("26001.30"),
             exchange_timestamp=exchange_time,
             charges=D("23.6149"),

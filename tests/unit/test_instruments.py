@@ -46,7 +46,7 @@ def test_unknown_instrument_is_named() -> None:
 def test_bundled_sample_has_the_demo_instruments() -> None:
     catalog = InstrumentCatalog.bundled()
     assert catalog.get(InstrumentRef(Exchange.NSE, "SBIN")).tick_size == Decimal("0.05")
-    assert catalog.get(InstrumentRef(Exchange.NFO, "NIFTY26DECFUT")).lot_size == 75
+    assert catalog.get(InstrumentRef(Exchange.NFO, "NIFTY26DECFUT")).lot_size == 65
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,1 @@
+"""Talking to Kite: payload models, the rate limiter, the gateway, postbacks, the sandbox."""

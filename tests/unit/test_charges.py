@@ -1,0 +1,112 @@
+"""Zerodha's charges from the versioned schedule."""
+
+from __future__ import annotations
+
+from datetime import date
+from decimal import Decimal
+
+import pytest
+
+from ledger.charges import ChargesDataError, ChargesSchedule, compare_contract_note, segment_of
+from ledger.domain.values import Exchange, Instrument, InstrumentRef, Product, Side
+
+D = Decimal
+SBIN = Instrument(InstrumentRef(Exchange.NSE, "SBIN"), D("0.05"), 1, instrument_type="EQ")
+NIFTY_FUT = Instrument(
+    InstrumentRef(Exchange.NFO, "NIFTY26DECFUT"), D("0.1"), 65, instrument_type="FUT"
+)
+NIFTY_CE = Instrument(
+    InstrumentRef(Exchange.NFO, "NIFTY26DEC26000CE"), D("0.05"), 65, instrument_type="CE"
+)
+SCHEDULE = ChargesSchedule.bundled()
+DAY = date(2026, 11, 24)
+
+
+def test_equity_delivery_buy() -> None:
+    c = SCHEDULE.order_charges(SBIN, Product.CNC, Side.BUY, [(100, D("812.35"))], DAY)
+    assert (c.brokerage, c.stt, c.exchange_txn, c.sebi, c.stamp, c.gst) == (
+        D("0.00"),
+        D("81.24"),  # 0.1% of 81,235
+        D("2.41"),  # 0.00297%
+        D("0.08"),  # Rs 10 a crore
+        D("12.19"),  # 0.015% on the buy side
+        D("0.45"),  # 18% of brokerage + exchange + SEBI
+    )
+    assert c.total == D("96.37")
+
+
+def test_intraday_brokerage_is_capped_at_20_per_order() -> None:
+    small = SCHEDULE.order_charges(SBIN, Product.MIS, Side.SELL, [(10, D("800"))], DAY)
+    assert small.brokerage == D("2.40")
+    assert small.stamp == 0
+    large = SCHEDULE.order_charges(SBIN, Product.MIS, Side.SELL, [(1000, D("800"))], DAY)
+    assert large.brokerage == D("20")
+    assert large.stt == D("200.00")  # 0.025% on the sell side
+
+
+def test_april_2026_stt_change_on_futures_and_options() -> None:
+    fills = [(65, D("26000"))]
+    before = SCHEDULE.order_charges(NIFTY_FUT, Product.NRML, Side.SELL, fills, date(2026, 3, 31))
+    after = SCHEDULE.order_charges(NIFTY_FUT, Product.NRML, Side.SELL, fills, date(2026, 4, 1))
+    assert before.stt == D("338.00")  # 0.02% of 16,90,000
+    assert after.stt == D("845.00")  # 0.05%
+    premium = [(65, D("120"))]
+    old = SCHEDULE.order_charges(NIFTY_CE, Product.NRML, Side.SELL, premium, date(2026, 3, 31))
+    new = SCHEDULE.order_charges(NIFTY_CE, Product.NRML, Side.SELL, premium, date(2026, 4, 1))
+    assert (old.stt, new.stt) == (D("7.80"), D("11.70"))  # 0.1% -> 0.15% of the premium
+    assert new.brokerage == D("20")
+
+
+def test_fill_charges_add_up_to_the_order() -> None:
+    fills = [(40, D("812.35")), (35, D("812.40")), (25, D("812.30"))]
+    per_fill = [
+        SCHEDULE.fill_charges(SBIN, Product.MIS, Side.BUY, fills[:i], fills[i], DAY)
+        for i in range(len(fills))
+    ]
+    order = SCHEDULE.order_charges(SBIN, Product.MIS, Side.BUY, fills, DAY)
+    assert sum(per_fill, D(0)) == order.total
+
+
+def test_segments() -> None:
+    assert segment_of(SBIN, Product.CNC) == "equity_delivery"
+    assert segment_of(SBIN, Product.MIS) == "equity_intraday"
+    assert segment_of(NIFTY_FUT, Product.MIS) == "futures"
+    assert segment_of(NIFTY_CE, Product.NRML) == "options"
+
+
+def test_no_schedule_before_the_first_effective_date() -> None:
+    with pytest.raises(ChargesDataError, match="in force on 2020-01-01"):
+        SCHEDULE.order_charges(SBIN, Product.CNC, Side.BUY, [(1, D(1))], date(2020, 1, 1))
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[]", "'schedules' list"),
+        ('{"schedules": [{"effective_from": "x"}]}', "effective_from: not a date"),
+        ('{"schedules": [{"effective_from": "2026-01-01"}]}', "stt_buy: missing"),
+        ("nope", "not JSON"),
+    ],
+)
+def test_malformed_schedules_are_named(text: str, message: str) -> None:
+    with pytest.raises(ChargesDataError, match=message):
+        ChargesSchedule.from_json(text)
+
+
+def test_contract_note_comparison() -> None:
+    ours = {"2411": SCHEDULE.order_charges(SBIN, Product.CNC, Side.BUY, [(100, D("812.35"))], DAY)}
+    note = {
+        "order_id": "2411",
+        "charges": {
+            "transaction_tax": 81.24,
+            "exchange_turnover_charge": 2.41,
+            "sebi_turnover_charge": 0.08,
+            "brokerage": 0,
+            "stamp_duty": 12.0,
+            "gst": {"total": 0.45},
+        },
+    }
+    differences = compare_contract_note(ours, [note])
+    assert [(d.component, d.ledger, d.broker) for d in differences] == [
+        ("stamp", D("12.19"), D("12.0"))
+    ]
