@@ -1,0 +1,600 @@
+"""The Kite gateway: places orders exactly once and converges the ledger to what Kite says.
+
+Placement is a transactional outbox. `Submitted` is durable in the log first; the
+dispatcher then notes in the outbox that it is about to send (durably), sends through the
+official `kiteconnect` client with the order's tag, and records the reply as `Accepted` or
+`Rejected`. After a timeout, an error whose outcome is unknown, or a crash, the next pass
+finds the outbox note and looks the tag up at Kite before it would ever send again.
+
+Every update, whatever the channel (postback, WebSocket, polling, reconciliation), is only
+a prompt: the gateway fetches the order's history and trades and records what the ledger
+does not have yet. The order aggregate ignores what it already knows (the same trade id,
+the same acceptance), so duplicates, repeats and updates out of order change nothing twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+from uuid import UUID
+
+from kiteconnect import exceptions as kite_errors
+
+from ledger.application import OrderLedger
+from ledger.charges import ChargesDataError, ChargesSchedule
+from ledger.commands import (
+    RecordAccepted,
+    RecordCancelled,
+    RecordCancelRejected,
+    RecordFill,
+    RecordModified,
+    RecordModifyRejected,
+    RecordRejected,
+    RecordTriggered,
+    SubmitOrder,
+)
+from ledger.domain.errors import LedgerError
+from ledger.domain.order import Order
+from ledger.domain.status import EventKind
+from ledger.domain.values import IST, Exchange, InstrumentRef, OrderType, Source
+from ledger.kite.limiter import RateLimiter
+from ledger.kite.outbox import Outbox
+from ledger.kite.payloads import KiteOrder, KiteTrade, parse_orders, parse_trades
+
+log = logging.getLogger(__name__)
+
+#: Errors after which Kite may or may not have acted: look before acting again.
+UNKNOWN_OUTCOME: tuple[type[BaseException], ...] = (
+    OSError,  # requests' ConnectionError and Timeout derive from it
+    kite_errors.NetworkException,
+    kite_errors.GeneralException,
+    kite_errors.DataException,
+)
+#: Errors that say Kite refused the request itself.
+REFUSED: tuple[type[BaseException], ...] = (kite_errors.InputException, kite_errors.OrderException)
+
+
+class GatewayError(LedgerError):
+    """The gateway cannot go on (credentials refused, rate limited beyond retries)."""
+
+
+@dataclass
+class ConvergeResult:
+    broker_order_id: str
+    order_id: UUID | None
+    recorded: int = 0
+    problems: list[str] = field(default_factory=list)
+
+
+@dataclass
+class DispatchReport:
+    placed: list[UUID] = field(default_factory=list)
+    found_at_broker: list[UUID] = field(default_factory=list)
+    rejected: list[UUID] = field(default_factory=list)
+    unknown_outcome: list[UUID] = field(default_factory=list)
+    cancels_sent: list[UUID] = field(default_factory=list)
+    modifies_sent: list[UUID] = field(default_factory=list)
+
+
+@dataclass
+class OrdersReconciliation:
+    """What a reconciliation of orders and trades found and did."""
+
+    broker_orders: int = 0
+    adopted: list[str] = field(default_factory=list)
+    recorded: int = 0
+    problems: list[str] = field(default_factory=list)
+
+
+class KiteGateway:
+    """Between one ledger and one Kite account."""
+
+    def __init__(
+        self,
+        ledger: OrderLedger,
+        kite: Any,
+        *,
+        outbox: Outbox,
+        account: str,
+        limiter: RateLimiter | None = None,
+        charges: ChargesSchedule | None = None,
+        unknown_outcome_grace: float = 3.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.ledger = ledger
+        self.kite = kite
+        self.outbox = outbox
+        self.account = account
+        self.limiter = limiter or RateLimiter()
+        self.charges = charges if charges is not None else ChargesSchedule.bundled()
+        self.grace = unknown_outcome_grace
+        self.clock = clock
+        self._lock = threading.RLock()
+        self._by_tag: dict[str, UUID] = {}
+        self._by_broker_id: dict[str, UUID] = {}
+        self.refresh_index()
+
+    # ------------------------------------------------------------------ plumbing
+
+    def refresh_index(self) -> None:
+        """Learn every order's tag and broker id from the log."""
+        with self._lock:
+            for order in self.ledger.all_orders():
+                self._remember(order)
+
+    def _remember(self, order: Order) -> None:
+        self._by_tag[order.tag] = order.id
+        if order.broker_order_id:
+            self._by_broker_id[order.broker_order_id] = order.id
+
+    def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """A rate-limited call through the official client; backs off and retries on 429."""
+        family = self.limiter.family_of(method)
+        for attempt in range(6):
+            self.limiter.acquire(family)
+            try:
+                return getattr(self.kite, method)(*args, **kwargs)
+            except kite_errors.NetworkException as error:
+                if getattr(error, "code", None) != 429:
+                    raise
+                self.limiter.back_off(family, min(0.5 * 2**attempt, 8.0))
+            except (kite_errors.TokenException, kite_errors.PermissionException) as error:
+                raise GatewayError(f"Kite refused the credentials: {error}") from None
+        raise GatewayError(f"{method}: still rate limited (429) after 6 tries")
+
+    def _record(self, update: Any, problems: list[str]) -> int:
+        try:
+            before = self.ledger.get_order(update.order_id).version
+            after = self.ledger.record(update).version
+        except LedgerError as error:
+            problems.append(str(error))
+            return 0
+        return after - before
+
+    # ------------------------------------------------------------------ dispatch
+
+    def dispatch(self) -> DispatchReport:
+        """Send what the log asks for: new orders, cancellations, modifications."""
+        report = DispatchReport()
+        broker_orders: list[KiteOrder] | None = None
+        for order in self.ledger.all_orders():
+            if order.lifecycle.is_terminal:
+                continue
+            if order.broker_order_id is None:
+                if broker_orders is None and self.outbox.attempt(str(order.id), "place", 1):
+                    broker_orders = parse_orders(self.call("orders"))
+                self._place(order, broker_orders or [], report)
+            elif order.pending is EventKind.CANCEL_REQUESTED:
+                self._send_cancel(order, report)
+            elif order.pending is EventKind.MODIFY_REQUESTED:
+                self._send_modify(order, report)
+        return report
+
+    def _place(self, order: Order, broker_orders: list[KiteOrder], report: DispatchReport) -> None:
+        key = str(order.id)
+        previous = self.outbox.attempt(key, "place", 1)
+        if previous is not None:
+            found = next((b for b in broker_orders if b.tag == order.tag), None)
+            if found is not None:
+                self._accept(order, found.order_id, Source.RECONCILIATION)
+                report.found_at_broker.append(order.id)
+                self.converge(found.order_id, Source.RECONCILIATION)
+                return
+            if self.clock() - previous.last_attempt < self.grace:
+                return  # the earlier attempt may still show up at Kite: look again later
+        if order.pending is EventKind.CANCEL_REQUESTED:
+            self._record(
+                RecordCancelled(
+                    order_id=order.id, reason="cancelled before it was sent", source=Source.LEDGER
+                ),
+                [],
+            )
+            return
+        self.outbox.record_attempt(key, "place", 1, self.clock())
+        try:
+            broker_id = self.call("place_order", **placement_params(order))
+        except REFUSED as error:
+            self._record(
+                RecordRejected(order_id=order.id, reason=str(error), source=Source.BROKER), []
+            )
+            report.rejected.append(order.id)
+            return
+        except UNKNOWN_OUTCOME as error:
+            log.warning("placement of %s: outcome unknown (%s); will look it up", order.id, error)
+            report.unknown_outcome.append(order.id)
+            return
+        self._accept(order, str(broker_id), Source.BROKER)
+        report.placed.append(order.id)
+
+    def _accept(self, order: Order, broker_id: str, source: Source) -> None:
+        with self._lock:
+            self._by_broker_id[broker_id] = order.id
+        self._record(
+            RecordAccepted(order_id=order.id, broker_order_id=broker_id, source=source), []
+        )
+
+    def _request_version(self, order: Order, kind: type[Order.Event]) -> int:
+        versions = [
+            e.originator_version for e in self.ledger.history(order.id) if isinstance(e, kind)
+        ]
+        return versions[-1] if versions else 0
+
+    def _send_cancel(self, order: Order, report: DispatchReport) -> None:
+        assert order.broker_order_id is not None
+        version = self._request_version(order, Order.CancelRequested)
+        previous = self.outbox.attempt(str(order.id), "cancel", version)
+        if previous is not None and self.clock() - previous.last_attempt < self.grace:
+            return
+        self.outbox.record_attempt(str(order.id), "cancel", version, self.clock())
+        try:
+            self.call("cancel_order", variety=order.variety.value, order_id=order.broker_order_id)
+        except REFUSED as error:
+            self.converge(order.broker_order_id, Source.BROKER)
+            if self.ledger.get_order(order.id).pending is EventKind.CANCEL_REQUESTED:
+                self._record(RecordCancelRejected(order_id=order.id, reason=str(error)), [])
+            return
+        except UNKNOWN_OUTCOME:
+            return
+        report.cancels_sent.append(order.id)
+        self.converge(order.broker_order_id, Source.BROKER)
+
+    def _send_modify(self, order: Order, report: DispatchReport) -> None:
+        assert order.broker_order_id is not None
+        changes = order.pending_changes
+        if changes is None:
+            return
+        version = self._request_version(order, Order.ModifyRequested)
+        previous = self.outbox.attempt(str(order.id), "modify", version)
+        if previous is not None and self.clock() - previous.last_attempt < self.grace:
+            return
+        self.outbox.record_attempt(str(order.id), "modify", version, self.clock())
+        params: dict[str, Any] = {"variety": order.variety.value, "order_id": order.broker_order_id}
+        for name in ("quantity", "price", "trigger_price", "disclosed_quantity"):
+            value = getattr(changes, name)
+            if value is not None:
+                params[name] = str(value) if isinstance(value, Decimal) else value
+        if changes.order_type is not None:
+            params["order_type"] = changes.order_type.value
+        if changes.validity is not None:
+            params["validity"] = changes.validity.value
+        try:
+            self.call("modify_order", **params)
+        except REFUSED as error:
+            self.converge(order.broker_order_id, Source.BROKER)
+            if self.ledger.get_order(order.id).pending is EventKind.MODIFY_REQUESTED:
+                self._record(RecordModifyRejected(order_id=order.id, reason=str(error)), [])
+            return
+        except UNKNOWN_OUTCOME:
+            return
+        report.modifies_sent.append(order.id)
+        self._record(
+            RecordModified(
+                order_id=order.id,
+                quantity=changes.quantity,
+                price=changes.price,
+                trigger_price=changes.trigger_price,
+                order_type=changes.order_type,
+                validity=changes.validity,
+                disclosed_quantity=changes.disclosed_quantity,
+            ),
+            [],
+        )
+        self.converge(order.broker_order_id, Source.BROKER)
+
+    # ------------------------------------------------------------------ converge
+
+    def order_for(self, broker_order: KiteOrder) -> UUID | None:
+        with self._lock:
+            known = self._by_broker_id.get(broker_order.order_id)
+            if known is None and broker_order.tag:
+                known = self._by_tag.get(broker_order.tag)
+            return known
+
+    def converge(self, broker_order_id: str, source: Source) -> ConvergeResult:
+        """Fetch one order's history and trades from Kite and record what the ledger lacks."""
+        history = parse_orders(self.call("order_history", order_id=broker_order_id))
+        trades = parse_trades(self.call("order_trades", order_id=broker_order_id))
+        result = ConvergeResult(broker_order_id, None)
+        if not history:
+            result.problems.append(f"Kite has no history for order {broker_order_id}")
+            return result
+        with self._lock:
+            self._converge(history, trades, source, result)
+        return result
+
+    def _converge(
+        self,
+        history: list[KiteOrder],
+        trades: list[KiteTrade],
+        source: Source,
+        result: ConvergeResult,
+    ) -> None:
+        latest = history[-1]
+        order_id = self.order_for(latest)
+        if order_id is None:
+            order_id = self._adopt(history, result)
+            if order_id is None:
+                return
+        result.order_id = order_id
+        record = result.problems
+        count = 0
+        count += self._record(
+            RecordAccepted(
+                order_id=order_id,
+                broker_order_id=latest.order_id,
+                exchange_order_id=next(
+                    (h.exchange_order_id for h in reversed(history) if h.exchange_order_id), None
+                ),
+                broker_timestamp=latest.order_timestamp,
+                source=source,
+            ),
+            record,
+        )
+        self._by_broker_id[latest.order_id] = order_id
+        order = self.ledger.get_order(order_id)
+        triggered_at = _trigger_time(history)
+        if triggered_at is not None and order.order_type.needs_trigger_price:
+            count += self._record(
+                RecordTriggered(order_id=order_id, triggered_at=triggered_at, source=source), record
+            )
+        count += self._record_modification(order, latest, source, record)
+        for trade in sorted(trades, key=lambda t: t.trade_id):
+            count += self._record_fill(order_id, trade, source, record)
+        if latest.status == "CANCELLED":
+            count += self._record(
+                RecordCancelled(
+                    order_id=order_id,
+                    reason=latest.status_message or "cancelled",
+                    source=source,
+                    broker_timestamp=latest.exchange_update_timestamp,
+                ),
+                record,
+            )
+        elif latest.status == "REJECTED":
+            count += self._record(
+                RecordRejected(
+                    order_id=order_id,
+                    reason=latest.status_message or "rejected",
+                    source=Source.BROKER,
+                    broker_timestamp=latest.exchange_update_timestamp,
+                ),
+                record,
+            )
+        result.recorded += count
+        self._remember(self.ledger.get_order(order_id))
+
+    def _record_modification(
+        self, order: Order, latest: KiteOrder, source: Source, problems: list[str]
+    ) -> int:
+        if latest.is_terminal and latest.status != "COMPLETE" and order.lifecycle.is_terminal:
+            return 0
+        if latest.status in ("REJECTED",) or order.lifecycle.is_terminal:
+            return 0
+        changes: dict[str, Any] = {}
+        if latest.quantity != order.quantity:
+            changes["quantity"] = latest.quantity
+        broker_type = OrderType(latest.order_type)
+        if broker_type is not order.order_type:
+            changes["order_type"] = broker_type
+        if broker_type.needs_price and latest.price is not None and latest.price != order.price:
+            changes["price"] = latest.price
+        if (
+            broker_type.needs_trigger_price
+            and latest.trigger_price is not None
+            and latest.trigger_price != order.trigger_price
+        ):
+            changes["trigger_price"] = latest.trigger_price
+        if not changes:
+            return 0
+        return self._record(
+            RecordModified(
+                order_id=order.id,
+                source=source,
+                broker_timestamp=latest.exchange_update_timestamp,
+                **changes,
+            ),
+            problems,
+        )
+
+    def _record_fill(
+        self, order_id: UUID, trade: KiteTrade, source: Source, problems: list[str]
+    ) -> int:
+        order = self.ledger.get_order(order_id)
+        if trade.trade_id in order.trade_ids:
+            return 0
+        charges = self._charges_for(order, trade)
+        return self._record(
+            RecordFill(
+                order_id=order_id,
+                trade_id=trade.trade_id,
+                exchange=Exchange(trade.exchange),
+                tradingsymbol=trade.tradingsymbol,
+                quantity=trade.quantity,
+                price=trade.average_price,
+                exchange_timestamp=trade.fill_timestamp or trade.exchange_timestamp,
+                charges=charges,
+                source=source,
+            ),
+            problems,
+        )
+
+    def _charges_for(self, order: Order, trade: KiteTrade) -> Decimal | None:
+        try:
+            instrument = self.ledger.instruments.get(order.instrument)
+            day = (trade.fill_timestamp or self.ledger.clock()).astimezone(IST).date()
+            earlier = [(f.quantity, f.price) for f in order.fills]
+            return self.charges.fill_charges(
+                instrument,
+                order.product,
+                order.side,
+                earlier,
+                (trade.quantity, trade.average_price),
+                day,
+            )
+        except (LedgerError, ChargesDataError) as error:
+            log.warning("no charges for trade %s: %s", trade.trade_id, error)
+            return None
+
+    def _adopt(self, history: list[KiteOrder], result: ConvergeResult) -> UUID | None:
+        """An order placed outside the ledger (Kite's web app, another tool): record it."""
+        first, latest = history[0], history[-1]
+        order_type = OrderType(latest.order_type)
+        fields: dict[str, Any] = {
+            "account": self.account,
+            "client_order_id": f"kite-{latest.order_id}",
+            "exchange": latest.exchange,
+            "tradingsymbol": latest.tradingsymbol,
+            "side": latest.transaction_type,
+            "quantity": first.quantity,
+            "order_type": order_type,
+            "product": latest.product,
+            "variety": latest.variety,
+            "validity": latest.validity,
+            "strategy": "external",
+            "actor": "external",
+        }
+        if order_type.needs_price:
+            fields["price"] = latest.price
+        if order_type.needs_trigger_price:
+            fields["trigger_price"] = latest.trigger_price
+        if order_type.needs_market_protection:
+            protection = latest.market_protection
+            fields["market_protection"] = (
+                protection if protection and protection != 0 else Decimal(-1)
+            )
+        try:
+            order = self.ledger.submit(SubmitOrder.parse(fields))
+        except LedgerError as error:
+            result.problems.append(f"cannot adopt external order {latest.order_id}: {error}")
+            return None
+        self._by_broker_id[latest.order_id] = order.id
+        self._by_tag[order.tag] = order.id
+        return order.id
+
+    # ------------------------------------------------------------------ polling and reconciliation
+
+    def poll(self, source: Source = Source.POLL) -> OrdersReconciliation:
+        """Compare Kite's order book and trade book with the ledger; converge what differs."""
+        result = OrdersReconciliation()
+        broker_orders = parse_orders(self.call("orders"))
+        trades = parse_trades(self.call("trades"))
+        trade_ids: dict[str, set[str]] = {}
+        for trade in trades:
+            trade_ids.setdefault(trade.order_id, set()).add(trade.trade_id)
+        result.broker_orders = len(broker_orders)
+        for broker_order in broker_orders:
+            order_id = self.order_for(broker_order)
+            if order_id is not None:
+                order = self.ledger.get_order(order_id)
+                up_to_date = (
+                    order.broker_order_id == broker_order.order_id
+                    and trade_ids.get(broker_order.order_id, set()) <= order.trade_ids
+                    and (order.lifecycle.is_terminal or not broker_order.is_terminal)
+                    and order.quantity == broker_order.quantity
+                )
+                if up_to_date:
+                    continue
+            converged = self.converge(broker_order.order_id, source)
+            if order_id is None and converged.order_id is not None:
+                result.adopted.append(broker_order.order_id)
+            result.recorded += converged.recorded
+            result.problems.extend(converged.problems)
+        return result
+
+    def reconcile(self) -> OrdersReconciliation:
+        """At start-up and on demand: every broker order and trade against the ledger."""
+        return self.poll(Source.RECONCILIATION)
+
+
+def placement_params(order: Order) -> dict[str, Any]:
+    """The place_order arguments for an order (prices as exact decimal text)."""
+    params: dict[str, Any] = {
+        "variety": order.variety.value,
+        "exchange": order.instrument.exchange.value,
+        "tradingsymbol": order.instrument.tradingsymbol,
+        "transaction_type": order.side.value,
+        "quantity": order.quantity,
+        "product": order.product.value,
+        "order_type": order.order_type.value,
+        "validity": order.validity.value,
+        "tag": order.tag,
+    }
+    if order.price is not None:
+        params["price"] = str(order.price)
+    if order.trigger_price is not None:
+        params["trigger_price"] = str(order.trigger_price)
+    if order.disclosed_quantity:
+        params["disclosed_quantity"] = order.disclosed_quantity
+    if order.market_protection is not None:
+        params["market_protection"] = str(order.market_protection)
+    if order.validity_ttl is not None:
+        params["validity_ttl"] = order.validity_ttl
+    return params
+
+
+def _trigger_time(history: Iterable[KiteOrder]) -> Any:
+    waiting = False
+    for snapshot in history:
+        if snapshot.status == "TRIGGER PENDING":
+            waiting = True
+        elif waiting and snapshot.status in ("OPEN", "COMPLETE"):
+            return snapshot.exchange_update_timestamp or snapshot.order_timestamp
+    return None
+
+
+class UpdateWorker:
+    """Turns prompts (postbacks, WebSocket updates) into converges, off the caller's thread,
+    one order at a time, folding repeated prompts for the same order together."""
+
+    def __init__(self, gateway: KiteGateway) -> None:
+        self.gateway = gateway
+        self._queue: queue.Queue[tuple[str, Source] | None] = queue.Queue()
+        self._pending: set[str] = set()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name="kite-updates", daemon=True)
+        self.errors: list[str] = []
+
+    def start(self) -> UpdateWorker:
+        self._thread.start()
+        return self
+
+    def prompt(self, broker_order_id: str, source: Source) -> None:
+        with self._lock:
+            if broker_order_id in self._pending:
+                return
+            self._pending.add(broker_order_id)
+        self._queue.put((broker_order_id, source))
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            broker_order_id, source = item
+            with self._lock:
+                self._pending.discard(broker_order_id)
+            try:
+                self.gateway.converge(broker_order_id, source)
+            except Exception as error:  # keep serving; polling will catch up
+                self.errors.append(f"{broker_order_id}: {error}")
+                log.warning("converge %s failed: %s", broker_order_id, error)
+            finally:
+                self._queue.task_done()
+
+    def drain(self, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while self._queue.unfinished_tasks and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    def stop(self) -> None:
+        self._queue.put(None)
+        self._thread.join(5)
+
+
+__all__ = ["InstrumentRef", "KiteGateway", "UpdateWorker", "placement_params"]

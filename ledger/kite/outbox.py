@@ -1,0 +1,81 @@
+"""The placement outbox's memory: which requests were ever sent to Kite, and when.
+
+`Submitted` (or a modify / cancel request) is durable in the log before anything is sent.
+Before the dispatcher sends, it writes here that it is about to, and commits; after a
+timeout, an error whose outcome is unknown, or a crash, that row tells the next dispatcher
+to look the order up at Kite by its tag instead of sending it again. So an order is never
+placed twice: at worst it is looked up once more than needed.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from ledger.persistence import StorageSettings
+
+_CREATE = (
+    "CREATE TABLE IF NOT EXISTS gateway_outbox (order_id TEXT NOT NULL, request TEXT NOT NULL,"
+    " version INTEGER NOT NULL, attempts INTEGER NOT NULL, last_attempt DOUBLE PRECISION NOT NULL,"
+    " PRIMARY KEY (order_id, request, version))"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    attempts: int
+    last_attempt: float  # epoch seconds
+
+
+class Outbox:
+    """Rows of (order id, request kind, order version of the request): attempts made."""
+
+    def __init__(self, storage: StorageSettings) -> None:
+        self._lock = threading.Lock()
+        self.backend = storage.backend
+        if storage.backend == "sqlite":
+            assert storage.sqlite_path is not None
+            self._conn: Any = sqlite3.connect(
+                str(storage.sqlite_path), isolation_level=None, timeout=30, check_same_thread=False
+            )
+            self._mark = "?"
+        else:
+            import psycopg
+            from psycopg import sql
+
+            assert storage.postgres_conninfo is not None
+            self._conn = psycopg.connect(storage.postgres_conninfo, autocommit=True)
+            self._conn.execute(
+                sql.SQL("SET search_path TO {}").format(
+                    sql.Identifier(storage.postgres_schema or "public")
+                )
+            )
+            self._mark = "%s"
+        self._conn.execute(_CREATE)
+
+    def attempt(self, order_id: str, request: str, version: int) -> Attempt | None:
+        m = self._mark
+        with self._lock:
+            row = self._conn.execute(
+                f"SELECT attempts, last_attempt FROM gateway_outbox WHERE order_id = {m}"
+                f" AND request = {m} AND version = {m}",
+                (order_id, request, version),
+            ).fetchone()
+        return Attempt(int(row[0]), float(row[1])) if row else None
+
+    def record_attempt(self, order_id: str, request: str, version: int, at: float) -> None:
+        """Durable when it returns (autocommit): only then may the request be sent."""
+        m = self._mark
+        with self._lock:
+            self._conn.execute(
+                f"INSERT INTO gateway_outbox (order_id, request, version, attempts, last_attempt)"
+                f" VALUES ({m}, {m}, {m}, 1, {m}) ON CONFLICT (order_id, request, version)"
+                " DO UPDATE SET attempts = gateway_outbox.attempts + 1,"
+                " last_attempt = excluded.last_attempt",
+                (order_id, request, version, at),
+            )
+
+    def close(self) -> None:
+        self._conn.close()
