@@ -116,8 +116,10 @@ class KiteGateway:
         self.grace = unknown_outcome_grace
         self.clock = clock
         self._lock = threading.RLock()
+        self._dispatching = threading.Lock()
         self._by_tag: dict[str, UUID] = {}
         self._by_broker_id: dict[str, UUID] = {}
+        self._broker_by_order: dict[UUID, str] = {}
         self.refresh_index()
 
     # ------------------------------------------------------------------ plumbing
@@ -132,6 +134,7 @@ class KiteGateway:
         self._by_tag[order.tag] = order.id
         if order.broker_order_id:
             self._by_broker_id[order.broker_order_id] = order.id
+            self._broker_by_order[order.id] = order.broker_order_id
 
     def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         """A rate-limited call through the official client; backs off and retries on 429."""
@@ -161,11 +164,17 @@ class KiteGateway:
 
     def dispatch(self) -> DispatchReport:
         """Send what the log asks for: new orders, cancellations, modifications."""
+        with self._dispatching:
+            return self._dispatch()
+
+    def _dispatch(self) -> DispatchReport:
         report = DispatchReport()
         broker_orders: list[KiteOrder] | None = None
         for order in self.ledger.all_orders():
             if order.lifecycle.is_terminal:
                 continue
+            with self._lock:
+                self._remember(order)  # before sending: a postback may beat the reply
             if order.broker_order_id is None:
                 if broker_orders is None and self.outbox.attempt(str(order.id), "place", 1):
                     broker_orders = parse_orders(self.call("orders"))
@@ -196,7 +205,8 @@ class KiteGateway:
                 [],
             )
             return
-        self.outbox.record_attempt(key, "place", 1, self.clock())
+        if not self.outbox.claim(key, "place", 1, previous, self.clock()):
+            return  # another dispatcher is sending it
         try:
             broker_id = self.call("place_order", **placement_params(order))
         except REFUSED as error:
@@ -215,6 +225,7 @@ class KiteGateway:
     def _accept(self, order: Order, broker_id: str, source: Source) -> None:
         with self._lock:
             self._by_broker_id[broker_id] = order.id
+            self._broker_by_order[order.id] = broker_id
         self._record(
             RecordAccepted(order_id=order.id, broker_order_id=broker_id, source=source), []
         )
@@ -231,7 +242,8 @@ class KiteGateway:
         previous = self.outbox.attempt(str(order.id), "cancel", version)
         if previous is not None and self.clock() - previous.last_attempt < self.grace:
             return
-        self.outbox.record_attempt(str(order.id), "cancel", version, self.clock())
+        if not self.outbox.claim(str(order.id), "cancel", version, previous, self.clock()):
+            return
         try:
             self.call("cancel_order", variety=order.variety.value, order_id=order.broker_order_id)
         except REFUSED as error:
@@ -253,7 +265,8 @@ class KiteGateway:
         previous = self.outbox.attempt(str(order.id), "modify", version)
         if previous is not None and self.clock() - previous.last_attempt < self.grace:
             return
-        self.outbox.record_attempt(str(order.id), "modify", version, self.clock())
+        if not self.outbox.claim(str(order.id), "modify", version, previous, self.clock()):
+            return
         params: dict[str, Any] = {"variety": order.variety.value, "order_id": order.broker_order_id}
         for name in ("quantity", "price", "trigger_price", "disclosed_quantity"):
             value = getattr(changes, name)
@@ -289,12 +302,23 @@ class KiteGateway:
 
     # ------------------------------------------------------------------ converge
 
-    def order_for(self, broker_order: KiteOrder) -> UUID | None:
+    def order_for(self, broker_order: KiteOrder, *, refresh: bool = False) -> UUID | None:
+        """The ledger's order for a broker order, by broker id or tag (None if external).
+        With `refresh`, an unknown one is looked for in the log before giving up."""
         with self._lock:
             known = self._by_broker_id.get(broker_order.order_id)
             if known is None and broker_order.tag:
                 known = self._by_tag.get(broker_order.tag)
-            return known
+                # Our tag on another broker order id: not the order we placed.
+                if known is not None and self._broker_by_order.get(known) not in (
+                    None,
+                    broker_order.order_id,
+                ):
+                    known = None
+        if known is None and refresh:
+            self.refresh_index()
+            return self.order_for(broker_order)
+        return known
 
     def converge(self, broker_order_id: str, source: Source) -> ConvergeResult:
         """Fetch one order's history and trades from Kite and record what the ledger lacks."""

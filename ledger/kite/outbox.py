@@ -65,17 +65,30 @@ class Outbox:
             ).fetchone()
         return Attempt(int(row[0]), float(row[1])) if row else None
 
-    def record_attempt(self, order_id: str, request: str, version: int, at: float) -> None:
-        """Durable when it returns (autocommit): only then may the request be sent."""
+    def claim(
+        self, order_id: str, request: str, version: int, previous: Attempt | None, at: float
+    ) -> bool:
+        """Durably claim the right to send this request now. Only one dispatcher (thread or
+        process) wins a claim: the first attempt by inserting the row, a retry by moving
+        `last_attempt` on from the value it read. Returns whether this caller may send."""
         m = self._mark
         with self._lock:
-            self._conn.execute(
-                f"INSERT INTO gateway_outbox (order_id, request, version, attempts, last_attempt)"
-                f" VALUES ({m}, {m}, {m}, 1, {m}) ON CONFLICT (order_id, request, version)"
-                " DO UPDATE SET attempts = gateway_outbox.attempts + 1,"
-                " last_attempt = excluded.last_attempt",
-                (order_id, request, version, at),
-            )
+            if previous is None:
+                cursor = self._conn.execute(
+                    "INSERT INTO gateway_outbox"
+                    " (order_id, request, version, attempts, last_attempt)"
+                    f" VALUES ({m}, {m}, {m}, 1, {m})"
+                    " ON CONFLICT (order_id, request, version) DO NOTHING",
+                    (order_id, request, version, at),
+                )
+            else:
+                cursor = self._conn.execute(
+                    f"UPDATE gateway_outbox SET attempts = attempts + 1, last_attempt = {m}"
+                    f" WHERE order_id = {m} AND request = {m} AND version = {m}"
+                    f" AND last_attempt = {m}",
+                    (at, order_id, request, version, previous.last_attempt),
+                )
+            return bool(cursor.rowcount == 1)
 
     def close(self) -> None:
         self._conn.close()

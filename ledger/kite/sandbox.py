@@ -155,7 +155,8 @@ class KiteSandbox:
         liquidity_per_step: tuple[float, float] = (0.4, 1.0),
         clock: Callable[[], datetime] | None = None,
     ) -> None:
-        self.rng = random.Random(seed)
+        self.rng = random.Random(seed)  # the market: prices and liquidity
+        self.fault_rng = random.Random(seed + 1)  # faults draw apart, so the market repeats
         self.instruments = instruments or InstrumentCatalog.bundled()
         self.prices: dict[str, Decimal] = dict(DEFAULT_PRICES)
         self.prices.update(prices or {})
@@ -675,13 +676,13 @@ class KiteSandbox:
         if snapshot["status"] in ("PUT ORDER REQ RECEIVED", "VALIDATION PENDING", "OPEN PENDING"):
             return  # Kite does not post every transient status
         with self._update_lock:
-            if self.rng.random() < self.faults.drop_updates:
+            if self.fault_rng.random() < self.faults.drop_updates:
                 return
-            copies = 2 if self.rng.random() < self.faults.duplicate_updates else 1
+            copies = 2 if self.fault_rng.random() < self.faults.duplicate_updates else 1
             for _ in range(copies):
                 self._updates.append(snapshot)
             if self.faults.reorder_updates and len(self._updates) > 1:
-                self.rng.shuffle(self._updates)
+                self.fault_rng.shuffle(self._updates)
             self._update_lock.notify_all()
 
     def _deliver_updates(self) -> None:

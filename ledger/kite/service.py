@@ -64,7 +64,7 @@ class KiteService:
                 update = KiteOrder.model_validate(payload)
             except ValueError as error:
                 raise PostbackRefused(400, f"malformed postback: {error}") from None
-            if self.gateway.order_for(update) is None:
+            if self.gateway.order_for(update, refresh=True) is None:
                 raise PostbackRefused(
                     404, f"unknown order {update.order_id}: not placed through this ledger"
                 )

@@ -1,0 +1,298 @@
+"""The gateway against the Kite sandbox, through the official client, on SQLite and
+PostgreSQL: exactly-once placement, converging updates, reconciliation, charges."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from ledger.application import OrderLedger
+from ledger.domain.status import OrderStatus
+from ledger.kite.limiter import RateLimiter
+from ledger.kite.sandbox import KiteSandbox, checksum
+from ledger.kite.service import KiteService
+from tests.kite_support import (
+    assert_matches_sandbox,
+    client,
+    gateway_for,
+    ledger_state,
+    settle,
+    submit,
+    trading_session,
+)
+
+
+@pytest.fixture
+def sandbox() -> Iterator[KiteSandbox]:
+    with KiteSandbox(seed=11) as sandbox:
+        yield sandbox
+
+
+def test_a_trading_session_converges_to_the_broker(
+    ledger: OrderLedger, sandbox: KiteSandbox
+) -> None:
+    gateway = gateway_for(ledger, sandbox)
+    made = trading_session(ledger, sandbox, gateway)
+    settle(sandbox, gateway)
+    assert_matches_sandbox(ledger, sandbox)
+    status = {name: ledger.get_order(order.id).status for name, order in made.items()}
+    assert status["full"] is OrderStatus.FILLED
+    assert status["market"] is OrderStatus.FILLED
+    assert status["reject"] is OrderStatus.REJECTED
+    assert status["cancel"] is OrderStatus.CANCELLED
+    assert status["modify"] is OrderStatus.FILLED
+    assert ledger.get_order(made["modify"].id).price == Decimal("812.35")
+    ioc = ledger.get_order(made["ioc"].id)
+    assert ioc.status is OrderStatus.CANCELLED
+    assert 0 < ioc.filled_quantity < 300
+    race = ledger.get_order(made["race"].id)
+    assert race.status is OrderStatus.CANCELLED
+    assert race.filled_quantity > 0  # the fill that beat the cancel is kept
+    stop = ledger.get_order(made["stop"].id)
+    assert stop.triggered_at is not None
+    assert stop.filled_quantity > 0
+    partial = ledger.get_order(made["partial"].id)
+    assert partial.status is OrderStatus.CANCELLED
+    assert 0 < partial.filled_quantity < 400
+    assert all(f.charges is not None for o in ledger.all_orders() for f in o.fills)
+    assert gateway.poll().recorded == 0  # nothing left to learn
+
+
+def test_postbacks_drive_the_ledger_and_bad_ones_change_nothing(
+    ledger: OrderLedger, sandbox: KiteSandbox
+) -> None:
+    gateway = gateway_for(ledger, sandbox)
+    service = KiteService(
+        gateway,
+        api_secret=sandbox.api_secret,
+        app_id=sandbox.app_id,
+        poll_interval=3600,
+        dispatch_interval=3600,
+    )
+    service.start()
+    sandbox.postback_url = service.postback_url
+    try:
+        order = submit(ledger, "pb", quantity=10, price="812.35")
+        gateway.dispatch()
+        sandbox.step(3)
+        sandbox.wait_for_updates()
+        service.worker.drain()
+        assert ledger.get_order(order.id).status is OrderStatus.FILLED  # no poll: postbacks did it
+        before = ledger.count_events()
+        sim = sandbox.orders[ledger.get_order(order.id).broker_order_id or ""]
+        genuine = sandbox.postback_payload(sim.history[-1])
+
+        def post(body: bytes) -> tuple[int, dict[str, Any]]:
+            request = urllib.request.Request(service.postback_url, data=body, method="POST")
+            try:
+                with urllib.request.urlopen(request, timeout=5) as response:
+                    return response.status, json.loads(response.read())
+            except urllib.error.HTTPError as error:
+                return error.code, json.loads(error.read())
+
+        assert post(json.dumps(genuine).encode())[0] == 200
+        forged = {**genuine, "checksum": "0" * 64}
+        status, answer = post(json.dumps(forged).encode())
+        assert (status, answer["message"]) == (
+            401,
+            "checksum mismatch: not signed with this app's secret",
+        )
+        status, answer = post(b"{not json")
+        assert status == 400
+        assert "malformed postback" in answer["message"]
+        other_app = {**genuine, "app_id": 99}
+        status, answer = post(json.dumps(other_app).encode())
+        assert (status, answer["message"]) == (403, "postback for another app (99)")
+        unknown = {**genuine, "order_id": "999999999999999", "tag": None}
+        unknown["checksum"] = checksum(
+            unknown["order_id"], unknown["order_timestamp"], sandbox.api_secret
+        )
+        status, answer = post(json.dumps(unknown).encode())
+        assert status == 404
+        assert "unknown order 999999999999999" in answer["message"]
+        not_ours = {**genuine, "order_id": "999999999999998"}  # our tag, another order id
+        not_ours["checksum"] = checksum(
+            not_ours["order_id"], not_ours["order_timestamp"], sandbox.api_secret
+        )
+        assert post(json.dumps(not_ours).encode())[0] == 404
+        status, answer = post(b"x" * 70000)
+        assert status == 413
+        service.worker.drain()
+        assert ledger.count_events() == before
+    finally:
+        service.stop()
+
+
+def test_duplicated_dropped_and_reordered_updates_converge(
+    ledger: OrderLedger, sandbox: KiteSandbox
+) -> None:
+    gateway = gateway_for(ledger, sandbox)
+    service = KiteService(
+        gateway,
+        api_secret=sandbox.api_secret,
+        app_id=sandbox.app_id,
+        poll_interval=3600,
+        dispatch_interval=3600,
+    )
+    service.start()
+    sandbox.postback_url = service.postback_url
+    sandbox.faults.drop_updates = 0.3
+    sandbox.faults.duplicate_updates = 0.5
+    sandbox.faults.reorder_updates = True
+    try:
+        trading_session(ledger, sandbox, gateway)
+        sandbox.wait_for_updates()
+        service.worker.drain()
+        settle(sandbox, gateway)
+        assert_matches_sandbox(ledger, sandbox)
+    finally:
+        service.stop()
+
+
+def test_a_lost_placement_reply_is_looked_up_not_resent(
+    ledger: OrderLedger, sandbox: KiteSandbox
+) -> None:
+    gateway = gateway_for(ledger, sandbox)
+    order = submit(ledger, "lost", quantity=10, price="700.05")  # rests: below the market
+    sandbox.faults.fail_placements_after_accept = 1  # in the book, then a 500
+    report = gateway.dispatch()
+    assert report.unknown_outcome == [order.id]
+    assert len(sandbox.orders) == 1
+    import time
+
+    time.sleep(0.25)
+    report = gateway.dispatch()
+    assert report.found_at_broker == [order.id]
+    assert len(sandbox.orders) == 1
+    assert ledger.get_order(order.id).broker_order_id == next(iter(sandbox.orders))
+    sandbox.faults.drop_placements_after_accept = 1  # in the book, then no answer at all
+    second = submit(ledger, "dropped", quantity=10, price="700.05")
+    assert gateway.dispatch().unknown_outcome == [second.id]
+    time.sleep(0.25)
+    gateway.dispatch()
+    assert len(sandbox.orders) == 2
+    assert ledger.get_order(second.id).status is not OrderStatus.SUBMITTED
+
+
+def test_orders_placed_outside_the_ledger_are_adopted(
+    ledger: OrderLedger, sandbox: KiteSandbox
+) -> None:
+    kite = client(sandbox)
+    broker_id = kite.place_order(
+        variety="regular",
+        exchange="NSE",
+        tradingsymbol="SBIN",
+        transaction_type="BUY",
+        quantity=5,
+        product="CNC",
+        order_type="LIMIT",
+        price="812.35",
+        tag="webapp",
+    )
+    sandbox.step(3)
+    gateway = gateway_for(ledger, sandbox)
+    first = gateway.reconcile()
+    assert first.adopted == [broker_id]
+    adopted = ledger.find_order("ZD1234", f"kite-{broker_id}")
+    assert adopted.strategy == "external"
+    assert adopted.filled_quantity == sandbox.orders[broker_id].filled_quantity
+    events = ledger.count_events()
+    second = gateway.reconcile()
+    assert second.adopted == []
+    assert second.recorded == 0
+    assert ledger.count_events() == events  # a second reconciliation adds nothing
+
+
+def test_a_rejected_placement_is_recorded(ledger: OrderLedger, sandbox: KiteSandbox) -> None:
+    gateway = gateway_for(ledger, sandbox)
+    order = submit(
+        ledger,
+        "odd-lot",
+        exchange="NFO",
+        tradingsymbol="NIFTY26DECFUT",
+        quantity=65,
+        price="26000.0",
+        product="NRML",
+    )
+    sandbox.faults.rate_limit_next = 2  # 429 twice: backed off and retried
+    report = gateway.dispatch()
+    assert report.placed == [order.id]
+    assert [c for c in sandbox.calls if c[1] == "order.place"].__len__() == 3
+
+
+def test_the_limiter_keeps_a_burst_within_kites_limits(
+    ledger: OrderLedger, sandbox: KiteSandbox
+) -> None:
+    gateway = gateway_for(ledger, sandbox, limiter=RateLimiter())
+    for n in range(25):
+        submit(ledger, f"burst-{n}", quantity=1, price="700.05")
+    gateway.dispatch()
+    placed = sorted(t for t, route, _ in sandbox.calls if route == "order.place")
+    assert len(placed) == 25
+    for i in range(len(placed) - 10):
+        assert placed[i + 10] - placed[i] >= 1.0, "11 placements inside one second"
+
+
+def test_charges_compare_with_the_virtual_contract_note(
+    ledger: OrderLedger, sandbox: KiteSandbox
+) -> None:
+    from ledger.charges import ChargesSchedule, compare_contract_note
+    from ledger.domain.values import IST
+
+    gateway = gateway_for(ledger, sandbox)
+    order = submit(ledger, "charged", quantity=100, price="812.35", product="MIS")
+    gateway.dispatch()
+    sandbox.step(5)
+    settle(sandbox, gateway)
+    order = ledger.get_order(order.id)
+    assert order.filled_quantity > 0
+    instrument = ledger.instruments.get(order.instrument)
+    ours = ChargesSchedule.bundled().order_charges(
+        instrument,
+        order.product,
+        order.side,
+        [(f.quantity, f.price) for f in order.fills],
+        order.created_on.astimezone(IST).date(),
+    )
+    assert ours.total == sum((f.charges or Decimal(0) for f in order.fills), Decimal(0))
+    note = client(sandbox).get_virtual_contract_note([{"order_id": order.broker_order_id}])
+    assert compare_contract_note({order.broker_order_id or "": ours}, note) == []
+
+
+def test_clean_and_faulty_delivery_end_equal(make_ledger: Any) -> None:
+    states = []
+    for faulty in (False, True):
+        with KiteSandbox(seed=5) as sandbox:
+            ledger = make_ledger()
+            gateway = gateway_for(ledger, sandbox)
+            service = KiteService(
+                gateway,
+                api_secret=sandbox.api_secret,
+                app_id=sandbox.app_id,
+                poll_interval=3600,
+                dispatch_interval=3600,
+            )
+            service.start()
+            sandbox.postback_url = service.postback_url
+            if faulty:
+                sandbox.faults.drop_updates = 0.5
+                sandbox.faults.duplicate_updates = 0.5
+                sandbox.faults.reorder_updates = True
+            try:
+                prefix = "faulty-" if faulty else "clean-"
+                trading_session(ledger, sandbox, gateway, prefix)
+                sandbox.wait_for_updates()
+                service.worker.drain()
+                settle(sandbox, gateway)
+                states.append(ledger_state(ledger, prefix))
+            finally:
+                service.stop()
+    clean, faulty_state = states
+    assert len(clean) == 9
+    assert clean == faulty_state

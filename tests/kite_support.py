@@ -1,0 +1,156 @@
+"""Driving the ledger against the Kite sandbox in tests."""
+
+from __future__ import annotations
+
+import time
+from decimal import Decimal
+from typing import Any
+
+from kiteconnect import KiteConnect
+
+from ledger.application import OrderLedger
+from ledger.commands import CancelOrder, ModifyOrder, SubmitOrder
+from ledger.domain.order import Order
+from ledger.domain.status import OrderStatus
+from ledger.domain.values import Source
+from ledger.kite.gateway import KiteGateway
+from ledger.kite.outbox import Outbox
+from ledger.kite.sandbox import KiteSandbox
+
+ACCOUNT = "ZD1234"
+
+
+def client(sandbox: KiteSandbox) -> KiteConnect:
+    return KiteConnect(sandbox.api_key, sandbox.access_token, root=sandbox.root, timeout=10)
+
+
+def gateway_for(ledger: OrderLedger, sandbox: KiteSandbox, **kwargs: Any) -> KiteGateway:
+    assert ledger.storage is not None
+    kwargs.setdefault("unknown_outcome_grace", 0.2)
+    return KiteGateway(
+        ledger, client(sandbox), outbox=Outbox(ledger.storage), account=ACCOUNT, **kwargs
+    )
+
+
+def submit(ledger: OrderLedger, client_order_id: str, **terms: Any) -> Order:
+    fields: dict[str, Any] = {
+        "account": ACCOUNT,
+        "client_order_id": client_order_id,
+        "exchange": "NSE",
+        "tradingsymbol": "SBIN",
+        "side": "BUY",
+        "quantity": 100,
+        "order_type": "LIMIT",
+        "product": "CNC",
+    }
+    fields.update(terms)
+    return ledger.submit(SubmitOrder.parse(fields))
+
+
+def trading_session(
+    ledger: OrderLedger, sandbox: KiteSandbox, gateway: KiteGateway, prefix: str = ""
+) -> dict[str, Order]:
+    """Full and partial fills, a modify, cancels, a reject, IOC, a fill racing a cancel, a
+    stop that triggers. Returns the ledger's orders by client order id."""
+    sandbox.set_price("NSE:SBIN", Decimal("812.35"))
+    sandbox.liquidity = (0.25, 0.5)
+    made = {
+        "full": submit(ledger, prefix + "full", quantity=10, price="812.35"),
+        "market": submit(
+            ledger,
+            prefix + "market",
+            tradingsymbol="INFY",
+            quantity=20,
+            order_type="MARKET",
+            market_protection="-1",
+        ),
+        "partial": submit(ledger, prefix + "partial", quantity=400, price="812.35"),
+        "modify": submit(ledger, prefix + "modify", quantity=50, price="800.00"),
+        "cancel": submit(ledger, prefix + "cancel", quantity=50, price="790.00"),
+        "reject": submit(
+            ledger, prefix + "reject", tradingsymbol="TCS", quantity=1, price="9999.0"
+        ),
+        "ioc": submit(
+            ledger,
+            prefix + "ioc",
+            tradingsymbol="HDFCBANK",
+            quantity=300,
+            price="1720.05",
+            validity="IOC",
+        ),
+        "stop": submit(
+            ledger,
+            prefix + "stop",
+            side="SELL",
+            quantity=30,
+            order_type="SL",
+            price="795.00",
+            trigger_price="796.00",
+        ),
+        "race": submit(
+            ledger, prefix + "race", tradingsymbol="RELIANCE", quantity=100, price="1440.0"
+        ),
+    }
+    gateway.dispatch()
+    ledger.request_modify(ModifyOrder(order_id=made["modify"].id, price=Decimal("812.35")))
+    ledger.request_cancel(CancelOrder(order_id=made["cancel"].id))
+    gateway.converge(ledger.get_order(made["partial"].id).broker_order_id or "", Source.POLL)
+    ledger.request_cancel(CancelOrder(order_id=made["partial"].id))
+    gateway.dispatch()
+    sandbox.step(2)
+    sandbox.faults.fill_before_cancel = True
+    ledger.request_cancel(CancelOrder(order_id=made["race"].id))
+    gateway.dispatch()
+    sandbox.faults.fill_before_cancel = False
+    sandbox.set_price("NSE:SBIN", Decimal("795.50"))  # the stop triggers
+    sandbox.step(3)
+    gateway.dispatch()
+    return made
+
+
+def settle(sandbox: KiteSandbox, gateway: KiteGateway, rounds: int = 3) -> None:
+    sandbox.wait_for_updates()
+    for _ in range(rounds):
+        gateway.poll()
+        time.sleep(0.05)
+
+
+BROKER_STATUS = {
+    "COMPLETE": {OrderStatus.FILLED},
+    "CANCELLED": {OrderStatus.CANCELLED},
+    "REJECTED": {OrderStatus.REJECTED},
+    "OPEN": {OrderStatus.ACCEPTED, OrderStatus.TRIGGERED, OrderStatus.PARTIALLY_FILLED},
+    "TRIGGER PENDING": {OrderStatus.ACCEPTED},
+}
+
+
+def ledger_state(ledger: OrderLedger, prefix: str = "") -> dict[str, Any]:
+    """What must be equal between runs: per client order id, the status and fills."""
+    return {
+        o.client_order_id.removeprefix(prefix): (
+            o.status,
+            o.quantity,
+            o.filled_quantity,
+            o.filled_value,
+        )
+        for o in ledger.all_orders()
+        if o.client_order_id.startswith(prefix)
+    }
+
+
+def assert_matches_sandbox(ledger: OrderLedger, sandbox: KiteSandbox) -> None:
+    """The ledger equals the sandbox's order book and trade book."""
+    orders = {o.broker_order_id: o for o in ledger.all_orders()}
+    assert set(orders) == set(sandbox.orders), "orders differ between ledger and broker"
+    for broker_id, sim in sandbox.orders.items():
+        order = orders[broker_id]
+        assert order.status in BROKER_STATUS[sim.status], (
+            order.client_order_id,
+            order.status,
+            sim.status,
+        )
+        assert order.quantity == sim.quantity
+        assert order.filled_quantity == sim.filled_quantity, order.client_order_id
+        assert order.filled_value == sim.filled_value, order.client_order_id
+        trades = {t["trade_id"] for t in sandbox.trades if t["order_id"] == broker_id}
+        assert order.trade_ids == trades
