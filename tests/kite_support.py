@@ -14,6 +14,7 @@ from ledger.domain.order import Order
 from ledger.domain.status import OrderStatus
 from ledger.domain.values import Source
 from ledger.kite.gateway import KiteGateway
+from ledger.kite.limiter import RateLimiter
 from ledger.kite.outbox import Outbox
 from ledger.kite.sandbox import KiteSandbox
 
@@ -27,6 +28,8 @@ def client(sandbox: KiteSandbox) -> KiteConnect:
 def gateway_for(ledger: OrderLedger, sandbox: KiteSandbox, **kwargs: Any) -> KiteGateway:
     assert ledger.storage is not None
     kwargs.setdefault("unknown_outcome_grace", 0.2)
+    # Kite's real limits make a test wait 100 ms a call; the limiter has its own tests.
+    kwargs.setdefault("limiter", RateLimiter({"orders": ((1.0, 1000),), "other": ((1.0, 1000),)}))
     return KiteGateway(
         ledger, client(sandbox), outbox=Outbox(ledger.storage), account=ACCOUNT, **kwargs
     )

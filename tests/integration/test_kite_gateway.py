@@ -159,7 +159,7 @@ def test_a_lost_placement_reply_is_looked_up_not_resent(
     ledger: OrderLedger, sandbox: KiteSandbox
 ) -> None:
     gateway = gateway_for(ledger, sandbox)
-    order = submit(ledger, "lost", quantity=10, price="700.05")  # rests: below the market
+    order = submit(ledger, "lost", quantity=10, price="800.00")  # rests: below the market
     sandbox.faults.fail_placements_after_accept = 1  # in the book, then a 500
     report = gateway.dispatch()
     assert report.unknown_outcome == [order.id]
@@ -172,7 +172,7 @@ def test_a_lost_placement_reply_is_looked_up_not_resent(
     assert len(sandbox.orders) == 1
     assert ledger.get_order(order.id).broker_order_id == next(iter(sandbox.orders))
     sandbox.faults.drop_placements_after_accept = 1  # in the book, then no answer at all
-    second = submit(ledger, "dropped", quantity=10, price="700.05")
+    second = submit(ledger, "dropped", quantity=10, price="800.00")
     assert gateway.dispatch().unknown_outcome == [second.id]
     time.sleep(0.25)
     gateway.dispatch()
@@ -231,7 +231,7 @@ def test_the_limiter_keeps_a_burst_within_kites_limits(
 ) -> None:
     gateway = gateway_for(ledger, sandbox, limiter=RateLimiter())
     for n in range(25):
-        submit(ledger, f"burst-{n}", quantity=1, price="700.05")
+        submit(ledger, f"burst-{n}", quantity=1, price="800.00")
     gateway.dispatch()
     placed = sorted(t for t, route, _ in sandbox.calls if route == "order.place")
     assert len(placed) == 25
