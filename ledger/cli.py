@@ -194,6 +194,6 @@ def main() -> None:
 
 # The read-side commands register themselves on `app` (they import from this module).
 # Run the CLI as `kite-ledger` or `python -m ledger`.
-from ledger import cli_read  # noqa: E402
+from ledger import cli_kite, cli_read  # noqa: E402
 
-__all__ = ["Path", "app", "cli_read", "main"]
+__all__ = ["Path", "app", "cli_kite", "cli_read", "main"]

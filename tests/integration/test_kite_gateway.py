@@ -209,7 +209,7 @@ def test_orders_placed_outside_the_ledger_are_adopted(
     assert ledger.count_events() == events  # a second reconciliation adds nothing
 
 
-def test_a_rejected_placement_is_recorded(ledger: OrderLedger, sandbox: KiteSandbox) -> None:
+def test_429_is_backed_off_and_retried(ledger: OrderLedger, sandbox: KiteSandbox) -> None:
     gateway = gateway_for(ledger, sandbox)
     order = submit(
         ledger,
@@ -224,6 +224,23 @@ def test_a_rejected_placement_is_recorded(ledger: OrderLedger, sandbox: KiteSand
     report = gateway.dispatch()
     assert report.placed == [order.id]
     assert [c for c in sandbox.calls if c[1] == "order.place"].__len__() == 3
+
+
+def test_a_placement_kite_refuses_is_recorded_as_rejected(ledger: OrderLedger) -> None:
+    from ledger.instruments import InstrumentCatalog
+
+    known = InstrumentCatalog(
+        [i for i in InstrumentCatalog.bundled() if i.ref.tradingsymbol != "TCS"]
+    )
+    with KiteSandbox(instruments=known) as sandbox:
+        gateway = gateway_for(ledger, sandbox)
+        order = submit(ledger, "unknown-at-kite", tradingsymbol="TCS", quantity=1, price="3500.0")
+        report = gateway.dispatch()
+        assert report.rejected == [order.id]
+        refused = ledger.get_order(order.id)
+        assert refused.status is OrderStatus.REJECTED
+        assert refused.reason == "Invalid instrument: NSE:TCS"
+        assert sandbox.orders == {}
 
 
 def test_the_limiter_keeps_a_burst_within_kites_limits(

@@ -1,0 +1,135 @@
+"""`kite-ledger reconcile` and `kite-ledger serve` against the sandbox, as a user runs them."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ledger.application import open_ledger
+from ledger.domain.status import OrderStatus
+from ledger.kite.sandbox import KiteSandbox
+from tests.kite_support import client, submit
+
+CLI = [sys.executable, "-m", "ledger"]
+
+
+@pytest.fixture
+def sandbox() -> Iterator[KiteSandbox]:
+    with KiteSandbox(seed=9) as box:
+        yield box
+
+
+def kite_env(box: KiteSandbox) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "LEDGER_DATABASE_URL"}
+    env.update(
+        KITE_API_KEY=box.api_key,
+        KITE_ACCESS_TOKEN=box.access_token,
+        KITE_API_SECRET=box.api_secret,
+        KITE_ROOT=box.root,
+        KITE_USER_ID="ZD1234",
+    )
+    return env
+
+
+def test_reconcile_adopts_records_and_is_idempotent(tmp_path: Path, sandbox: KiteSandbox) -> None:
+    kite = client(sandbox)
+    kite.place_order(
+        variety="regular",
+        exchange="NSE",
+        tradingsymbol="SBIN",
+        transaction_type="BUY",
+        quantity=5,
+        product="CNC",
+        order_type="LIMIT",
+        price="812.35",
+    )
+    sandbox.step(3)
+
+    def reconcile() -> dict[str, object]:
+        result = subprocess.run(
+            [*CLI, "reconcile", "--format", "json"],
+            cwd=tmp_path,
+            env=kite_env(sandbox),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+        parsed: dict[str, object] = json.loads(result.stdout)
+        return parsed
+
+    first = reconcile()
+    assert len(first["adopted"]) == 1  # type: ignore[arg-type]
+    assert first["position_differences"] == []
+    assert first["positions_matched"] == 1
+    second = reconcile()
+    assert second["adopted"] == []
+    assert second["events_recorded"] == 0
+
+
+def test_reconcile_needs_credentials(tmp_path: Path, sandbox: KiteSandbox) -> None:
+    env = kite_env(sandbox)
+    del env["KITE_ACCESS_TOKEN"]
+    result = subprocess.run(
+        [*CLI, "reconcile"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "KITE_ACCESS_TOKEN is not set" in result.stderr
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_serve_places_orders_and_takes_postbacks(tmp_path: Path, sandbox: KiteSandbox) -> None:
+    port = free_port()
+    sandbox.postback_url = f"http://127.0.0.1:{port}/postback"
+    server = subprocess.Popen(
+        [*CLI, "serve", "--port", str(port), "--app-id", str(sandbox.app_id), "--poll", "3600"],
+        cwd=tmp_path,
+        env=kite_env(sandbox),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not (tmp_path / "ledger.db").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(1.0)
+        with open_ledger(tmp_path / "ledger.db") as ledger:
+            order = submit(ledger, "served", quantity=10, price="812.35")
+            while time.monotonic() < deadline:
+                if ledger.get_order(order.id).broker_order_id:
+                    break
+                time.sleep(0.1)
+            sandbox.step(3)  # fills arrive by postback only (polling is off)
+            while time.monotonic() < deadline:
+                if ledger.get_order(order.id).status is OrderStatus.FILLED:
+                    break
+                time.sleep(0.1)
+            assert ledger.get_order(order.id).status is OrderStatus.FILLED
+        assert len(sandbox.orders) == 1
+    finally:
+        server.send_signal(signal.SIGINT)
+        out, err = server.communicate(timeout=30)
+    assert server.returncode == 0, err
+    assert "postbacks: http://127.0.0.1" in out
