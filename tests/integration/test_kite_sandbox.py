@@ -1,0 +1,123 @@
+"""The sandbox's API through the official client: envelopes, statuses, quotes, faults;
+and the gateway's handling of a modify Kite refuses and of a sandbox that went away."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from collections.abc import Iterator
+from decimal import Decimal
+
+import pytest
+from kiteconnect import KiteConnect
+from kiteconnect import exceptions as kite_errors
+
+from ledger.application import OrderLedger
+from ledger.commands import ModifyOrder
+from ledger.domain.status import OrderStatus
+from ledger.kite.sandbox import KiteSandbox
+from tests.kite_support import client, gateway_for, submit
+
+
+@pytest.fixture
+def sandbox() -> Iterator[KiteSandbox]:
+    with KiteSandbox(seed=13) as box:
+        yield box
+
+
+def test_envelopes_and_statuses(sandbox: KiteSandbox) -> None:
+    kite = client(sandbox)
+    with pytest.raises(kite_errors.TokenException) as token:
+        KiteConnect("wrong", "keys", root=sandbox.root).orders()
+    assert token.value.code == 403
+    with pytest.raises(kite_errors.InputException, match="Missing quantity") as bad:
+        kite.place_order(
+            variety="regular",
+            exchange="NSE",
+            tradingsymbol="SBIN",
+            transaction_type="BUY",
+            quantity=None,
+            product="CNC",
+            order_type="LIMIT",
+        )
+    assert bad.value.code == 400
+    with pytest.raises(kite_errors.InputException, match="tick size"):
+        kite.place_order(
+            variety="regular",
+            exchange="NSE",
+            tradingsymbol="SBIN",
+            transaction_type="BUY",
+            quantity=1,
+            product="CNC",
+            order_type="LIMIT",
+            price="812.33",
+        )
+    sandbox.faults.rate_limit_next = 1
+    with pytest.raises(kite_errors.NetworkException) as limited:
+        kite.orders()
+    assert limited.value.code == 429
+    assert kite.ltp("NSE:SBIN") == {"NSE:SBIN": {"instrument_token": 779521, "last_price": 812.35}}
+    quote = kite.quote("NSE:SBIN")["NSE:SBIN"]
+    assert quote["lower_circuit_limit"] < 812.35 < quote["upper_circuit_limit"]
+
+
+def test_order_history_shows_kites_transient_statuses(sandbox: KiteSandbox) -> None:
+    kite = client(sandbox)
+    order_id = kite.place_order(
+        variety="regular",
+        exchange="NSE",
+        tradingsymbol="SBIN",
+        transaction_type="BUY",
+        quantity=10,
+        product="CNC",
+        order_type="SL",
+        price="820.0",
+        trigger_price="819.0",
+    )
+    kite.modify_order(variety="regular", order_id=order_id, price="821.0")
+    kite.cancel_order(variety="regular", order_id=order_id)
+    statuses = [h["status"] for h in kite.order_history(order_id)]
+    assert statuses == [
+        "PUT ORDER REQ RECEIVED",
+        "VALIDATION PENDING",
+        "OPEN PENDING",
+        "TRIGGER PENDING",
+        "MODIFY VALIDATION PENDING",
+        "MODIFY PENDING",
+        "MODIFIED",
+        "TRIGGER PENDING",
+        "CANCEL PENDING",
+        "CANCELLED",
+    ]
+    with pytest.raises(kite_errors.OrderException, match="cannot be cancelled"):
+        kite.cancel_order(variety="regular", order_id=order_id)
+
+
+def test_a_modify_kite_refuses_is_recorded(ledger: OrderLedger, sandbox: KiteSandbox) -> None:
+    gateway = gateway_for(ledger, sandbox)
+    order = submit(ledger, "m", quantity=10, price="800.00")
+    gateway.dispatch()
+    ledger.request_modify(ModifyOrder(order_id=order.id, price=Decimal("801.00")))
+    # Kite refuses prices off its tick: give the sandbox's copy of the order a coarser one.
+    sim = sandbox.orders[ledger.get_order(order.id).broker_order_id or ""]
+    sim.instrument = replace(sim.instrument, tick_size=Decimal("5"))
+    gateway.dispatch()
+    refused = ledger.get_order(order.id)
+    assert refused.status is OrderStatus.ACCEPTED
+    assert refused.price == Decimal("800.00")
+    assert [type(e).__name__ for e in ledger.history(order.id)][-1] == "ModifyRejected"
+
+
+def test_a_sandbox_that_went_away_is_an_unknown_outcome(
+    ledger: OrderLedger, sandbox: KiteSandbox
+) -> None:
+    gateway = gateway_for(ledger, sandbox)
+    order = submit(ledger, "away", quantity=10, price="800.00")
+    sandbox.faults.down_until = time.monotonic() + 0.5
+    assert gateway.dispatch().unknown_outcome == [order.id]
+    time.sleep(0.6)
+    gateway.dispatch()  # looks the tag up: not there (it never arrived), so it sends
+    time.sleep(0.3)
+    gateway.dispatch()
+    assert len(sandbox.orders) == 1
+    assert ledger.get_order(order.id).status is OrderStatus.ACCEPTED
