@@ -4,8 +4,8 @@ and the gateway's handling of a modify Kite refuses and of a sandbox that went a
 from __future__ import annotations
 
 import time
-from dataclasses import replace
 from collections.abc import Iterator
+from dataclasses import replace
 from decimal import Decimal
 
 import pytest
