@@ -83,6 +83,7 @@ class Faults:
     rate_limit_next: int = 0  # this many calls answer 429
     down_until: float = 0.0  # time.monotonic() until which every call goes unanswered
     fill_before_cancel: bool = False  # a cancel races a fill: the fill wins part of it
+    trade_lag_steps: int = 0  # trades show in trades() / order_trades() only this many steps later
 
 
 @dataclass
@@ -175,6 +176,8 @@ class KiteSandbox:
         self.charges = ChargesSchedule.bundled()
         self._lock = threading.RLock()
         self._sequence = 0
+        self._steps = 0
+        self._visible_from: dict[str, int] = {}
         self._updates: list[dict[str, Any]] = []
         self._update_lock = threading.Condition()
         self._ws_clients: set[Any] = set()
@@ -244,6 +247,7 @@ class KiteSandbox:
         """Move every price one random tick walk and match what can match."""
         with self._lock:
             for _ in range(steps):
+                self._steps += 1
                 for key in sorted(self.prices):
                     instrument = self._instrument(key)
                     tick = instrument.tick_size
@@ -300,8 +304,9 @@ class KiteSandbox:
     def _fill(self, order: SimOrder, quantity: int, price: Decimal) -> None:
         self._sequence += 1
         now = self.clock()
-        trade = {
-            "trade_id": f"{self._sequence:08d}",
+        trade_id = f"{self._sequence:08d}"
+        trade: dict[str, Any] = {
+            "trade_id": trade_id,
             "order_id": order.order_id,
             "exchange_order_id": order.exchange_order_id,
             "exchange": order.instrument.ref.exchange.value,
@@ -316,6 +321,7 @@ class KiteSandbox:
             "order_timestamp": now.astimezone(IST).strftime("%H:%M:%S"),
         }
         self.trades.append(trade)
+        self._visible_from[trade_id] = self._steps + self.faults.trade_lag_steps
         order.filled_quantity += quantity
         order.filled_value += price * quantity
         self._set_status(order, "COMPLETE" if order.filled_quantity >= order.quantity else "OPEN")
@@ -534,6 +540,10 @@ class KiteSandbox:
         }
 
     # ------------------------------------------------------------------ reads
+
+    def _visible_trades(self) -> list[dict[str, Any]]:
+        """Kite's trade book lags its order book; `faults.trade_lag_steps` simulates that."""
+        return [t for t in self.trades if self._visible_from[t["trade_id"]] <= self._steps]
 
     def _positions(self) -> dict[str, Any]:
         books: dict[tuple[str, str, str], dict[str, Any]] = {}
@@ -769,9 +779,9 @@ class KiteSandbox:
                 return 200, list(self._get_order(parts[1]).history)
             if route == "order.trades":
                 order = self._get_order(parts[1])
-                return 200, [t for t in self.trades if t["order_id"] == order.order_id]
+                return 200, [t for t in self._visible_trades() if t["order_id"] == order.order_id]
             if route == "trades":
-                return 200, list(self.trades)
+                return 200, self._visible_trades()
             if route == "portfolio.positions":
                 return 200, self._positions()
             if route in ("market.quote.ltp", "market.quote"):

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from ledger.application import OrderLedger
+from ledger.commands import CancelOrder
 from ledger.domain.status import OrderStatus
 from ledger.kite.limiter import RateLimiter
 from ledger.kite.sandbox import KiteSandbox, checksum
@@ -178,6 +179,28 @@ def test_a_lost_placement_reply_is_looked_up_not_resent(
     gateway.dispatch()
     assert len(sandbox.orders) == 2
     assert ledger.get_order(second.id).status is not OrderStatus.SUBMITTED
+
+
+def test_a_trade_reported_after_the_cancel_is_a_late_fill(
+    ledger: OrderLedger, sandbox: KiteSandbox
+) -> None:
+    """Kite's trade book lags its order book: the cancel is seen first, the trade after."""
+    gateway = gateway_for(ledger, sandbox)
+    sandbox.faults.trade_lag_steps = 2
+    sandbox.liquidity = (0.3, 0.3)
+    order = submit(ledger, "late", quantity=100, price="812.35")
+    gateway.dispatch()  # partly filled at once, but the trade is not visible yet
+    ledger.request_cancel(CancelOrder(order_id=order.id))
+    gateway.dispatch()
+    assert ledger.get_order(order.id).status is OrderStatus.CANCELLED
+    assert ledger.get_order(order.id).filled_quantity == 0
+    sandbox.step(2)
+    gateway.poll()
+    late = ledger.get_order(order.id)
+    assert late.status is OrderStatus.CANCELLED
+    assert late.filled_quantity == 30
+    assert [type(e).__name__ for e in ledger.history(order.id)][-2:] == ["Cancelled", "Filled"]
+    assert_matches_sandbox(ledger, sandbox)
 
 
 def test_orders_placed_outside_the_ledger_are_adopted(
