@@ -73,7 +73,7 @@ def sandbox(
 def _gateway(db: str | None, root: str, account: str) -> tuple[KiteGateway, Outbox]:
     from kiteconnect import KiteConnect
 
-    ledger = _open(db)
+    ledger = _open(db, create=True)
     assert ledger.storage is not None
     kite = KiteConnect(
         _credential("KITE_API_KEY"), _credential("KITE_ACCESS_TOKEN"), root=root, timeout=10

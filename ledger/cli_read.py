@@ -11,7 +11,7 @@ import json
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, fields, is_dataclass
+from dataclasses import asdict, fields
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal, InvalidOperation
 from enum import Enum
@@ -167,11 +167,45 @@ def _emit(rows: list[dict[str, Any]], fmt: str, title: str) -> None:
 
 
 def _cell(value: Any) -> str:
+    if isinstance(value, _Rupees):
+        return f"{Decimal(value):,.2f}"
     if isinstance(value, Decimal):
         return _money(value)
     if isinstance(value, datetime):
         return value.astimezone(IST).strftime("%Y-%m-%d %H:%M:%S")
     return "" if value is None else str(_plain(value))
+
+
+def show_positions(
+    view: View, marks: dict[InstrumentRef, Decimal], fmt: str = "table", title: str = "Positions"
+) -> None:
+    rows = []
+    for p in positions_of(view):
+        unrealised = p.unrealised_pnl(marks.get(p.instrument))
+        if fmt == "table":  # the columns a trader scans; json and csv carry every field
+            rows.append(
+                {
+                    "account": p.account,
+                    "instrument": f"{p.exchange}:{p.tradingsymbol}",
+                    "product": p.product,
+                    "net qty": p.net_quantity,
+                    "avg price": p.average_price,
+                    "bought": p.buy_quantity,
+                    "sold": p.sell_quantity,
+                    "realised": _Rupees(p.realised_pnl),
+                    "unrealised": _Rupees(unrealised),
+                    "charges": _Rupees(p.charges),
+                }
+            )
+            continue
+        row = {f.name: getattr(p, f.name) for f in fields(p)}
+        row["unrealised_pnl"] = unrealised
+        rows.append(row)
+    _emit(rows, fmt, title)
+
+
+class _Rupees(Decimal):
+    """An amount shown to the paisa in tables (the value itself stays exact)."""
 
 
 @app.command()
@@ -187,13 +221,26 @@ def positions(
     instant = parse_instant(as_of_time) if as_of_time else None
     with _open(db) as ledger:
         view = current_views(ledger, instant)["positions"]
-    rows = []
-    for p in positions_of(view):
-        row = {f.name: getattr(p, f.name) for f in fields(p)}
-        row["unrealised_pnl"] = p.unrealised_pnl(marks.get(p.instrument))
-        rows.append(row)
     title = "Positions" + (f" as of {instant.isoformat()}" if instant else "")
-    _emit(rows, fmt, title)
+    show_positions(view, marks, fmt, title)
+
+
+def show_pnl(
+    view: View, marks: dict[InstrumentRef, Decimal], by: str = "instrument", fmt: str = "table"
+) -> None:
+    lines = pnl_report(view, by, marks)  # type: ignore[arg-type]
+    shown = _Rupees if fmt == "table" else Decimal
+    rows = [
+        {
+            by: line.group,
+            "realised": shown(line.realised_pnl),
+            "unrealised": shown(line.unrealised_pnl),
+            "charges": shown(line.charges),
+            "net": shown(line.net_pnl),
+        }
+        for line in lines
+    ]
+    _emit(rows, fmt, f"P&L by {by}")
 
 
 @app.command()
@@ -211,18 +258,24 @@ def pnl(
     instant = parse_instant(as_of_time) if as_of_time else None
     with _open(db) as ledger:
         view = current_views(ledger, instant)["pnl"]
-    lines = pnl_report(view, by, parse_marks(mark))  # type: ignore[arg-type]
-    rows = [
-        {
-            by: line.group,
-            "realised": line.realised_pnl,
-            "unrealised": line.unrealised_pnl,
-            "charges": line.charges,
-            "net": line.net_pnl,
-        }
-        for line in lines
-    ]
-    _emit(rows, fmt, f"P&L by {by}")
+    show_pnl(view, parse_marks(mark), by, fmt)
+
+
+def show_stats(view: View, fmt: str = "table") -> None:
+    data = asdict(statistics(view))
+    if fmt == "json":
+        console.print_json(json.dumps({k: _plain(v) for k, v in data.items()}))
+        return
+    table = Table(title="Execution summary", title_justify="left")
+    table.add_column("counter")
+    table.add_column("value", justify="right")
+    for key, value in data.items():
+        if isinstance(value, dict):
+            shown = ", ".join(f"{k} {v}" for k, v in value.items())
+        else:
+            shown = _cell(value)
+        table.add_row(key, shown)
+    console.print(table)
 
 
 @app.command()
@@ -230,22 +283,8 @@ def stats(db: DbOption = None, fmt: FormatOption = "table") -> None:
     """Execution summary and statistics."""
     _check_format(fmt, ("table", "json"))
     with _open(db) as ledger:
-        summary = statistics(current_views(ledger)["statistics"])
-    data = asdict(summary) if is_dataclass(summary) else {}
-    if fmt == "json":
-        console.print_json(json.dumps({k: _plain(v) for k, v in data.items()}))
-        return
-    table = Table(title="Execution statistics", title_justify="left")
-    table.add_column("counter")
-    table.add_column("value", justify="right")
-    for key, value in data.items():
-        shown = (
-            ", ".join(f"{k} {v}" for k, v in value.items())
-            if isinstance(value, dict)
-            else _cell(value)
-        )
-        table.add_row(key, shown)
-    console.print(table)
+        view = current_views(ledger)["statistics"]
+    show_stats(view, fmt)
 
 
 @app.command()
@@ -447,6 +486,33 @@ def export(
             on_record=lambda _: advance(1),
         )
     console.print(f"exported {count} events to {out}")
+
+
+@app.command("verify")
+def verify_command(
+    db: DbOption = None,
+    projections_db: ProjectionsDbOption = None,
+) -> None:
+    """Replay every order and every stored projection from the log and compare; exit 1 and
+    list every difference if anything disagrees."""
+    from projections.verify import verify
+
+    with _open(db) as ledger:
+        store = _store(ledger, projections_db)
+        try:
+            with _progress("verifying", LedgerLog(ledger).last_position()) as advance:
+                report = verify(ledger, store, all_projections(), on_events=advance)
+        finally:
+            store.close()
+    if report.problems:
+        for problem in report.problems:
+            console.print(f"DIFFERENCE {problem}", markup=False, soft_wrap=True)
+        console.print(f"{len(report.problems)} differences")
+        raise typer.Exit(1)
+    console.print(
+        f"verified: {report.orders} orders and {report.events} events replay cleanly;"
+        f" {report.projections} projections equal the log"
+    )
 
 
 @app.command("offline-rebuild")

@@ -23,7 +23,7 @@ def run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 
 
 def test_demo_on_the_default_database_twice(tmp_path: Path) -> None:
-    first = run("demo", cwd=tmp_path)
+    first = run("demo", "--scripted", cwd=tmp_path)
     assert first.returncode == 0, first.stderr
     out = first.stdout
     for expected in (
@@ -43,7 +43,7 @@ def test_demo_on_the_default_database_twice(tmp_path: Path) -> None:
         assert expected in out, f"{expected!r} missing from demo output"
     assert (tmp_path / "ledger.db").exists()
 
-    second = run("demo", cwd=tmp_path)
+    second = run("demo", "--scripted", cwd=tmp_path)
     assert second.returncode == 0, second.stderr
     assert "Demo session 2" in second.stdout
 
@@ -65,7 +65,7 @@ def test_demo_on_the_default_database_twice(tmp_path: Path) -> None:
 
 
 def test_orders_and_order_commands(tmp_path: Path) -> None:
-    assert run("demo", cwd=tmp_path).returncode == 0
+    assert run("demo", "--scripted", cwd=tmp_path).returncode == 0
     listed = run("orders", "--status", "cancelled", cwd=tmp_path)
     assert listed.returncode == 0, listed.stderr
     assert "s1-infy-sell" in listed.stdout
@@ -91,7 +91,122 @@ def test_orders_and_order_commands(tmp_path: Path) -> None:
 def test_errors_are_one_line_without_traceback(
     tmp_path: Path, args: list[str], message: str
 ) -> None:
+    if message == "no such order":
+        assert run("demo", "--scripted", cwd=tmp_path).returncode == 0
     result = run(*args, cwd=tmp_path)
     assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_write_commands_and_their_errors(tmp_path: Path) -> None:
+    submitted = run(
+        "submit",
+        "--account",
+        "ZD1",
+        "--client-order-id",
+        "x1",
+        "--instrument",
+        "NSE:SBIN",
+        "--side",
+        "buy",
+        "--quantity",
+        "10",
+        "--type",
+        "limit",
+        "--product",
+        "cnc",
+        "--price",
+        "812.35",
+        "--format",
+        "json",
+        cwd=tmp_path,
+    )
+    assert submitted.returncode == 0, submitted.stderr
+    import json
+
+    order_id = json.loads(submitted.stdout)[0]["order_id"]
+    again = run(
+        "submit",
+        "--account",
+        "ZD1",
+        "--client-order-id",
+        "x1",
+        "--instrument",
+        "NSE:SBIN",
+        "--side",
+        "buy",
+        "--quantity",
+        "10",
+        "--type",
+        "limit",
+        "--product",
+        "cnc",
+        "--price",
+        "812.35",
+        "--format",
+        "json",
+        cwd=tmp_path,
+    )
+    assert json.loads(again.stdout)[0]["version"] == 1  # a retry writes nothing
+    bad_tick = run(
+        "submit",
+        "--account",
+        "ZD1",
+        "--client-order-id",
+        "x2",
+        "--instrument",
+        "NSE:SBIN",
+        "--side",
+        "buy",
+        "--quantity",
+        "10",
+        "--type",
+        "limit",
+        "--product",
+        "cnc",
+        "--price",
+        "812.33",
+        cwd=tmp_path,
+    )
+    assert bad_tick.returncode == 2
+    assert "not a multiple of the tick size 0.05" in bad_tick.stderr
+    modify_early = run("modify", order_id, "--price", "813", cwd=tmp_path)
+    assert modify_early.returncode == 2
+    assert "has not accepted it yet" in modify_early.stderr
+    cancelled = run("cancel", order_id, "--reason", "changed my mind", cwd=tmp_path)
+    assert cancelled.returncode == 0, cancelled.stderr
+    assert "PENDING_CANCEL" in cancelled.stdout
+    shown = json.loads(run("order", order_id, "--format", "json", cwd=tmp_path).stdout)
+    assert [e["type"] for e in shown["events"]] == ["Submitted", "CancelRequested"]
+    listed = run(
+        "orders",
+        "--instrument",
+        "NSE:SBIN",
+        "--date",
+        "2000-01-01",
+        "--format",
+        "csv",
+        cwd=tmp_path,
+    )
+    assert listed.stdout.strip().splitlines() == [listed.stdout.strip().splitlines()[0]]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["orders", "--instrument", "SBIN"], "is not EXCHANGE:SYMBOL"),
+        (["orders", "--date", "24/11/2026"], "is not a date"),
+        (["orders", "--format", "xml"], "--format: 'xml'"),
+        (["verify"], "does not exist"),
+        (["positions"], "does not exist"),
+        (["cancel", "nope"], "is not an order id"),
+    ],
+)
+def test_more_errors_are_one_line(tmp_path: Path, args: list[str], message: str) -> None:
+    if args[0] == "orders":
+        assert run("demo", "--scripted", cwd=tmp_path).returncode == 0
+    result = run(*args, cwd=tmp_path)
+    assert result.returncode == 2, result.stdout
     assert message in result.stderr
     assert "Traceback" not in result.stderr

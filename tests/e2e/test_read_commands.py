@@ -29,7 +29,7 @@ def run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 @pytest.fixture(scope="module")
 def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("demo")
-    result = run("demo", cwd=folder)
+    result = run("demo", "--scripted", cwd=folder)
     assert result.returncode == 0, result.stderr
     return folder
 
