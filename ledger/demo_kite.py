@@ -64,6 +64,7 @@ class SampleStrategy:
         self.count = 0
         self.resting: dict[Any, int] = {}  # order id -> tick placed
         self.holding: dict[str, int] = dict.fromkeys(SYMBOLS, 0)
+        self.late: Order | None = None
 
     def _submit(self, progress: Progress, symbol: str, **terms: Any) -> Order | None:
         self.count += 1
@@ -109,6 +110,21 @@ class SampleStrategy:
                 order_type="LIMIT",
                 price=self.sandbox.prices["NSE:TCS"] * Decimal("1.25") // 1,
             )
+        if tick == 6:
+            # Bought at once, in part; cancelled on the next tick. Kite's trade book lags its
+            # order book, so the ledger hears of the cancel first and of the trade after it.
+            price = self.sandbox.prices["NSE:RELIANCE"] + self._tick_size("NSE:RELIANCE")
+            self.late = self._submit(
+                progress, "NSE:RELIANCE", side="BUY", quantity=300, order_type="LIMIT", price=price
+            )
+        if tick == 7 and self.late is not None:
+            try:
+                self.ledger.request_cancel(
+                    CancelOrder(order_id=self.late.id, reason="changed view")
+                )
+                progress.cancelled += 1
+            except LedgerError as error:
+                progress.refused.append(str(error))
         if tick == 4:
             price = self.sandbox.prices["NSE:HDFCBANK"]
             self._submit(
@@ -244,7 +260,8 @@ def run_kite_demo(
     progress = Progress(ticks=ticks)
     sandbox = KiteSandbox(seed=seed + session).start()
     sandbox.faults.duplicate_updates = 0.2  # Kite repeats itself; the ledger must not count twice
-    sandbox.faults.trade_lag_steps = 1  # and its trade book lags its order book
+    sandbox.faults.trade_lag_steps = 2  # and its trade book lags its order book
+    sandbox.liquidity = (0.2, 0.6)  # a large order fills over several steps
     from kiteconnect import KiteConnect
 
     kite = KiteConnect(sandbox.api_key, sandbox.access_token, root=sandbox.root, timeout=10)

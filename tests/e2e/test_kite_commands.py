@@ -133,3 +133,40 @@ def test_serve_places_orders_and_takes_postbacks(tmp_path: Path, sandbox: KiteSa
         out, err = server.communicate(timeout=30)
     assert server.returncode == 0, err
     assert "postbacks: http://127.0.0.1" in out
+
+
+def test_the_sandbox_command_serves_kite_shapes(tmp_path: Path) -> None:
+    from kiteconnect import KiteConnect
+
+    port, ws_port = free_port(), free_port()
+    server = subprocess.Popen(
+        [*CLI, "sandbox", "--port", str(port), "--ws-port", str(ws_port), "--tick", "0.05"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert server.stdout is not None
+        lines: list[str] = []
+        while not lines or lines[-1].strip() != "}":
+            lines.append(server.stdout.readline())
+        info = json.loads("".join(lines))
+        assert info["root"] == f"http://127.0.0.1:{port}"
+        kite = KiteConnect(info["api_key"], info["access_token"], root=info["root"])
+        order_id = kite.place_order(
+            variety="regular",
+            exchange="NSE",
+            tradingsymbol="SBIN",
+            transaction_type="BUY",
+            quantity=1,
+            product="CNC",
+            order_type="MARKET",
+            market_protection=-1,
+        )
+        assert kite.order_history(order_id)[-1]["status"] == "COMPLETE"
+        assert "NSE:SBIN" in kite.ltp("NSE:SBIN")
+    finally:
+        server.send_signal(signal.SIGINT)
+        server.communicate(timeout=30)
+    assert server.returncode == 0

@@ -55,6 +55,7 @@ def test_the_demo_shows_the_whole_product(demo: tuple[Path, str, float]) -> None
     assert "Execution summary" in out
     assert "total_commission" in out
     assert "kite-ledger verify" in out  # says what to try next
+    assert "late fills after a cancel: " in out
     assert [line for line in out.splitlines() if line.startswith("│ ZD1234")]  # positions rows
 
 
