@@ -147,8 +147,8 @@ def history_table(order: Order, events: Iterable[Order.Event]) -> Table:
 @app.command()
 def demo(
     db: DbOption = None,
-    seconds: Annotated[float, typer.Option(min=1, help="Length of the simulated session.")] = 12.0,
-    orders: Annotated[int, typer.Option(min=1, help="How many orders the strategy may send.")] = 40,
+    seconds: Annotated[float, typer.Option(min=1, help="Length of the simulated session.")] = 10.0,
+    orders: Annotated[int, typer.Option(min=1, help="How many orders the strategy may send.")] = 30,
     seed: Annotated[int, typer.Option(help="Seed of the market and the strategy.")] = 2026,
     scripted: Annotated[
         bool, typer.Option(help="Run the short scripted session through the Python API instead.")

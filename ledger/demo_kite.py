@@ -9,6 +9,7 @@ so a run repeats; `seconds` and `orders` scale it.
 
 from __future__ import annotations
 
+import logging
 import random
 import threading
 from collections.abc import Callable
@@ -308,6 +309,10 @@ def run_kite_demo(
             strategy.act(tick, ticks, orders, progress)
             gateway.dispatch()
             sandbox.step()
+            # Let this tick's updates land before the strategy decides again, so a run
+            # repeats exactly.
+            sandbox.wait_for_updates()
+            service.worker.drain()
             if on_progress is not None:
                 on_progress(progress)
             stop.wait(pause)
@@ -323,6 +328,8 @@ def run_kite_demo(
     finally:
         service.stop()
         if ticker is not None:
+            # Closing on purpose: the client logs every close as an error.
+            logging.getLogger("kiteconnect.ticker").setLevel(logging.CRITICAL)
             ticker.close()
         sandbox.stop()
         outbox.close()

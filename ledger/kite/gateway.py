@@ -321,13 +321,18 @@ class KiteGateway:
         return known
 
     def converge(self, broker_order_id: str, source: Source) -> ConvergeResult:
-        """Fetch one order's history and trades from Kite and record what the ledger lacks."""
+        """Fetch one order's history (and its trades, when Kite reports more filled than the
+        ledger has) and record what the ledger lacks."""
         history = parse_orders(self.call("order_history", order_id=broker_order_id))
-        trades = parse_trades(self.call("order_trades", order_id=broker_order_id))
         result = ConvergeResult(broker_order_id, None)
         if not history:
             result.problems.append(f"Kite has no history for order {broker_order_id}")
             return result
+        known = self.order_for(history[-1])
+        filled = self.ledger.get_order(known).filled_quantity if known is not None else -1
+        trades: list[KiteTrade] = []
+        if history[-1].filled_quantity != filled:  # saves a call (rate limits) when nothing filled
+            trades = parse_trades(self.call("order_trades", order_id=broker_order_id))
         with self._lock:
             self._converge(history, trades, source, result)
         return result
@@ -501,6 +506,37 @@ class KiteGateway:
         self._by_tag[order.tag] = order.id
         return order.id
 
+    def already_reflects(self, update: KiteOrder) -> bool:
+        """Whether the ledger already knows everything this order update says."""
+        order_id = self.order_for(update)
+        if order_id is None:
+            return False
+        order = self.ledger.get_order(order_id)
+        if (
+            order.broker_order_id != update.order_id
+            or order.filled_quantity != update.filled_quantity
+        ):
+            return False
+        if order.quantity != update.quantity:
+            return False
+        if (
+            update.order_type in ("LIMIT", "SL")
+            and update.price is not None
+            and update.price != order.price
+        ):
+            return False
+        expected = {
+            "COMPLETE": {"FILLED"},
+            "CANCELLED": {"CANCELLED", "FILLED"},
+            "REJECTED": {"REJECTED"},
+            "OPEN": {"ACCEPTED", "TRIGGERED", "PARTIALLY_FILLED"},
+            "TRIGGER PENDING": {"ACCEPTED"},
+        }.get(update.status)
+        if expected is None or order.lifecycle.value not in expected:
+            return False
+        untriggered = order.order_type.needs_trigger_price and order.triggered_at is None
+        return not (update.status == "OPEN" and untriggered)
+
     # ------------------------------------------------------------------ polling and reconciliation
 
     def poll(self, source: Source = Source.POLL) -> OrdersReconciliation:
@@ -583,12 +619,18 @@ class UpdateWorker:
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="kite-updates", daemon=True)
         self.errors: list[str] = []
+        self.skipped = 0
 
     def start(self) -> UpdateWorker:
         self._thread.start()
         return self
 
-    def prompt(self, broker_order_id: str, source: Source) -> None:
+    def prompt(self, broker_order_id: str, source: Source, hint: KiteOrder | None = None) -> None:
+        """Converge this order soon. With `hint` (the update's own payload), an update that
+        tells the ledger nothing new (a repeat, or the other channel's copy) costs no call."""
+        if hint is not None and self.gateway.already_reflects(hint):
+            self.skipped += 1
+            return
         with self._lock:
             if broker_order_id in self._pending:
                 return

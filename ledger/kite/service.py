@@ -71,14 +71,19 @@ class KiteService:
         except PostbackRefused as refusal:
             log.warning("postback refused: %s", refusal)
             return refusal.status, refusal.reason
-        self.worker.prompt(update.order_id, Source.POSTBACK)
+        self.worker.prompt(update.order_id, Source.POSTBACK, hint=update)
         return 200, "accepted"
 
     def on_websocket_update(self, _ws: Any, data: dict[str, Any]) -> None:
         """`KiteTicker.on_order_update`: the same payload as a postback, without checksum."""
         order_id = data.get("order_id") if isinstance(data, dict) else None
-        if order_id:
-            self.worker.prompt(str(order_id), Source.WEBSOCKET)
+        if not order_id:
+            return
+        try:
+            hint: KiteOrder | None = KiteOrder.model_validate(data)
+        except ValueError:
+            hint = None  # still a prompt; the converge fetches what Kite says
+        self.worker.prompt(str(order_id), Source.WEBSOCKET, hint=hint)
 
     def start(self) -> KiteService:
         self.startup = self.gateway.reconcile()
