@@ -179,6 +179,7 @@ class KiteSandbox:
         self._steps = 0
         self._visible_from: dict[str, int] = {}
         self._updates: list[dict[str, Any]] = []
+        self._in_flight = 0
         self._update_lock = threading.Condition()
         self._ws_clients: set[Any] = set()
         self._threads: list[threading.Thread] = []
@@ -702,10 +703,15 @@ class KiteSandbox:
                 while not self._updates and not self._stopping.is_set():
                     self._update_lock.wait(0.2)
                 batch, self._updates = self._updates, []
-            for snapshot in batch:
-                self._send_websocket(snapshot)
-                if self.postback_url:
-                    self._send_postback(self.postback_payload(snapshot))
+                self._in_flight += len(batch)
+            try:
+                for snapshot in batch:
+                    self._send_websocket(snapshot)
+                    if self.postback_url:
+                        self._send_postback(self.postback_payload(snapshot))
+            finally:
+                with self._update_lock:
+                    self._in_flight -= len(batch)
 
     def _send_postback(self, payload: dict[str, Any]) -> None:
         assert self.postback_url is not None
@@ -744,13 +750,13 @@ class KiteSandbox:
             self._ws_clients.discard(connection)
 
     def wait_for_updates(self, timeout: float = 5.0) -> None:
-        """Block until every queued update has been sent (tests)."""
+        """Block until every update has been sent and its postback answered."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             with self._update_lock:
-                if not self._updates:
+                if not self._updates and not self._in_flight:
                     return
-            time.sleep(0.01)
+            time.sleep(0.005)
 
     # ------------------------------------------------------------------ the API
 
