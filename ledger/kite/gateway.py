@@ -401,10 +401,8 @@ class KiteGateway:
     def _record_modification(
         self, order: Order, latest: KiteOrder, source: Source, problems: list[str]
     ) -> int:
-        if latest.is_terminal and latest.status != "COMPLETE" and order.lifecycle.is_terminal:
-            return 0
-        if latest.status in ("REJECTED",) or order.lifecycle.is_terminal:
-            return 0
+        if latest.status == "REJECTED" or order.lifecycle.is_terminal:
+            return 0  # nothing is modified after the end
         changes: dict[str, Any] = {}
         if latest.quantity != order.quantity:
             changes["quantity"] = latest.quantity
