@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from decimal import Decimal
 from typing import Any
 
@@ -17,6 +19,7 @@ from ledger.kite.gateway import KiteGateway
 from ledger.kite.limiter import RateLimiter
 from ledger.kite.outbox import Outbox
 from ledger.kite.sandbox import KiteSandbox
+from ledger.kite.service import KiteService
 
 ACCOUNT = "ZD1234"
 
@@ -33,6 +36,25 @@ def gateway_for(ledger: OrderLedger, sandbox: KiteSandbox, **kwargs: Any) -> Kit
     return KiteGateway(
         ledger, client(sandbox), outbox=Outbox(ledger.storage), account=ACCOUNT, **kwargs
     )
+
+
+@contextmanager
+def running_service(gateway: KiteGateway, sandbox: KiteSandbox) -> Iterator[KiteService]:
+    """The gateway's service with postbacks from `sandbox`; dispatch and polling are left
+    to the test (their loops would race its steps)."""
+    service = KiteService(
+        gateway,
+        api_secret=sandbox.api_secret,
+        app_id=sandbox.app_id,
+        poll_interval=3600,
+        dispatch_interval=3600,
+    )
+    service.start()
+    sandbox.postback_url = service.postback_url
+    try:
+        yield service
+    finally:
+        service.stop()
 
 
 def submit(ledger: OrderLedger, client_order_id: str, **terms: Any) -> Order:

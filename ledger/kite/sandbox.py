@@ -439,15 +439,16 @@ class KiteSandbox:
             raise KiteError(400, "InputException", f"Invalid order_id: {order_id}")
         return order
 
+    def _working_order(self, order_id: str, verb: str) -> SimOrder:
+        order = self._get_order(order_id)
+        if order.status not in ("OPEN", "TRIGGER PENDING"):
+            message = f"Order cannot be {verb} as it is {order.status.lower()}"
+            raise KiteError(400, "OrderException", message)
+        return order
+
     def _modify(self, order_id: str, params: dict[str, str]) -> dict[str, Any]:
         with self._lock:
-            order = self._get_order(order_id)
-            if order.status not in ("OPEN", "TRIGGER PENDING"):
-                raise KiteError(
-                    400,
-                    "OrderException",
-                    f"Order cannot be modified as it is {order.status.lower()}",
-                )
+            order = self._working_order(order_id, "modified")
             if "quantity" in params:
                 quantity = _int_param(params, "quantity")
                 if quantity <= order.filled_quantity or quantity % order.instrument.lot_size:
@@ -480,13 +481,7 @@ class KiteSandbox:
 
     def _cancel(self, order_id: str) -> dict[str, Any]:
         with self._lock:
-            order = self._get_order(order_id)
-            if order.status not in ("OPEN", "TRIGGER PENDING"):
-                raise KiteError(
-                    400,
-                    "OrderException",
-                    f"Order cannot be cancelled as it is {order.status.lower()}",
-                )
+            order = self._working_order(order_id, "cancelled")
             if self.faults.fill_before_cancel and order.status == "OPEN":
                 lot = order.instrument.lot_size
                 remaining = order.quantity - order.filled_quantity

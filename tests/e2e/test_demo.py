@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -99,76 +100,20 @@ def test_errors_are_one_line_without_traceback(
     assert "Traceback" not in result.stderr
 
 
-def test_write_commands_and_their_errors(tmp_path: Path) -> None:
-    submitted = run(
-        "submit",
-        "--account",
-        "ZD1",
-        "--client-order-id",
-        "x1",
-        "--instrument",
-        "NSE:SBIN",
-        "--side",
-        "buy",
-        "--quantity",
-        "10",
-        "--type",
-        "limit",
-        "--product",
-        "cnc",
-        "--price",
-        "812.35",
-        "--format",
-        "json",
-        cwd=tmp_path,
-    )
-    assert submitted.returncode == 0, submitted.stderr
-    import json
+def submit_args(client_order_id: str, price: str) -> list[str]:
+    return (
+        f"submit --account ZD1 --client-order-id {client_order_id} --instrument NSE:SBIN"
+        f" --side buy --quantity 10 --type limit --product cnc --price {price}"
+    ).split()
 
+
+def test_write_commands_and_their_errors(tmp_path: Path) -> None:
+    submitted = run(*submit_args("x1", "812.35"), "--format", "json", cwd=tmp_path)
+    assert submitted.returncode == 0, submitted.stderr
     order_id = json.loads(submitted.stdout)[0]["order_id"]
-    again = run(
-        "submit",
-        "--account",
-        "ZD1",
-        "--client-order-id",
-        "x1",
-        "--instrument",
-        "NSE:SBIN",
-        "--side",
-        "buy",
-        "--quantity",
-        "10",
-        "--type",
-        "limit",
-        "--product",
-        "cnc",
-        "--price",
-        "812.35",
-        "--format",
-        "json",
-        cwd=tmp_path,
-    )
+    again = run(*submit_args("x1", "812.35"), "--format", "json", cwd=tmp_path)
     assert json.loads(again.stdout)[0]["version"] == 1  # a retry writes nothing
-    bad_tick = run(
-        "submit",
-        "--account",
-        "ZD1",
-        "--client-order-id",
-        "x2",
-        "--instrument",
-        "NSE:SBIN",
-        "--side",
-        "buy",
-        "--quantity",
-        "10",
-        "--type",
-        "limit",
-        "--product",
-        "cnc",
-        "--price",
-        "812.33",
-        cwd=tmp_path,
-    )
+    bad_tick = run(*submit_args("x2", "812.33"), cwd=tmp_path)
     assert bad_tick.returncode == 2
     assert "not a multiple of the tick size 0.05" in bad_tick.stderr
     modify_early = run("modify", order_id, "--price", "813", cwd=tmp_path)

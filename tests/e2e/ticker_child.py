@@ -21,7 +21,7 @@ from tests.kite_support import assert_matches_sandbox, gateway_for, trading_sess
 def main(url: str) -> None:
     with KiteSandbox(seed=21) as sandbox, open_ledger(url) as ledger:
         gateway = gateway_for(ledger, sandbox)
-        service = KiteService(
+        service = KiteService(  # WebSocket only: no postback URL is given to the sandbox
             gateway,
             api_secret=sandbox.api_secret,
             app_id=sandbox.app_id,

@@ -17,12 +17,11 @@ from ledger.commands import CancelOrder
 from ledger.domain.status import OrderStatus
 from ledger.kite.limiter import RateLimiter
 from ledger.kite.sandbox import KiteSandbox, checksum
-from ledger.kite.service import KiteService
 from tests.kite_support import (
     assert_matches_sandbox,
     client,
     gateway_for,
-    ledger_state,
+    running_service,
     settle,
     submit,
     trading_session,
@@ -69,16 +68,7 @@ def test_postbacks_drive_the_ledger_and_bad_ones_change_nothing(
     ledger: OrderLedger, sandbox: KiteSandbox
 ) -> None:
     gateway = gateway_for(ledger, sandbox)
-    service = KiteService(
-        gateway,
-        api_secret=sandbox.api_secret,
-        app_id=sandbox.app_id,
-        poll_interval=3600,
-        dispatch_interval=3600,
-    )
-    service.start()
-    sandbox.postback_url = service.postback_url
-    try:
+    with running_service(gateway, sandbox) as service:
         order = submit(ledger, "pb", quantity=10, price="812.35")
         gateway.dispatch()
         sandbox.step(3)
@@ -126,34 +116,21 @@ def test_postbacks_drive_the_ledger_and_bad_ones_change_nothing(
         assert status == 413
         service.worker.drain()
         assert ledger.count_events() == before
-    finally:
-        service.stop()
 
 
 def test_duplicated_dropped_and_reordered_updates_converge(
     ledger: OrderLedger, sandbox: KiteSandbox
 ) -> None:
     gateway = gateway_for(ledger, sandbox)
-    service = KiteService(
-        gateway,
-        api_secret=sandbox.api_secret,
-        app_id=sandbox.app_id,
-        poll_interval=3600,
-        dispatch_interval=3600,
-    )
-    service.start()
-    sandbox.postback_url = service.postback_url
     sandbox.faults.drop_updates = 0.3
     sandbox.faults.duplicate_updates = 0.5
     sandbox.faults.reorder_updates = True
-    try:
+    with running_service(gateway, sandbox) as service:
         trading_session(ledger, sandbox, gateway)
         sandbox.wait_for_updates()
         service.worker.drain()
         settle(sandbox, gateway)
         assert_matches_sandbox(ledger, sandbox)
-    finally:
-        service.stop()
 
 
 def test_a_lost_placement_reply_is_looked_up_not_resent(
@@ -303,36 +280,3 @@ def test_charges_compare_with_the_virtual_contract_note(
     assert ours.total == sum((f.charges or Decimal(0) for f in order.fills), Decimal(0))
     note = client(sandbox).get_virtual_contract_note([{"order_id": order.broker_order_id}])
     assert compare_contract_note({order.broker_order_id or "": ours}, note) == []
-
-
-def test_clean_and_faulty_delivery_end_equal(make_ledger: Any) -> None:
-    states = []
-    for faulty in (False, True):
-        with KiteSandbox(seed=5) as sandbox:
-            ledger = make_ledger()
-            gateway = gateway_for(ledger, sandbox)
-            service = KiteService(
-                gateway,
-                api_secret=sandbox.api_secret,
-                app_id=sandbox.app_id,
-                poll_interval=3600,
-                dispatch_interval=3600,
-            )
-            service.start()
-            sandbox.postback_url = service.postback_url
-            if faulty:
-                sandbox.faults.drop_updates = 0.5
-                sandbox.faults.duplicate_updates = 0.5
-                sandbox.faults.reorder_updates = True
-            try:
-                prefix = "faulty-" if faulty else "clean-"
-                trading_session(ledger, sandbox, gateway, prefix)
-                sandbox.wait_for_updates()
-                service.worker.drain()
-                settle(sandbox, gateway)
-                states.append(ledger_state(ledger, prefix))
-            finally:
-                service.stop()
-    clean, faulty_state = states
-    assert len(clean) == 9
-    assert clean == faulty_state

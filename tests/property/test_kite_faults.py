@@ -12,11 +12,11 @@ from hypothesis import strategies as st
 
 from ledger.application import OrderLedger
 from ledger.kite.sandbox import Faults, KiteSandbox
-from ledger.kite.service import KiteService
 from tests.kite_support import (
     assert_matches_sandbox,
     gateway_for,
     ledger_state,
+    running_service,
     settle,
     trading_session,
 )
@@ -25,25 +25,14 @@ from tests.kite_support import (
 def run(ledger: OrderLedger, prefix: str, faults: Faults) -> dict[str, Any]:
     with KiteSandbox(seed=5) as sandbox:
         gateway = gateway_for(ledger, sandbox)
-        service = KiteService(
-            gateway,
-            api_secret=sandbox.api_secret,
-            app_id=sandbox.app_id,
-            poll_interval=3600,
-            dispatch_interval=3600,
-        )
-        service.start()
-        sandbox.postback_url = service.postback_url
         sandbox.faults = faults
-        try:
+        with running_service(gateway, sandbox) as service:
             trading_session(ledger, sandbox, gateway, prefix)
             sandbox.wait_for_updates()
             service.worker.drain()
             settle(sandbox, gateway)
             assert_matches_sandbox_for(ledger, sandbox, prefix)
             return ledger_state(ledger, prefix)
-        finally:
-            service.stop()
 
 
 def assert_matches_sandbox_for(ledger: OrderLedger, sandbox: KiteSandbox, prefix: str) -> None:
