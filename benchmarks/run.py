@@ -1,0 +1,358 @@
+"""`scripts/bench`: this ledger side by side with the plain `eventsourcing` way and the raw
+database ceiling, in one process, interleaved, with ratios to the baseline of the same run.
+
+Cases measured so far (DESIGN.md "Performance: how it is measured"):
+
+* append_one_writer: durable commands per second, one writer, submit + accept + two fills
+  per order, one commit per command. Baseline: a plain `eventsourcing` application whose
+  aggregate records the same four events (`repository.get` + `save` per command). Ceiling:
+  plain parameterised inserts, one commit each.
+* command_latency_p99: microseconds from command call to durable under that load.
+  Baseline: the raw single-commit p50 (the target is <= 3x of it).
+* load_long_order: time to load an order with 1,000 fills against one with 10.
+* offline_rebuild: events per second folding every projection from an export, no server,
+  against plain read-and-decode of the same export.
+
+Ratios are "higher is better": ledger / baseline for rates, baseline / ledger for times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sqlite3
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from eventsourcing.application import Application
+from eventsourcing.domain import Aggregate, event
+from psycopg import sql
+
+from ledger.application import OrderLedger, open_ledger
+from ledger.commands import RecordAccepted, RecordFill, SubmitOrder
+from ledger.domain.values import Exchange, OrderType, Product, Side
+from projections import all_projections
+from projections.offline import export_log, read_export
+from projections.pointintime import fold_all
+
+POSTGRES_URL = os.environ.get(
+    "LEDGER_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+
+
+@dataclass
+class Figure:
+    case: str
+    backend: str
+    unit: str
+    ledger: float
+    baseline: float
+    ratio: float
+    ceiling: float | None = None
+
+
+# ---------------------------------------------------------------- the plain eventsourcing way
+
+
+class PlainOrder(Aggregate):
+    """What a team would write with the library and nothing else."""
+
+    @event("Submitted")
+    def __init__(
+        self, account: str, client_order_id: str, symbol: str, quantity: int, price: Decimal
+    ) -> None:
+        self.account = account
+        self.client_order_id = client_order_id
+        self.symbol = symbol
+        self.quantity = quantity
+        self.price = price
+        self.filled = 0
+        self.broker_id = ""
+
+    @event("Accepted")
+    def accept(self, broker_id: str) -> None:
+        self.broker_id = broker_id
+
+    @event("Filled")
+    def fill(self, trade_id: str, quantity: int, price: Decimal) -> None:
+        self.filled += quantity
+
+
+class PlainApp(Application[uuid.UUID]):
+    name = "plain"
+
+
+# ---------------------------------------------------------------- places to measure in
+
+
+@contextmanager
+def places(backend: str) -> Iterator[tuple[str, dict[str, str], Callable[[], Any]]]:
+    """(ledger URL, eventsourcing env for the plain app, raw connection factory)."""
+    if backend == "sqlite":
+        folder = Path(tempfile.mkdtemp(prefix="bench-"))
+        plain_env = {
+            "PERSISTENCE_MODULE": "eventsourcing.sqlite",
+            "SQLITE_DBNAME": str(folder / "plain.db"),
+        }
+
+        def raw() -> Any:
+            conn = sqlite3.connect(folder / "raw.db", isolation_level=None)
+            conn.execute("PRAGMA journal_mode=WAL")
+            return conn
+
+        yield str(folder / "ledger.db"), plain_env, raw
+        return
+    name = f"bench_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(POSTGRES_URL, autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    base = POSTGRES_URL.rsplit("/", 1)[0]
+    url = f"{base}/{name}"
+    parts = psycopg.conninfo.conninfo_to_dict(url)
+    plain_env = {
+        "PERSISTENCE_MODULE": "eventsourcing.postgres",
+        "POSTGRES_DBNAME": name,
+        "POSTGRES_HOST": str(parts.get("host", "127.0.0.1")),
+        "POSTGRES_PORT": str(parts.get("port", "5432")),
+        "POSTGRES_USER": str(parts.get("user", "postgres")),
+        "POSTGRES_PASSWORD": str(parts.get("password", "")),
+        "POSTGRES_SCHEMA": "plain",
+    }
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE SCHEMA plain")
+    try:
+        yield f"{url}?schema=ledger", plain_env, lambda: psycopg.connect(url, autocommit=True)
+    finally:
+        with psycopg.connect(POSTGRES_URL, autocommit=True) as admin:
+            admin.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
+
+
+def _ledger_commands(ledger: OrderLedger, n: int, tag: str) -> list[float]:
+    latencies = []
+    for i in range(n):
+        start = time.perf_counter()
+        order = ledger.submit(
+            SubmitOrder(
+                account="B1",
+                client_order_id=f"{tag}-{i}",
+                exchange=Exchange.NSE,
+                tradingsymbol="SBIN",
+                side=Side.BUY,
+                quantity=100,
+                order_type=OrderType.LIMIT,
+                product=Product.CNC,
+                price=Decimal("812.35"),
+            )
+        )
+        latencies.append(time.perf_counter() - start)
+        for update in (
+            RecordAccepted(order_id=order.id, broker_order_id=f"B{tag}{i}"),
+            RecordFill(
+                order_id=order.id,
+                trade_id=f"{tag}-{i}-1",
+                exchange=Exchange.NSE,
+                tradingsymbol="SBIN",
+                quantity=40,
+                price=Decimal("812.30"),
+            ),
+            RecordFill(
+                order_id=order.id,
+                trade_id=f"{tag}-{i}-2",
+                exchange=Exchange.NSE,
+                tradingsymbol="SBIN",
+                quantity=60,
+                price=Decimal("812.35"),
+            ),
+        ):
+            start = time.perf_counter()
+            ledger.record(update)
+            latencies.append(time.perf_counter() - start)
+    return latencies
+
+
+def _plain_commands(app: PlainApp, n: int, tag: str) -> list[float]:
+    latencies = []
+    for i in range(n):
+        start = time.perf_counter()
+        order = PlainOrder("B1", f"{tag}-{i}", "SBIN", 100, Decimal("812.35"))
+        app.save(order)
+        latencies.append(time.perf_counter() - start)
+        for step in range(3):
+            start = time.perf_counter()
+            loaded: PlainOrder = app.repository.get(order.id)
+            if step == 0:
+                loaded.accept(f"B{tag}{i}")
+            else:
+                loaded.fill(f"{tag}-{i}-{step}", 50, Decimal("812.30"))
+            app.save(loaded)
+            latencies.append(time.perf_counter() - start)
+    return latencies
+
+
+def _raw_commands(connect: Callable[[], Any], n: int, backend: str) -> list[float]:
+    conn = connect()
+    mark = "?" if backend == "sqlite" else "%s"
+    blob = "BLOB" if backend == "sqlite" else "BYTEA"
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS raw_events (id TEXT, version INTEGER, topic TEXT,"
+        f" state {blob}, PRIMARY KEY (id, version))"
+    )
+    latencies = []
+    payload = b'{"quantity":100,"price":"812.35","trade_id":"T1"}' * 4
+    for _ in range(n):
+        order = uuid.uuid4().hex
+        for version in range(1, 5):
+            start = time.perf_counter()
+            if backend == "sqlite":
+                conn.execute("BEGIN")
+                conn.execute(
+                    f"INSERT INTO raw_events VALUES ({mark},{mark},{mark},{mark})",
+                    (order, version, "t", payload),
+                )
+                conn.execute("COMMIT")
+            else:
+                with conn.transaction():
+                    conn.execute(
+                        f"INSERT INTO raw_events VALUES ({mark},{mark},{mark},{mark})",
+                        (order, version, "t", payload),
+                    )
+            latencies.append(time.perf_counter() - start)
+    conn.close()
+    return latencies
+
+
+def append_one_writer(backend: str, orders: int, rounds: int) -> list[Figure]:
+    with places(backend) as (url, plain_env, raw):
+        ledger = open_ledger(url)
+        plain = PlainApp(plain_env)
+        ledger_rates, plain_rates, raw_rates, ledger_lat, raw_lat = [], [], [], [], []
+        for r in range(rounds):  # interleaved, so drift hits all three alike
+            lat = _ledger_commands(ledger, orders, f"l{r}")
+            ledger_rates.append(len(lat) / sum(lat))
+            ledger_lat += lat
+            lat = _plain_commands(plain, orders, f"p{r}")
+            plain_rates.append(len(lat) / sum(lat))
+            lat = _raw_commands(raw, orders, backend)
+            raw_rates.append(len(lat) / sum(lat))
+            raw_lat += lat
+        ledger.close()
+        plain.close()
+    ledger_rate, plain_rate = statistics.median(ledger_rates), statistics.median(plain_rates)
+    p99 = sorted(ledger_lat)[int(len(ledger_lat) * 0.99) - 1] * 1e6
+    raw_p50 = statistics.median(raw_lat) * 1e6
+    return [
+        Figure(
+            "append_one_writer",
+            backend,
+            "commands/s",
+            ledger_rate,
+            plain_rate,
+            ledger_rate / plain_rate,
+            statistics.median(raw_rates),
+        ),
+        Figure("command_latency_p99", backend, "us", p99, raw_p50, raw_p50 / p99),
+    ]
+
+
+def load_long_order(backend: str) -> Figure:
+    with places(backend) as (url, _, _raw):
+        ledger = open_ledger(url)
+        times = {}
+        for fills in (10, 1000):
+            order = ledger.submit(
+                SubmitOrder(
+                    account="B1",
+                    client_order_id=f"long-{fills}",
+                    exchange=Exchange.NSE,
+                    tradingsymbol="SBIN",
+                    side=Side.BUY,
+                    quantity=fills,
+                    order_type=OrderType.LIMIT,
+                    product=Product.CNC,
+                    price=Decimal("812.35"),
+                )
+            )
+            ledger.record(RecordAccepted(order_id=order.id, broker_order_id=f"L{fills}"))
+            for i in range(fills):
+                ledger.record(
+                    RecordFill(
+                        order_id=order.id,
+                        trade_id=f"T{i}",
+                        exchange=Exchange.NSE,
+                        tradingsymbol="SBIN",
+                        quantity=1,
+                        price=Decimal("812.35"),
+                    )
+                )
+            samples = []
+            for _ in range(20):
+                start = time.perf_counter()
+                ledger.get_order(order.id)
+                samples.append(time.perf_counter() - start)
+            times[fills] = statistics.median(samples) * 1e6
+        ledger.close()
+    return Figure("load_long_order", backend, "us", times[1000], times[10], times[10] / times[1000])
+
+
+def offline_rebuild(events: int) -> Figure:
+    with places("sqlite") as (url, _, _raw):
+        ledger = open_ledger(url)
+        _ledger_commands(ledger, events // 4, "o")
+        export = Path(url).with_name("log.parquet")
+        export_log(ledger, export)
+        ledger.close()
+    start = time.perf_counter()
+    decoded = sum(len(chunk) for chunk in read_export(export))
+    decode_time = time.perf_counter() - start
+    start = time.perf_counter()
+    fold_all((item for chunk in read_export(export) for item in chunk), all_projections())
+    fold_time = time.perf_counter() - start
+    return Figure(
+        "offline_rebuild",
+        "offline",
+        "events/s",
+        decoded / fold_time,
+        decoded / decode_time,
+        decode_time / fold_time,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smaller runs (about a minute)")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--backends", default="sqlite,postgres")
+    args = parser.parse_args(argv)
+    orders, rounds, events = (100, 3, 20_000) if args.quick else (500, 5, 200_000)
+    figures: list[Figure] = []
+    for backend in args.backends.split(","):
+        figures += append_one_writer(backend, orders, rounds)
+        figures.append(load_long_order(backend))
+    figures.append(offline_rebuild(events))
+    print(
+        f"{'case':<22}{'backend':<10}{'unit':<12}{'ledger':>12}{'baseline':>12}{'ratio':>8}{'ceiling':>12}"
+    )
+    for f in figures:
+        ceiling = f"{f.ceiling:12.1f}" if f.ceiling is not None else " " * 12
+        print(
+            f"{f.case:<22}{f.backend:<10}{f.unit:<12}{f.ledger:12.1f}{f.baseline:12.1f}{f.ratio:8.2f}{ceiling}"
+        )
+    if args.json:
+        args.json.write_text(json.dumps({"figures": [asdict(f) for f in figures]}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
