@@ -18,7 +18,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError, Application
@@ -71,6 +71,9 @@ class OrderLedger(Application[UUID]):
     """
 
     name = "orders"
+    #: A snapshot every 100 events: an order with 1,000 fills loads from its latest
+    #: snapshot plus at most 99 events, not from its first event.
+    snapshotting_intervals: ClassVar[dict[type[Any], int]] = {Order: 100}
 
     def __init__(
         self,

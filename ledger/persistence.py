@@ -34,6 +34,7 @@ from ledger.domain.errors import LedgerError
 from ledger.domain.status import EventKind, OrderStatus
 from ledger.domain.values import (
     Exchange,
+    Fill,
     InstrumentRef,
     OrderChanges,
     OrderType,
@@ -253,6 +254,41 @@ class OrderChangesAsDict(Transcoding):
         return OrderChanges(**data)
 
 
+class FillAsDict(Transcoding):
+    """Fills inside order snapshots."""
+
+    type = Fill
+    name = "fill"
+
+    def encode(self, obj: Fill) -> dict[str, Any]:
+        return {
+            "trade_id": obj.trade_id,
+            "quantity": obj.quantity,
+            "price": obj.price,
+            "exchange_timestamp": obj.exchange_timestamp,
+            "source": obj.source,
+            "recorded_at": obj.recorded_at,
+            "charges": obj.charges,
+        }
+
+    def decode(self, data: dict[str, Any]) -> Fill:
+        return Fill(**data)
+
+
+class SetAsSortedList(Transcoding):
+    """Sets of text (an order's trade ids) inside snapshots; sorted so a snapshot's bytes
+    do not depend on hash order."""
+
+    type = set
+    name = "set"
+
+    def encode(self, obj: set[str]) -> list[str]:
+        return sorted(obj)
+
+    def decode(self, data: list[str]) -> set[str]:
+        return set(data)
+
+
 #: Enum classes that may appear in events; their class names are their stored names.
 STORED_ENUMS: Final[tuple[type[Enum], ...]] = (
     Exchange,
@@ -274,3 +310,5 @@ def register_ledger_transcodings(transcoder: JSONTranscoder) -> None:
     transcoder.register(DateAsISO())
     transcoder.register(InstrumentRefAsDict())
     transcoder.register(OrderChangesAsDict())
+    transcoder.register(FillAsDict())
+    transcoder.register(SetAsSortedList())

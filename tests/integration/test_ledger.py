@@ -456,3 +456,23 @@ def test_event_topics_and_versions_are_pinned() -> None:
     ]
     assert all(cls.class_version == 1 for cls in ORDER_EVENT_CLASSES)
     assert Order.TOPIC == "ledger.domain.order:Order"
+
+
+def test_long_orders_load_from_snapshots_equal_to_a_full_replay(make_ledger: LedgerFactory) -> None:
+    writer = make_ledger()
+    order = writer.submit(submit_command(quantity=1000))
+    writer.record(accepted(order))
+    for n in range(248):
+        writer.record(fill(order, f"T{n}", 1))
+    snapshots = list(writer.snapshots.get(order.id)) if writer.snapshots else []
+    assert [s.originator_version for s in snapshots] == [100, 200]
+    reader = make_ledger()
+    events = reader.history(order.id)
+    assert len(events) == 250
+    for version in (99, 100, 150, 200, 250):
+        folded: Order | None = None
+        for event in events[:version]:
+            folded = event.mutate(folded)
+        assert folded is not None
+        assert state(reader.get_order(order.id, at_version=version)) == state(folded)
+    assert reader.get_order(order.id).filled_quantity == 248
