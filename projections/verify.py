@@ -64,6 +64,7 @@ def verify(
             on_events(len(notifications))
     report.events = len(events)
     _verify_orders(events, report)
+    _verify_snapshots(ledger, events, report)
     for projection in projections:
         _verify_projection(projection, store, events, report, max_rows_listed)
     return report
@@ -99,6 +100,40 @@ def _verify_orders(events: list[tuple[int, Order.Event]], report: VerifyReport) 
             report.problems.append(f"order {order_id}: filled quantity differs from its fills")
         if len(order.trade_ids) != len(order.fills):
             report.problems.append(f"order {order_id}: a trade id is counted twice")
+
+
+def _verify_snapshots(
+    ledger: OrderLedger, events: list[tuple[int, Order.Event]], report: VerifyReport
+) -> None:
+    """Each stored snapshot of an order must equal the fold of its events to that version."""
+    if ledger.snapshots is None:
+        return
+    by_order: dict[UUID, list[Order.Event]] = defaultdict(list)
+    for _, event in events:
+        by_order[event.originator_id].append(event)
+    for order_id, order_events in by_order.items():
+        if len(order_events) < 2:
+            continue
+        for snapshot in ledger.snapshots.get(order_id):
+            version = snapshot.originator_version
+            folded: Any = None
+            for event in order_events[:version]:
+                folded = event.mutate(folded)
+            try:
+                restored: Any = snapshot.mutate(None)  # type: ignore[attr-defined]
+            except Exception as error:
+                report.problems.append(
+                    f"order {order_id}: snapshot at version {version} does not load: {error}"
+                )
+                continue
+            if _state(restored) != _state(folded):
+                report.problems.append(
+                    f"order {order_id}: snapshot at version {version} differs from its events"
+                )
+
+
+def _state(order: Any) -> dict[str, Any]:
+    return {k: v for k, v in vars(order).items() if k != "_pending_events"}
 
 
 def _verify_projection(
