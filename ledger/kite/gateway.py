@@ -120,15 +120,46 @@ class KiteGateway:
         self._by_tag: dict[str, UUID] = {}
         self._by_broker_id: dict[str, UUID] = {}
         self._broker_by_order: dict[UUID, str] = {}
+        self._open: dict[UUID, Order] = {}
+        self._position = 0
         self.refresh_index()
 
     # ------------------------------------------------------------------ plumbing
 
     def refresh_index(self) -> None:
-        """Learn every order's tag and broker id from the log."""
+        """Read the log from where the gateway last read it: learn new orders' tags and
+        broker ids, and keep the orders that are still open (what dispatch looks at).
+        Incremental, so the dispatcher's frequent passes cost only what is new."""
         with self._lock:
-            for order in self.ledger.all_orders():
-                self._remember(order)
+            after = self._position
+            while True:
+                notifications = self.ledger.recorder.select_notifications(
+                    start=after, limit=1000, inclusive_of_start=False
+                )
+                if not notifications:
+                    break
+                for notification in notifications:
+                    event = self.ledger.mapper.to_domain_event(notification)
+                    if not isinstance(event, Order.Event):
+                        continue
+                    current = self._open.get(event.originator_id)
+                    if current is None and not isinstance(event, Order.Submitted):
+                        continue  # an order that had ended: its ids are already known
+                    order = event.mutate(current)
+                    assert isinstance(order, Order)
+                    self._remember(order)
+                    if order.lifecycle.is_terminal:
+                        self._open.pop(order.id, None)
+                    else:
+                        self._open[order.id] = order
+                after = notifications[-1].id
+            self._position = after
+
+    def open_orders(self) -> list[Order]:
+        """Orders still working, as of the log's latest event, oldest first."""
+        self.refresh_index()
+        with self._lock:
+            return list(self._open.values())
 
     def _remember(self, order: Order) -> None:
         self._by_tag[order.tag] = order.id
@@ -170,11 +201,7 @@ class KiteGateway:
     def _dispatch(self) -> DispatchReport:
         report = DispatchReport()
         broker_orders: list[KiteOrder] | None = None
-        for order in self.ledger.all_orders():
-            if order.lifecycle.is_terminal:
-                continue
-            with self._lock:
-                self._remember(order)  # before sending: a postback may beat the reply
+        for order in self.open_orders():  # (their tags are indexed before anything is sent)
             if order.broker_order_id is None:
                 if broker_orders is None and self.outbox.attempt(str(order.id), "place", 1):
                     broker_orders = parse_orders(self.call("orders"))
