@@ -2,6 +2,7 @@
 # it when pyproject.toml changed since the last install. Sourced, not run.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+CALLER_DIR="$(pwd)"
 cd "$ROOT"
 
 find_python() {
