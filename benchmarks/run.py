@@ -306,6 +306,34 @@ def load_long_order(backend: str) -> Figure:
     return Figure("load_long_order", backend, "us", times[1000], times[10], times[10] / times[1000])
 
 
+def projection_catchup(backend: str, events: int) -> Figure:
+    """Every projection brought up to date from a log of `events` events, against reading
+    the same rows in keyset pages without decoding them (the read ceiling). The ProjectionRunner baseline is still
+    to come (it needs a PostgreSQL subscription and its own view classes)."""
+    from projections.runner import LedgerLog, ProjectionRunner
+    from projections.store import store_for_ledger_url
+
+    with places(backend) as (url, _, _raw):
+        ledger = open_ledger(url)
+        _ledger_commands(ledger, events // 4, "c")
+        store = store_for_ledger_url(ledger.storage)
+        start = time.perf_counter()
+        folded = ProjectionRunner(LedgerLog(ledger), store, all_projections()).catch_up()
+        runner_time = time.perf_counter() - start
+        store.close()
+        start = time.perf_counter()
+        after, rows = 0, 0
+        while batch := ledger.recorder.select_notifications(
+            start=after, limit=5000, inclusive_of_start=False
+        ):
+            rows += len(batch)
+            after = batch[-1].id
+        read_time = time.perf_counter() - start
+        ledger.close()
+    rate, ceiling = folded / runner_time, rows / read_time
+    return Figure("projection_catchup", backend, "events/s", rate, ceiling, rate / ceiling, ceiling)
+
+
 def offline_rebuild(events: int) -> Figure:
     with places("sqlite") as (url, _, _raw):
         ledger = open_ledger(url)
@@ -340,6 +368,7 @@ def main(argv: list[str] | None = None) -> int:
     for backend in args.backends.split(","):
         figures += append_one_writer(backend, orders, rounds)
         figures.append(load_long_order(backend))
+        figures.append(projection_catchup(backend, events))
     figures.append(offline_rebuild(events))
     print(
         f"{'case':<22}{'backend':<10}{'unit':<12}{'ledger':>12}{'baseline':>12}{'ratio':>8}{'ceiling':>12}"
