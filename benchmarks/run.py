@@ -308,8 +308,9 @@ def load_long_order(backend: str) -> Figure:
 
 def projection_catchup(backend: str, events: int) -> Figure:
     """Every projection brought up to date from a log of `events` events, against reading
-    the same rows in keyset pages without decoding them (the read ceiling). The ProjectionRunner baseline is still
-    to come (it needs a PostgreSQL subscription and its own view classes)."""
+    the same rows in keyset pages without decoding them (the read ceiling). The
+    ProjectionRunner baseline is still to come (it needs a PostgreSQL subscription and its
+    own view classes)."""
     from projections.runner import LedgerLog, ProjectionRunner
     from projections.store import store_for_ledger_url
 
