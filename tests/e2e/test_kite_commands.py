@@ -170,3 +170,53 @@ def test_the_sandbox_command_serves_kite_shapes(tmp_path: Path) -> None:
         server.send_signal(signal.SIGINT)
         server.communicate(timeout=30)
     assert server.returncode == 0
+
+
+def test_credentials_never_reach_output_the_log_or_exports(tmp_path: Path) -> None:
+    secret, token = "S3CR3T-never-shown", "T0K3N-never-shown"
+    with KiteSandbox(seed=4, api_secret=secret, access_token=token) as box:
+        kite = client(box)
+        kite.place_order(
+            variety="regular",
+            exchange="NSE",
+            tradingsymbol="SBIN",
+            transaction_type="BUY",
+            quantity=5,
+            product="CNC",
+            order_type="LIMIT",
+            price="812.35",
+        )
+        box.step(2)
+        env = kite_env(box)
+        outputs = []
+        for args in (
+            ["reconcile"],
+            ["export", "--format", "jsonl", "--out", "log.jsonl"],
+            ["verify"],
+        ):
+            result = subprocess.run(
+                [*CLI, *args],
+                cwd=tmp_path,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=False,
+            )
+            outputs.append(result.stdout + result.stderr)
+        env["KITE_ACCESS_TOKEN"] = "wrong-" + token  # refused: the error must not echo it
+        refused = subprocess.run(
+            [*CLI, "reconcile"],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert refused.returncode == 2
+        outputs.append(refused.stdout + refused.stderr)
+    stored = b"".join(p.read_bytes() for p in tmp_path.iterdir() if p.is_file())
+    for value in (secret, token):
+        assert all(value not in text for text in outputs)
+        assert value.encode() not in stored
