@@ -57,6 +57,21 @@ def running_service(gateway: KiteGateway, sandbox: KiteSandbox) -> Iterator[Kite
         service.stop()
 
 
+KITE_ORDER_DEFAULTS: dict[str, Any] = {
+    "variety": "regular",
+    "exchange": "NSE",
+    "tradingsymbol": "SBIN",
+    "transaction_type": "BUY",
+    "product": "CNC",
+    "order_type": "LIMIT",
+}
+
+
+def place_at_kite(kite: KiteConnect, **terms: Any) -> str:
+    """Place an order straight at Kite (not through the ledger), SBIN buy by default."""
+    return str(kite.place_order(**{**KITE_ORDER_DEFAULTS, **terms}))
+
+
 def submit(ledger: OrderLedger, client_order_id: str, **terms: Any) -> Order:
     fields: dict[str, Any] = {
         "account": ACCOUNT,

@@ -17,7 +17,7 @@ import pytest
 from ledger.application import open_ledger
 from ledger.domain.status import OrderStatus
 from ledger.kite.sandbox import KiteSandbox
-from tests.kite_support import client, submit
+from tests.kite_support import client, place_at_kite, submit
 
 CLI = [sys.executable, "-m", "ledger"]
 
@@ -42,16 +42,7 @@ def kite_env(box: KiteSandbox) -> dict[str, str]:
 
 def test_reconcile_adopts_records_and_is_idempotent(tmp_path: Path, sandbox: KiteSandbox) -> None:
     kite = client(sandbox)
-    kite.place_order(
-        variety="regular",
-        exchange="NSE",
-        tradingsymbol="SBIN",
-        transaction_type="BUY",
-        quantity=5,
-        product="CNC",
-        order_type="LIMIT",
-        price="812.35",
-    )
+    place_at_kite(kite, quantity=5, price="812.35")
     sandbox.step(3)
 
     def reconcile() -> dict[str, object]:
@@ -154,16 +145,7 @@ def test_the_sandbox_command_serves_kite_shapes(tmp_path: Path) -> None:
         info = json.loads("".join(lines))
         assert info["root"] == f"http://127.0.0.1:{port}"
         kite = KiteConnect(info["api_key"], info["access_token"], root=info["root"])
-        order_id = kite.place_order(
-            variety="regular",
-            exchange="NSE",
-            tradingsymbol="SBIN",
-            transaction_type="BUY",
-            quantity=1,
-            product="CNC",
-            order_type="MARKET",
-            market_protection=-1,
-        )
+        order_id = place_at_kite(kite, quantity=1, order_type="MARKET", market_protection=-1)
         assert kite.order_history(order_id)[-1]["status"] == "COMPLETE"
         assert "NSE:SBIN" in kite.ltp("NSE:SBIN")
     finally:
@@ -176,16 +158,7 @@ def test_credentials_never_reach_output_the_log_or_exports(tmp_path: Path) -> No
     secret, token = "S3CR3T-never-shown", "T0K3N-never-shown"
     with KiteSandbox(seed=4, api_secret=secret, access_token=token) as box:
         kite = client(box)
-        kite.place_order(
-            variety="regular",
-            exchange="NSE",
-            tradingsymbol="SBIN",
-            transaction_type="BUY",
-            quantity=5,
-            product="CNC",
-            order_type="LIMIT",
-            price="812.35",
-        )
+        place_at_kite(kite, quantity=5, price="812.35")
         box.step(2)
         env = kite_env(box)
         outputs = []

@@ -21,6 +21,7 @@ from tests.kite_support import (
     assert_matches_sandbox,
     client,
     gateway_for,
+    place_at_kite,
     running_service,
     settle,
     submit,
@@ -184,17 +185,7 @@ def test_orders_placed_outside_the_ledger_are_adopted(
     ledger: OrderLedger, sandbox: KiteSandbox
 ) -> None:
     kite = client(sandbox)
-    broker_id = kite.place_order(
-        variety="regular",
-        exchange="NSE",
-        tradingsymbol="SBIN",
-        transaction_type="BUY",
-        quantity=5,
-        product="CNC",
-        order_type="LIMIT",
-        price="812.35",
-        tag="webapp",
-    )
+    broker_id = place_at_kite(kite, quantity=5, price="812.35", tag="webapp")
     sandbox.step(3)
     gateway = gateway_for(ledger, sandbox)
     first = gateway.reconcile()

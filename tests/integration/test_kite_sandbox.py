@@ -16,7 +16,7 @@ from ledger.application import OrderLedger
 from ledger.commands import ModifyOrder
 from ledger.domain.status import OrderStatus
 from ledger.kite.sandbox import KiteSandbox
-from tests.kite_support import client, gateway_for, submit
+from tests.kite_support import client, gateway_for, place_at_kite, submit
 
 
 @pytest.fixture
@@ -31,27 +31,10 @@ def test_envelopes_and_statuses(sandbox: KiteSandbox) -> None:
         KiteConnect("wrong", "keys", root=sandbox.root).orders()
     assert token.value.code == 403
     with pytest.raises(kite_errors.InputException, match="Missing quantity") as bad:
-        kite.place_order(
-            variety="regular",
-            exchange="NSE",
-            tradingsymbol="SBIN",
-            transaction_type="BUY",
-            quantity=None,
-            product="CNC",
-            order_type="LIMIT",
-        )
+        place_at_kite(kite, quantity=None)
     assert bad.value.code == 400
     with pytest.raises(kite_errors.InputException, match="tick size"):
-        kite.place_order(
-            variety="regular",
-            exchange="NSE",
-            tradingsymbol="SBIN",
-            transaction_type="BUY",
-            quantity=1,
-            product="CNC",
-            order_type="LIMIT",
-            price="812.33",
-        )
+        place_at_kite(kite, quantity=1, price="812.33")
     sandbox.faults.rate_limit_next = 1
     with pytest.raises(kite_errors.NetworkException) as limited:
         kite.orders()
@@ -63,16 +46,8 @@ def test_envelopes_and_statuses(sandbox: KiteSandbox) -> None:
 
 def test_order_history_shows_kites_transient_statuses(sandbox: KiteSandbox) -> None:
     kite = client(sandbox)
-    order_id = kite.place_order(
-        variety="regular",
-        exchange="NSE",
-        tradingsymbol="SBIN",
-        transaction_type="BUY",
-        quantity=10,
-        product="CNC",
-        order_type="SL",
-        price="820.0",
-        trigger_price="819.0",
+    order_id = place_at_kite(
+        kite, quantity=10, order_type="SL", price="820.0", trigger_price="819.0"
     )
     kite.modify_order(variety="regular", order_id=order_id, price="821.0")
     kite.cancel_order(variety="regular", order_id=order_id)

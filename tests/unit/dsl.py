@@ -162,6 +162,27 @@ def when(order: Order, action: Callable[[Order], object]) -> list[Order.Event] |
 
 NOW = at(1000)
 
+
+def fill_action(
+    trade_id: str,
+    quantity: int,
+    price: str = "812.35",
+    *,
+    instrument: InstrumentRef = SBIN,
+    source: Source = Source.POLL,
+) -> Callable[[Order], object]:
+    """The decision to record a fill, for `when`."""
+    return lambda o: o.fill(
+        trade_id,
+        instrument=instrument,
+        quantity=quantity,
+        price=D(price),
+        exchange_timestamp=None,
+        source=source,
+        at=NOW,
+    )
+
+
 # The decisions, by the event kind they lead to (used by the table-driven tests).
 ACTIONS: dict[str, Callable[[Order], object]] = {
     "Accepted": lambda o: o.accept(
@@ -176,15 +197,7 @@ ACTIONS: dict[str, Callable[[Order], object]] = {
     ),
     "ModifyRejected": lambda o: o.reject_modify("no", source=Source.BROKER, at=NOW),
     "Triggered": lambda o: o.trigger(START, source=Source.POSTBACK, at=NOW),
-    "Filled": lambda o: o.fill(
-        "T-new",
-        instrument=SBIN,
-        quantity=10,
-        price=D("812.35"),
-        exchange_timestamp=None,
-        source=Source.POLL,
-        at=NOW,
-    ),
+    "Filled": fill_action("T-new", 10),
     "CancelRequested": lambda o: o.request_cancel(None, actor="t", at=NOW),
     "Cancelled": lambda o: o.record_cancelled(
         None, source=Source.BROKER, broker_timestamp=None, at=NOW

@@ -19,13 +19,13 @@ from ledger.domain.values import Exchange, InstrumentRef, OrderChanges, OrderTyp
 from tests.unit.dsl import (
     ACTIONS,
     NOW,
-    SBIN,
     EventSpec,
     accepted,
     cancel_rejected,
     cancel_requested,
     cancelled,
     expired,
+    fill_action,
     filled,
     given,
     modified,
@@ -304,36 +304,14 @@ def test_trigger_twice_records_once() -> None:
 
 def test_duplicate_trade_id_from_another_source_is_applied_once() -> None:
     order = given(submitted(), accepted(), filled("T1", 40))
-    result = when(
-        order,
-        lambda o: o.fill(
-            "T1",
-            instrument=SBIN,
-            quantity=40,
-            price=D("812.35"),
-            exchange_timestamp=None,
-            source=Source.RECONCILIATION,
-            at=NOW,
-        ),
-    )
+    result = when(order, fill_action("T1", 40, source=Source.RECONCILIATION))
     assert result == []
     assert order.filled_quantity == 40
 
 
 def test_overfill_is_refused_and_names_the_quantities() -> None:
     order = given(submitted(), accepted(), filled("T1", 95))
-    result = when(
-        order,
-        lambda o: o.fill(
-            "T2",
-            instrument=SBIN,
-            quantity=10,
-            price=D("812.35"),
-            exchange_timestamp=None,
-            source=Source.POLL,
-            at=NOW,
-        ),
-    )
+    result = when(order, fill_action("T2", 10))
     assert isinstance(result, Overfill)
     assert "95 of 100 already filled, 5 remaining" in str(result)
     assert order.filled_quantity == 95
@@ -341,18 +319,7 @@ def test_overfill_is_refused_and_names_the_quantities() -> None:
 
 def test_fill_for_another_instrument_is_refused() -> None:
     order = given(submitted(), accepted())
-    result = when(
-        order,
-        lambda o: o.fill(
-            "T1",
-            instrument=InstrumentRef(Exchange.BSE, "SBIN"),
-            quantity=10,
-            price=D("812.35"),
-            exchange_timestamp=None,
-            source=Source.POLL,
-            at=NOW,
-        ),
-    )
+    result = when(order, fill_action("T1", 10, instrument=InstrumentRef(Exchange.BSE, "SBIN")))
     assert isinstance(result, InstrumentMismatch)
     assert "BSE:SBIN" in str(result)
     assert "NSE:SBIN" in str(result)
@@ -363,18 +330,7 @@ def test_fill_for_another_instrument_is_refused() -> None:
 )
 def test_fill_with_bad_numbers_is_refused(quantity: int, price: str) -> None:
     order = given(submitted(), accepted())
-    result = when(
-        order,
-        lambda o: o.fill(
-            "T1",
-            instrument=SBIN,
-            quantity=quantity,
-            price=D(price),
-            exchange_timestamp=None,
-            source=Source.POLL,
-            at=NOW,
-        ),
-    )
+    result = when(order, fill_action("T1", quantity, price))
     assert isinstance(result, InvalidCommand)
 
 
