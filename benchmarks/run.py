@@ -139,23 +139,26 @@ def places(backend: str) -> Iterator[tuple[str, dict[str, str], Callable[[], Any
             )
 
 
+def sbin_buy(client_order_id: str, quantity: int) -> SubmitOrder:
+    """The order every case submits: a limit buy of SBIN."""
+    return SubmitOrder(
+        account="B1",
+        client_order_id=client_order_id,
+        exchange=Exchange.NSE,
+        tradingsymbol="SBIN",
+        side=Side.BUY,
+        quantity=quantity,
+        order_type=OrderType.LIMIT,
+        product=Product.CNC,
+        price=Decimal("812.35"),
+    )
+
+
 def _ledger_commands(ledger: OrderLedger, n: int, tag: str) -> list[float]:
     latencies = []
     for i in range(n):
         start = time.perf_counter()
-        order = ledger.submit(
-            SubmitOrder(
-                account="B1",
-                client_order_id=f"{tag}-{i}",
-                exchange=Exchange.NSE,
-                tradingsymbol="SBIN",
-                side=Side.BUY,
-                quantity=100,
-                order_type=OrderType.LIMIT,
-                product=Product.CNC,
-                price=Decimal("812.35"),
-            )
-        )
+        order = ledger.submit(sbin_buy(f"{tag}-{i}", 100))
         latencies.append(time.perf_counter() - start)
         for update in (
             RecordAccepted(order_id=order.id, broker_order_id=f"B{tag}{i}"),
@@ -271,19 +274,7 @@ def load_long_order(backend: str) -> Figure:
         ledger = open_ledger(url)
         times = {}
         for fills in (10, 1000):
-            order = ledger.submit(
-                SubmitOrder(
-                    account="B1",
-                    client_order_id=f"long-{fills}",
-                    exchange=Exchange.NSE,
-                    tradingsymbol="SBIN",
-                    side=Side.BUY,
-                    quantity=fills,
-                    order_type=OrderType.LIMIT,
-                    product=Product.CNC,
-                    price=Decimal("812.35"),
-                )
-            )
+            order = ledger.submit(sbin_buy(f"long-{fills}", fills))
             ledger.record(RecordAccepted(order_id=order.id, broker_order_id=f"L{fills}"))
             for i in range(fills):
                 ledger.record(
