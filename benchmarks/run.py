@@ -20,47 +20,24 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import sqlite3
 import statistics
 import sys
-import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-import psycopg
 from eventsourcing.application import Application
 from eventsourcing.domain import Aggregate, event
-from psycopg import sql
 
-from ledger.application import OrderLedger, open_ledger
-from ledger.commands import RecordAccepted, RecordFill, SubmitOrder
-from ledger.domain.values import Exchange, OrderType, Product, Side
-from projections import all_projections
-from projections.offline import export_log, read_export
-from projections.pointintime import fold_all
-
-POSTGRES_URL = os.environ.get(
-    "LEDGER_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
-)
-
-
-@dataclass
-class Figure:
-    case: str
-    backend: str
-    unit: str
-    ledger: float
-    baseline: float
-    ratio: float
-    ceiling: float | None = None
-
+from benchmarks.common import Figure, ledger_commands, places, sbin_buy
+from benchmarks.projection_cases import offline_rebuild, projection_catchup
+from ledger.application import open_ledger
+from ledger.commands import RecordAccepted, RecordFill
+from ledger.domain.values import Exchange
 
 # ---------------------------------------------------------------- the plain eventsourcing way
 
@@ -91,98 +68,6 @@ class PlainOrder(Aggregate):
 
 class PlainApp(Application[uuid.UUID]):
     name = "plain"
-
-
-# ---------------------------------------------------------------- places to measure in
-
-
-@contextmanager
-def places(backend: str) -> Iterator[tuple[str, dict[str, str], Callable[[], Any]]]:
-    """(ledger URL, eventsourcing env for the plain app, raw connection factory)."""
-    if backend == "sqlite":
-        folder = Path(tempfile.mkdtemp(prefix="bench-"))
-        plain_env = {
-            "PERSISTENCE_MODULE": "eventsourcing.sqlite",
-            "SQLITE_DBNAME": str(folder / "plain.db"),
-        }
-
-        def raw() -> Any:
-            conn = sqlite3.connect(folder / "raw.db", isolation_level=None)
-            conn.execute("PRAGMA journal_mode=WAL")
-            return conn
-
-        yield str(folder / "ledger.db"), plain_env, raw
-        return
-    name = f"bench_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(POSTGRES_URL, autocommit=True) as admin:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    base = POSTGRES_URL.rsplit("/", 1)[0]
-    url = f"{base}/{name}"
-    parts = psycopg.conninfo.conninfo_to_dict(url)
-    plain_env = {
-        "PERSISTENCE_MODULE": "eventsourcing.postgres",
-        "POSTGRES_DBNAME": name,
-        "POSTGRES_HOST": str(parts.get("host", "127.0.0.1")),
-        "POSTGRES_PORT": str(parts.get("port", "5432")),
-        "POSTGRES_USER": str(parts.get("user", "postgres")),
-        "POSTGRES_PASSWORD": str(parts.get("password", "")),
-        "POSTGRES_SCHEMA": "plain",
-    }
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("CREATE SCHEMA plain")
-    try:
-        yield f"{url}?schema=ledger", plain_env, lambda: psycopg.connect(url, autocommit=True)
-    finally:
-        with psycopg.connect(POSTGRES_URL, autocommit=True) as admin:
-            admin.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
-
-
-def sbin_buy(client_order_id: str, quantity: int) -> SubmitOrder:
-    """The order every case submits: a limit buy of SBIN."""
-    return SubmitOrder(
-        account="B1",
-        client_order_id=client_order_id,
-        exchange=Exchange.NSE,
-        tradingsymbol="SBIN",
-        side=Side.BUY,
-        quantity=quantity,
-        order_type=OrderType.LIMIT,
-        product=Product.CNC,
-        price=Decimal("812.35"),
-    )
-
-
-def _ledger_commands(ledger: OrderLedger, n: int, tag: str) -> list[float]:
-    latencies = []
-    for i in range(n):
-        start = time.perf_counter()
-        order = ledger.submit(sbin_buy(f"{tag}-{i}", 100))
-        latencies.append(time.perf_counter() - start)
-        for update in (
-            RecordAccepted(order_id=order.id, broker_order_id=f"B{tag}{i}"),
-            RecordFill(
-                order_id=order.id,
-                trade_id=f"{tag}-{i}-1",
-                exchange=Exchange.NSE,
-                tradingsymbol="SBIN",
-                quantity=40,
-                price=Decimal("812.30"),
-            ),
-            RecordFill(
-                order_id=order.id,
-                trade_id=f"{tag}-{i}-2",
-                exchange=Exchange.NSE,
-                tradingsymbol="SBIN",
-                quantity=60,
-                price=Decimal("812.35"),
-            ),
-        ):
-            start = time.perf_counter()
-            ledger.record(update)
-            latencies.append(time.perf_counter() - start)
-    return latencies
 
 
 def _plain_commands(app: PlainApp, n: int, tag: str) -> list[float]:
@@ -242,7 +127,7 @@ def append_one_writer(backend: str, orders: int, rounds: int) -> list[Figure]:
         plain = PlainApp(plain_env)
         ledger_rates, plain_rates, raw_rates, ledger_lat, raw_lat = [], [], [], [], []
         for r in range(rounds):  # interleaved, so drift hits all three alike
-            lat = _ledger_commands(ledger, orders, f"l{r}")
+            lat = ledger_commands(ledger, orders, f"l{r}")
             ledger_rates.append(len(lat) / sum(lat))
             ledger_lat += lat
             lat = _plain_commands(plain, orders, f"p{r}")
@@ -295,58 +180,6 @@ def load_long_order(backend: str) -> Figure:
             times[fills] = statistics.median(samples) * 1e6
         ledger.close()
     return Figure("load_long_order", backend, "us", times[1000], times[10], times[10] / times[1000])
-
-
-def projection_catchup(backend: str, events: int) -> Figure:
-    """Every projection brought up to date from a log of `events` events, against reading
-    the same rows in keyset pages without decoding them (the read ceiling). The
-    ProjectionRunner baseline is still to come (it needs a PostgreSQL subscription and its
-    own view classes)."""
-    from projections.runner import LedgerLog, ProjectionRunner
-    from projections.store import store_for_ledger_url
-
-    with places(backend) as (url, _, _raw):
-        ledger = open_ledger(url)
-        _ledger_commands(ledger, events // 4, "c")
-        store = store_for_ledger_url(ledger.storage)
-        start = time.perf_counter()
-        folded = ProjectionRunner(LedgerLog(ledger), store, all_projections()).catch_up()
-        runner_time = time.perf_counter() - start
-        store.close()
-        start = time.perf_counter()
-        after, rows = 0, 0
-        while batch := ledger.recorder.select_notifications(
-            start=after, limit=5000, inclusive_of_start=False
-        ):
-            rows += len(batch)
-            after = batch[-1].id
-        read_time = time.perf_counter() - start
-        ledger.close()
-    rate, ceiling = folded / runner_time, rows / read_time
-    return Figure("projection_catchup", backend, "events/s", rate, ceiling, rate / ceiling, ceiling)
-
-
-def offline_rebuild(events: int) -> Figure:
-    with places("sqlite") as (url, _, _raw):
-        ledger = open_ledger(url)
-        _ledger_commands(ledger, events // 4, "o")
-        export = Path(url).with_name("log.parquet")
-        export_log(ledger, export)
-        ledger.close()
-    start = time.perf_counter()
-    decoded = sum(len(chunk) for chunk in read_export(export))
-    decode_time = time.perf_counter() - start
-    start = time.perf_counter()
-    fold_all((item for chunk in read_export(export) for item in chunk), all_projections())
-    fold_time = time.perf_counter() - start
-    return Figure(
-        "offline_rebuild",
-        "offline",
-        "events/s",
-        decoded / fold_time,
-        decoded / decode_time,
-        decode_time / fold_time,
-    )
 
 
 def main(argv: list[str] | None = None) -> int:
