@@ -15,3 +15,20 @@ LONG = os.environ.get("LEDGER_LONG", "") == "1"
 def scaled(short: int, long: int) -> int:
     """`long` under `scripts/test --long`, else `short`."""
     return long if LONG else short
+
+
+def report(suite: str, **figures: int | float | str) -> None:
+    """Note what a long-running test did (kill points, faults, inputs, events checked).
+
+    Appends one JSON line to the file named by `LEDGER_RELIABILITY_REPORT`, when set
+    (`scripts/test --long` sets it), so docs/reliability.md can quote the last long run.
+    """
+    target = os.environ.get("LEDGER_RELIABILITY_REPORT")
+    if not target:
+        return
+    import json
+    from datetime import UTC, datetime
+
+    line = {"suite": suite, "long": LONG, "at": datetime.now(UTC).isoformat(), **figures}
+    with open(target, "a", encoding="utf-8") as out:
+        out.write(json.dumps(line, sort_keys=True) + "\n")
