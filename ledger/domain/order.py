@@ -11,8 +11,9 @@ the domain never reads the clock) and, where the broker or exchange said when so
 happened, that time beside it (`broker_timestamp`, `exchange_timestamp`).
 
 Topics are explicit and pinned by a test, so moving or renaming a class cannot orphan
-stored events. Every event has `class_version = 1` from day one; a v2 adds an
-`upcast_v1_v2` static method.
+stored events. Every event was versioned from day one. Version 2 added the hash chain
+(`previous_hash`, `hash`; see ledger/integrity.py); `upcast_v1_v2` reads a v1 event as a v2
+event with no chain, and the aggregate's own `upcast_v1_v2` does the same for v1 snapshots.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ from ledger.domain.values import (
     Validity,
     Variety,
 )
+from ledger.integrity import content_hash
 
 _TOPIC_PREFIX = "ledger.domain.order:Order"
 
@@ -57,23 +59,66 @@ class Order(Aggregate):
     """An order placed (or to be placed) with Kite, as the sum of its events."""
 
     TOPIC = _TOPIC_PREFIX
-    class_version: ClassVar[int] = 1
+    #: v2: snapshots carry `chain_hash`, the hash of the order's latest event.
+    class_version: ClassVar[int] = 2
+
+    @staticmethod
+    def upcast_v1_v2(state: dict[str, Any]) -> None:
+        state["chain_hash"] = None
 
     # ------------------------------------------------------------------ events
 
     class Event(Aggregate.Event):
-        """Base class of the order's events."""
+        """Base class of the order's events.
+
+        `previous_hash` is the hash of the order's event before this one (None for the
+        first, and after events written before the chain existed). `hash` is not a
+        dataclass field: it is computed here, once, when the event is made, over every
+        field including `previous_hash`, and stored with the event; replay reads it back.
+        """
 
         TOPIC = f"{_TOPIC_PREFIX}.Event"
         KIND: ClassVar[EventKind]
-        class_version: ClassVar[int] = 1
+        class_version: ClassVar[int] = 2
+        previous_hash: str | None
+
+        def __post_init__(self) -> None:
+            state = dict(vars(self))
+            object.__setattr__(
+                self,
+                "hash",
+                content_hash(
+                    topic=self.TOPIC,
+                    class_version=type(self).class_version,
+                    originator_id=state.pop("originator_id"),
+                    originator_version=state.pop("originator_version"),
+                    state=state,
+                ),
+            )
+
+        @property
+        def event_hash(self) -> str | None:
+            """This event's hash (None for an event written before the chain existed)."""
+            value: str | None = self.__dict__.get("hash")
+            return value
+
+        @staticmethod
+        def upcast_v1_v2(state: dict[str, Any]) -> None:
+            state["previous_hash"] = None
+            state["hash"] = None
+
+        def mutate(self, aggregate: Any) -> Any:
+            order = super().mutate(aggregate)
+            assert order is not None
+            order.chain_hash = self.event_hash
+            return order
 
     class Submitted(Event, Aggregate.Created):
         """The order exists in the ledger. Durable before anything is sent to Kite."""
 
         TOPIC = f"{_TOPIC_PREFIX}.Submitted"
         KIND = EventKind.SUBMITTED
-        class_version = 1
+        class_version = 2
         account: str
         client_order_id: str
         instrument: InstrumentRef
@@ -150,7 +195,7 @@ class Order(Aggregate):
 
         TOPIC = f"{_TOPIC_PREFIX}.Accepted"
         KIND = EventKind.ACCEPTED
-        class_version = 1
+        class_version = 2
         broker_order_id: str
         exchange_order_id: str | None
         broker_timestamp: datetime | None
@@ -168,7 +213,7 @@ class Order(Aggregate):
 
         TOPIC = f"{_TOPIC_PREFIX}.Rejected"
         KIND = EventKind.REJECTED
-        class_version = 1
+        class_version = 2
         reason: str
         source: Source
         broker_timestamp: datetime | None
@@ -183,7 +228,7 @@ class Order(Aggregate):
 
         TOPIC = f"{_TOPIC_PREFIX}.ModifyRequested"
         KIND = EventKind.MODIFY_REQUESTED
-        class_version = 1
+        class_version = 2
         changes: OrderChanges
         actor: str
 
@@ -198,7 +243,7 @@ class Order(Aggregate):
 
         TOPIC = f"{_TOPIC_PREFIX}.Modified"
         KIND = EventKind.MODIFIED
-        class_version = 1
+        class_version = 2
         changes: OrderChanges
         source: Source
         broker_timestamp: datetime | None
@@ -230,7 +275,7 @@ class Order(Aggregate):
 
         TOPIC = f"{_TOPIC_PREFIX}.ModifyRejected"
         KIND = EventKind.MODIFY_REJECTED
-        class_version = 1
+        class_version = 2
         reason: str
         source: Source
 
@@ -245,7 +290,7 @@ class Order(Aggregate):
 
         TOPIC = f"{_TOPIC_PREFIX}.Triggered"
         KIND = EventKind.TRIGGERED
-        class_version = 1
+        class_version = 2
         triggered_at: datetime
         source: Source
 
@@ -264,7 +309,7 @@ class Order(Aggregate):
 
         TOPIC = f"{_TOPIC_PREFIX}.Filled"
         KIND = EventKind.FILLED
-        class_version = 1
+        class_version = 2
         trade_id: str
         account: str
         instrument: InstrumentRef
@@ -304,7 +349,7 @@ class Order(Aggregate):
 
         TOPIC = f"{_TOPIC_PREFIX}.CancelRequested"
         KIND = EventKind.CANCEL_REQUESTED
-        class_version = 1
+        class_version = 2
         reason: str | None
         actor: str
 
@@ -319,7 +364,7 @@ class Order(Aggregate):
 
         TOPIC = f"{_TOPIC_PREFIX}.Cancelled"
         KIND = EventKind.CANCELLED
-        class_version = 1
+        class_version = 2
         reason: str | None
         source: Source
         broker_timestamp: datetime | None
@@ -336,7 +381,7 @@ class Order(Aggregate):
 
         TOPIC = f"{_TOPIC_PREFIX}.CancelRejected"
         KIND = EventKind.CANCEL_REJECTED
-        class_version = 1
+        class_version = 2
         reason: str
         source: Source
 
@@ -350,7 +395,7 @@ class Order(Aggregate):
 
         TOPIC = f"{_TOPIC_PREFIX}.Expired"
         KIND = EventKind.EXPIRED
-        class_version = 1
+        class_version = 2
         reason: str
         source: Source
 
@@ -399,9 +444,15 @@ class Order(Aggregate):
     triggered_at: datetime | None
     reason: str | None
 
+    chain_hash: str | None
+
     def __init__(self) -> None:
         # State is set by `Submitted.apply`, so that replay and creation share one path.
         pass
+
+    def trigger_event(self, event_class: type[Any], **kwargs: Any) -> None:
+        """Every new event chains to the order's latest one."""
+        super().trigger_event(event_class, previous_hash=self.chain_hash, **kwargs)
 
     def _move(self, kind: EventKind) -> None:
         self.lifecycle = next_status(
@@ -468,6 +519,7 @@ class Order(Aggregate):
         return cls._create(
             cls.Submitted,
             id=order_id_for(account, client_order_id),
+            previous_hash=None,
             timestamp=at,
             account=account,
             client_order_id=client_order_id,

@@ -40,7 +40,11 @@ def at(version: int) -> datetime:
 def _event(cls: type[Order.Event], **fields: Any) -> EventSpec:
     def build(version: int) -> Order.Event:
         return cls(
-            originator_id=ORDER_ID, originator_version=version, timestamp=at(version), **fields
+            originator_id=ORDER_ID,
+            originator_version=version,
+            timestamp=at(version),
+            previous_hash=None,
+            **fields,
         )
 
     return build

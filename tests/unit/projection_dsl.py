@@ -37,6 +37,7 @@ def fill_event(
         originator_id=order_uuid(order),
         originator_version=version,
         timestamp=at(version) + timedelta(days=day),
+        previous_hash=None,
         trade_id=trade_id,
         account=account,
         instrument=SBIN,

@@ -120,6 +120,7 @@ def test_statistics_counters() -> None:
         originator_id=failed.originator_id,
         originator_version=2,
         timestamp=at(2),
+        previous_hash=None,
         reason="no margin",
         source=Source.LEDGER,
         broker_timestamp=None,

@@ -1,0 +1,345 @@
+"""Tamper evidence: a hash chain in every order, and digest checkpoints over the whole log.
+
+Every order event (class version 2 on) carries `previous_hash`, the hash of the order's
+event before it (none for the first), and `hash`, SHA-256 over its canonical content: its
+topic, class version, order id, version, record time and every field, `previous_hash`
+included. Changing, removing, inserting or reordering one event of an order breaks the chain
+at that event, so `verify` can name it.
+
+A chain cannot see the removal of an order's *last* events, nor a rewrite that recomputes
+every hash after the change (SHA-256 is not keyed). Digest checkpoints close both gaps:
+each checkpoint folds every stored record (its notification id, order id, version, topic
+and stored bytes) since the previous checkpoint into a digest chained to the previous one,
+and notes which notification ids it covered. Exported and kept elsewhere
+(`kite-ledger checkpoint --export FILE`), they let `kite-ledger verify --digest FILE` prove a
+copy of the database holds exactly what it held when the digests were taken.
+
+Events written before version 2 (no chain) are counted as unchained, not as failures; the
+checkpoints still cover their stored bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, fields, is_dataclass
+from datetime import date, datetime
+from decimal import Decimal
+from enum import Enum
+from typing import Any, Final
+from uuid import UUID
+
+#: The fields that are the event's identity and are hashed under fixed names.
+_IDENTITY: Final = frozenset({"originator_id", "originator_version", "hash", "class_version"})
+
+
+def _canonical(value: Any) -> Any:
+    """A JSON-ready form of a stored value that does not depend on the Python objects'
+    identity or on dict order: the same event always gives the same bytes."""
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, Decimal):
+        return {"$d": str(value)}
+    if isinstance(value, datetime):
+        return {"$t": value.isoformat()}
+    if isinstance(value, date):
+        return {"$date": value.isoformat()}
+    if isinstance(value, UUID):
+        return {"$u": str(value)}
+    if isinstance(value, Enum):
+        return _canonical(value.value)
+    if is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _canonical(getattr(value, f.name)) for f in fields(value)}
+    if isinstance(value, Mapping):
+        return {str(k): _canonical(v) for k, v in value.items()}
+    if isinstance(value, set | frozenset):
+        return sorted(_canonical(v) for v in value)
+    if isinstance(value, list | tuple):
+        return [_canonical(v) for v in value]
+    if isinstance(value, float):
+        raise TypeError("floats are not hashed: money and quantities are Decimal or int")
+    raise TypeError(f"cannot hash a {type(value).__name__}")
+
+
+def content_hash(
+    *,
+    topic: str,
+    class_version: int,
+    originator_id: UUID,
+    originator_version: int,
+    state: Mapping[str, Any],
+) -> str:
+    """SHA-256 (hex) over an event's canonical content; `state` is every attribute but the
+    identity (a `hash` key in it is ignored)."""
+    body = {k: _canonical(v) for k, v in state.items() if k not in _IDENTITY}
+    document = {
+        "topic": topic,
+        "class_version": class_version,
+        "order": str(originator_id),
+        "version": originator_version,
+        "state": body,
+    }
+    text = json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+# --------------------------------------------------------------------------- chain checks
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One thing wrong with the stored log, named by where it is."""
+
+    position: int | None  # notification id, when the record exists
+    order_id: UUID | None
+    version: int | None
+    what: str
+
+    def __str__(self) -> str:
+        where = []
+        if self.position is not None:
+            where.append(f"log position {self.position}")
+        if self.order_id is not None:
+            where.append(f"order {self.order_id}")
+        if self.version is not None:
+            where.append(f"version {self.version}")
+        return f"{', '.join(where) or 'the log'}: {self.what}"
+
+
+@dataclass(frozen=True)
+class StoredRecord:
+    """A stored event as the database holds it, with its decoded (not upcast) state."""
+
+    position: int
+    originator_id: UUID
+    originator_version: int
+    topic: str
+    state_bytes: bytes
+    state: Mapping[str, Any] | None  # None when the bytes do not decode
+
+
+@dataclass
+class _Head:
+    version: int
+    hash: str | None  # None: the event before had no chain (written before v2)
+    chained_since: int | None = None
+
+
+@dataclass
+class ChainReport:
+    events: int = 0
+    chained: int = 0
+    unchained: int = 0
+    orders: int = 0
+    findings: list[Finding] = field(default_factory=list)
+
+
+def check_chains(records: Iterable[StoredRecord]) -> ChainReport:
+    """Walk the log in order and check every order's chain; findings in log order."""
+    report = ChainReport()
+    heads: dict[UUID, _Head] = {}
+    for record in records:
+        report.events += 1
+        head = heads.get(record.originator_id)
+        expected_version = 1 if head is None else head.version + 1
+        if record.originator_version != expected_version:
+            if head is not None and record.originator_version <= head.version:
+                what = (
+                    f"out of order: version {record.originator_version} comes after version"
+                    f" {head.version} in the log (events were reordered or inserted)"
+                )
+            else:
+                missing = (
+                    f"version {expected_version}"
+                    if record.originator_version == expected_version + 1
+                    else f"versions {expected_version}..{record.originator_version - 1}"
+                )
+                what = (
+                    f"{missing} missing: the versions jump from {expected_version - 1}"
+                    f" to {record.originator_version} (an event was deleted)"
+                )
+            report.findings.append(
+                Finding(record.position, record.originator_id, record.originator_version, what)
+            )
+        state = record.state
+        if state is None:
+            report.findings.append(
+                Finding(
+                    record.position,
+                    record.originator_id,
+                    record.originator_version,
+                    "the stored bytes do not decode (altered)",
+                )
+            )
+            heads[record.originator_id] = _Head(record.originator_version, None)
+            continue
+        class_version = int(state.get("class_version", 1))
+        stored_hash = state.get("hash")
+        if class_version < 2 and stored_hash is None:
+            report.unchained += 1
+            if head is not None and head.hash is not None:
+                report.findings.append(
+                    Finding(
+                        record.position,
+                        record.originator_id,
+                        record.originator_version,
+                        "carries no hash although the events before it do (altered)",
+                    )
+                )
+            heads[record.originator_id] = _Head(record.originator_version, None)
+            continue
+        report.chained += 1
+        recomputed = content_hash(
+            topic=record.topic,
+            class_version=class_version,
+            originator_id=record.originator_id,
+            originator_version=record.originator_version,
+            state=state,
+        )
+        previous = state.get("previous_hash")
+        if recomputed != stored_hash:
+            report.findings.append(
+                Finding(
+                    record.position,
+                    record.originator_id,
+                    record.originator_version,
+                    "altered: its content no longer matches its hash",
+                )
+            )
+        elif head is None and previous is not None:
+            report.findings.append(
+                Finding(
+                    record.position,
+                    record.originator_id,
+                    record.originator_version,
+                    "chains to an event the log does not hold (an earlier event was deleted)",
+                )
+            )
+        elif head is not None and previous != head.hash:
+            report.findings.append(
+                Finding(
+                    record.position,
+                    record.originator_id,
+                    record.originator_version,
+                    f"does not follow version {head.version}: the previous event was altered,"
+                    " removed or inserted",
+                )
+            )
+        heads[record.originator_id] = _Head(record.originator_version, recomputed)
+    report.orders = len(heads)
+    return report
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+GENESIS: Final = "0" * 64
+
+
+def record_digest(
+    position: int, originator_id: UUID, version: int, topic: str, data: bytes
+) -> bytes:
+    """The digest of one stored record, as a checkpoint folds it."""
+    head = f"{position}|{originator_id}|{version}|{topic}|".encode()
+    return hashlib.sha256(head + data).digest()
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A digest over the stored records after the previous checkpoint, up to `last_position`.
+
+    `positions` lists the covered notification ids as runs [first, last], so a record that
+    disappears or appears later can be named by its position."""
+
+    seq: int
+    first_position: int
+    last_position: int
+    event_count: int
+    positions: tuple[tuple[int, int], ...]
+    previous_digest: str
+    digest: str
+    created_at: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "seq": self.seq,
+            "first_position": self.first_position,
+            "last_position": self.last_position,
+            "event_count": self.event_count,
+            "positions": [list(run) for run in self.positions],
+            "previous_digest": self.previous_digest,
+            "digest": self.digest,
+            "created_at": self.created_at,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Checkpoint:
+        return cls(
+            seq=int(data["seq"]),
+            first_position=int(data["first_position"]),
+            last_position=int(data["last_position"]),
+            event_count=int(data["event_count"]),
+            positions=tuple((int(a), int(b)) for a, b in data["positions"]),
+            previous_digest=str(data["previous_digest"]),
+            digest=str(data["digest"]),
+            created_at=str(data["created_at"]),
+        )
+
+
+@dataclass
+class DigestFold:
+    """Folds records into a checkpoint digest, noting which positions it saw."""
+
+    previous_digest: str
+    count: int = 0
+    runs: list[list[int]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._hash = hashlib.sha256(bytes.fromhex(self.previous_digest))
+
+    def add(
+        self, position: int, originator_id: UUID, version: int, topic: str, data: bytes
+    ) -> None:
+        self._hash.update(record_digest(position, originator_id, version, topic, data))
+        self.count += 1
+        if self.runs and self.runs[-1][1] == position - 1:
+            self.runs[-1][1] = position
+        else:
+            self.runs.append([position, position])
+
+    @property
+    def digest(self) -> str:
+        return self._hash.hexdigest()
+
+    @property
+    def positions(self) -> tuple[tuple[int, int], ...]:
+        return tuple((a, b) for a, b in self.runs)
+
+
+def positions_in(runs: Sequence[tuple[int, int]]) -> Iterator[int]:
+    for first, last in runs:
+        yield from range(first, last + 1)
+
+
+def describe_difference(
+    expected: Checkpoint, found_runs: Sequence[tuple[int, int]], found_count: int
+) -> str:
+    """Name what differs between a checkpoint and the records found in its range now."""
+    if tuple(found_runs) != expected.positions:
+        had, has = set(positions_in(expected.positions)), set(positions_in(found_runs))
+        gone, new = sorted(had - has), sorted(has - had)
+        parts = []
+        if gone:
+            parts.append(f"log position {gone[0]} was deleted" + _more(gone))
+        if new:
+            parts.append(f"log position {new[0]} was inserted" + _more(new))
+        return "; ".join(parts)
+    return (
+        f"the {found_count} stored records at log positions {expected.first_position}.."
+        f"{expected.last_position} differ from what was recorded (altered)"
+    )
+
+
+def _more(items: Sequence[int]) -> str:
+    return f" (and {len(items) - 1} more)" if len(items) > 1 else ""
