@@ -492,27 +492,93 @@ def export(
 def verify_command(
     db: DbOption = None,
     projections_db: ProjectionsDbOption = None,
+    digest: Annotated[
+        Path | None,
+        typer.Option(
+            "--digest",
+            help="A digest file from `checkpoint --export`, taken earlier and kept elsewhere:"
+            " prove the database still holds exactly what it held then.",
+        ),
+    ] = None,
 ) -> None:
-    """Replay every order and every stored projection from the log and compare; exit 1 and
-    list every difference if anything disagrees."""
+    """Check every order's hash chain and every digest checkpoint, then replay every order
+    and every stored projection from the log and compare. Exit 1 and name the first bad
+    event (and list every other difference) if anything disagrees."""
+    from ledger.checkpoints import check_integrity, load_digests
     from projections.verify import verify
 
+    reference = load_digests(digest) if digest is not None else None
     with _open(db) as ledger:
+        integrity = check_integrity(ledger, reference=reference)
         store = _store(ledger, projections_db)
         try:
             with _progress("verifying", LedgerLog(ledger).last_position()) as advance:
                 report = verify(ledger, store, all_projections(), on_events=advance)
         finally:
             store.close()
-    if report.problems:
-        for problem in report.problems:
-            console.print(f"DIFFERENCE {problem}", markup=False, soft_wrap=True)
-        console.print(f"{len(report.problems)} differences")
+    chains = integrity.chains
+    if integrity.findings:
+        console.print(
+            f"TAMPERED first bad event: {integrity.findings[0]}", markup=False, soft_wrap=True
+        )
+        for finding in integrity.findings[1:]:
+            console.print(f"TAMPERED {finding}", markup=False, soft_wrap=True)
+    for problem in report.problems:
+        console.print(f"DIFFERENCE {problem}", markup=False, soft_wrap=True)
+    if integrity.findings or report.problems:
+        console.print(
+            f"{len(integrity.findings)} integrity findings, {len(report.problems)} differences"
+        )
         raise typer.Exit(1)
+    checked = (
+        f"; {integrity.reference_checkpoints} checkpoints of {digest} match"
+        if digest is not None
+        else ""
+    )
     console.print(
         f"verified: {report.orders} orders and {report.events} events replay cleanly;"
         f" {report.projections} projections equal the log"
     )
+    console.print(
+        f"hash chains intact: {chains.chained} chained events"
+        + (f" ({chains.unchained} written before the chain existed)" if chains.unchained else "")
+        + f"; {integrity.checkpoints} checkpoints match{checked}"
+        + (
+            f"; {integrity.after_last_checkpoint} events after the last checkpoint"
+            " (covered by their chains only)"
+            if integrity.after_last_checkpoint
+            else ""
+        )
+    )
+
+
+@app.command("checkpoint")
+def checkpoint_command(
+    db: DbOption = None,
+    export: Annotated[
+        Path | None,
+        typer.Option("--export", help="Also write every checkpoint to this file (JSON)."),
+    ] = None,
+) -> None:
+    """Write a digest checkpoint over every event since the last one; with --export, save
+    all checkpoints to a file to keep elsewhere (for `verify --digest`)."""
+    from ledger.checkpoints import export_checkpoints, write_checkpoint
+
+    if export is not None and not export.parent.exists():
+        raise LedgerError(f"--export: directory {export.parent} does not exist")
+    with _open(db) as ledger:
+        checkpoint = write_checkpoint(ledger)
+        if checkpoint is None:
+            console.print("no new events since the last checkpoint")
+        else:
+            console.print(
+                f"checkpoint {checkpoint.seq}: {checkpoint.event_count} events at log positions"
+                f" {checkpoint.first_position}..{checkpoint.last_position},"
+                f" digest {checkpoint.digest}"
+            )
+        if export is not None:
+            count = export_checkpoints(ledger, export)
+            console.print(f"exported {count} checkpoints to {export}")
 
 
 @app.command("offline-rebuild")

@@ -123,7 +123,6 @@ class StoredRecord:
 class _Head:
     version: int
     hash: str | None  # None: the event before had no chain (written before v2)
-    chained_since: int | None = None
 
 
 @dataclass
@@ -143,7 +142,8 @@ def check_chains(records: Iterable[StoredRecord]) -> ChainReport:
         report.events += 1
         head = heads.get(record.originator_id)
         expected_version = 1 if head is None else head.version + 1
-        if record.originator_version != expected_version:
+        in_sequence = record.originator_version == expected_version
+        if not in_sequence:
             if head is not None and record.originator_version <= head.version:
                 what = (
                     f"out of order: version {record.originator_version} comes after version"
@@ -216,7 +216,7 @@ def check_chains(records: Iterable[StoredRecord]) -> ChainReport:
                     "chains to an event the log does not hold (an earlier event was deleted)",
                 )
             )
-        elif head is not None and previous != head.hash:
+        elif head is not None and previous != head.hash and in_sequence:
             report.findings.append(
                 Finding(
                     record.position,
@@ -226,7 +226,10 @@ def check_chains(records: Iterable[StoredRecord]) -> ChainReport:
                     " removed or inserted",
                 )
             )
-        heads[record.originator_id] = _Head(record.originator_version, recomputed)
+        # After an altered event, follow the hash its successor chained to, so that one
+        # change is reported once, where it is.
+        chained_to = stored_hash if recomputed != stored_hash else recomputed
+        heads[record.originator_id] = _Head(record.originator_version, chained_to)
     report.orders = len(heads)
     return report
 

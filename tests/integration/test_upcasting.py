@@ -1,0 +1,123 @@
+"""Events stored by an older version of the ledger are read by today's code.
+
+tests/fixtures/ledger-v1.db was written by the v1 event classes (before the hash chain):
+the demo's session (every kind of event) and an order with 150 fills, so it also holds a v1
+snapshot. Today's classes are v2; `upcast_v1_v2` reads each v1 event as a v2 event with no
+chain, and the aggregate's `upcast_v1_v2` does the same for the v1 snapshot.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+from uuid import UUID
+
+import pytest
+
+from ledger.application import OrderLedger, open_ledger
+from ledger.checkpoints import check_integrity, write_checkpoint
+from ledger.commands import RecordFill
+from ledger.domain.order import Order
+from ledger.domain.status import OrderStatus
+from ledger.domain.values import Exchange
+from projections import all_projections
+from projections.pointintime import fold_all
+from projections.rebuild import rebuild
+from projections.runner import LedgerLog
+from projections.store import store_for_ledger_url
+from projections.verify import verify
+from tests.support import FakeClock
+
+FIXTURES = Path(__file__).parent.parent / "fixtures"
+EXPECTED = json.loads((FIXTURES / "ledger-v1.expected.json").read_text())
+
+
+@pytest.fixture
+def old_ledger(tmp_path: Path) -> Iterator[OrderLedger]:
+    copy = tmp_path / "ledger.db"
+    shutil.copy(FIXTURES / "ledger-v1.db", copy)
+    ledger = open_ledger(copy, clock=FakeClock())
+    yield ledger
+    ledger.close()
+
+
+def test_the_fixture_really_is_v1() -> None:
+    lite = sqlite3.connect(FIXTURES / "ledger-v1.db")
+    states = [bytes(s) for (s,) in lite.execute("SELECT state FROM stored_events")]
+    (snapshot,) = [bytes(s) for (s,) in lite.execute("SELECT state FROM stored_snapshots")]
+    lite.close()
+    assert len(states) == 181
+    assert not any(b"class_version" in s or b"previous_hash" in s for s in states)
+    assert b"chain_hash" not in snapshot
+    assert b"class_version" not in snapshot
+
+
+def test_v1_orders_read_as_they_were(old_ledger: OrderLedger) -> None:
+    orders = {str(order.id): order for order in old_ledger.all_orders()}
+    assert set(orders) == set(EXPECTED)
+    for order_id, expected in EXPECTED.items():
+        # Each order twice: folded from the whole log, and loaded (snapshot + later events).
+        for order in (orders[order_id], old_ledger.get_order(UUID(order_id))):
+            assert order.status.value == expected["status"]
+            assert order.version == expected["version"]
+            assert order.filled_quantity == expected["filled_quantity"]
+            average = order.average_price
+            assert (str(average) if average is not None else None) == expected["average_price"]
+            assert order.chain_hash is None
+
+
+def test_v1_events_upcast_with_no_chain(old_ledger: OrderLedger) -> None:
+    events = list(old_ledger.iter_log())
+    assert len(events) == 181
+    assert all(e.previous_hash is None and e.event_hash is None for e in events)
+
+
+def test_new_events_on_a_v1_order_start_a_chain(old_ledger: OrderLedger) -> None:
+    partial = next(o for o in old_ledger.all_orders() if o.status is OrderStatus.PARTIALLY_FILLED)
+    old_ledger.record(
+        RecordFill(
+            order_id=partial.id,
+            trade_id="after-upgrade-1",
+            exchange=partial.instrument.exchange,
+            tradingsymbol=partial.instrument.tradingsymbol,
+            quantity=1,
+            price=partial.price or Decimal("1"),
+        )
+    )
+    order = old_ledger.get_order(partial.id)
+    last = old_ledger.history(partial.id)[-1]
+    assert last.previous_hash is None  # the event before it has no hash
+    assert last.event_hash is not None
+    assert order.chain_hash == last.event_hash
+    assert order.filled_quantity == partial.filled_quantity + 1
+    assert write_checkpoint(old_ledger) is not None
+    report = check_integrity(old_ledger)
+    assert report.ok, report.findings
+    assert (report.chains.unchained, report.chains.chained) == (181, 1)
+
+
+def test_projections_fold_v1_events(old_ledger: OrderLedger) -> None:
+    store = store_for_ledger_url(old_ledger.storage)
+    try:
+        rebuild(LedgerLog(old_ledger), store, all_projections())
+        report = verify(old_ledger, store, all_projections())
+        assert report.ok, report.problems
+        assert report.events == 181
+    finally:
+        store.close()
+    views = fold_all(((0, e) for e in old_ledger.iter_log()), all_projections())
+    positions = views["positions"].contents()
+    assert positions  # the demo's fills, folded from v1 events
+
+
+def test_a_v1_event_class_version_is_what_the_mapper_upcasts_from() -> None:
+    assert all(
+        cls.class_version == 2 and hasattr(cls, "upcast_v1_v2")
+        for cls in (Order.Submitted, Order.Filled, Order.Cancelled)
+    )
+    assert Order.class_version == 2
+    assert Exchange.NSE.value == "NSE"
