@@ -14,15 +14,16 @@ number of times: no update is lost, and none is applied twice.
 
 from __future__ import annotations
 
-from collections import defaultdict
+import threading
+from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ClassVar, Final
 from uuid import UUID
 
-from eventsourcing.application import AggregateNotFoundError, Application
-from eventsourcing.persistence import IntegrityError, JSONTranscoder
+from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
+from eventsourcing.persistence import IntegrityError, JSONTranscoder, Recording
 from eventsourcing.utils import EnvType
 
 from ledger.commands import (
@@ -44,6 +45,7 @@ from ledger.domain.errors import (
     ClientOrderIdReused,
     ConcurrencyConflict,
     InvalidCommand,
+    LedgerError,
     OrderNotFound,
     Problem,
 )
@@ -51,11 +53,13 @@ from ledger.domain.identity import order_id_for, tag_for
 from ledger.domain.order import Order
 from ledger.domain.status import OrderStatus
 from ledger.domain.values import InstrumentRef
+from ledger.groupcommit import GroupCommitter
 from ledger.instruments import InstrumentCatalog
 from ledger.persistence import StorageSettings, guard_environment, register_ledger_transcodings
 
 Clock = Callable[[], datetime]
 DEFAULT_MAX_ATTEMPTS: Final = 8
+DEFAULT_CACHE_SIZE: Final = 10_000
 _PAGE: Final = 1000
 
 
@@ -83,6 +87,7 @@ class OrderLedger(Application[UUID]):
         clock: Clock = utc_now,
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
         storage: StorageSettings | None = None,
+        cache_size: int = DEFAULT_CACHE_SIZE,
     ) -> None:
         if max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
@@ -90,12 +95,44 @@ class OrderLedger(Application[UUID]):
         self.clock = clock
         self.max_attempts = max_attempts
         self.storage = storage
+        self.cache_size = cache_size
+        # The latest saved state of recently used orders: a command decides on it without
+        # loading the order. It may be stale (another process wrote since); a stale
+        # decision that writes fails on the version it claims and is decided again on a
+        # fresh load, and one that refuses or writes nothing is checked on a fresh load.
+        self._latest: OrderedDict[UUID, Order] = OrderedDict()
+        self._latest_lock = threading.Lock()
         super().__init__(env)
+        self._committer: GroupCommitter[Any, Recording[UUID]] = GroupCommitter(
+            lambda events: self.events.put(events)
+        )
 
     def construct_env(self, name: str, env: EnvType | None = None) -> Any:
         environment = super().construct_env(name, env)
         guard_environment(environment, name)
         return environment
+
+    def _record(self, processing_event: ProcessingEvent[UUID]) -> list[Recording[UUID]]:
+        """Through the group committer: concurrent commands share one transaction."""
+        assert processing_event.tracking is None
+        assert not processing_event.saved_kwargs
+        return self._committer.put(processing_event.events)
+
+    def _remember(self, order: Order) -> None:
+        with self._latest_lock:
+            self._latest[order.id] = order.fork()
+            self._latest.move_to_end(order.id)
+            if len(self._latest) > self.cache_size:
+                self._latest.popitem(last=False)
+
+    def _forget(self, order_id: UUID) -> None:
+        with self._latest_lock:
+            self._latest.pop(order_id, None)
+
+    def _recalled(self, order_id: UUID) -> Order | None:
+        with self._latest_lock:
+            order = self._latest.get(order_id)
+            return order.fork() if order is not None else None
 
     def register_transcodings(self, transcoder: JSONTranscoder) -> None:
         super().register_transcodings(transcoder)
@@ -112,12 +149,9 @@ class OrderLedger(Application[UUID]):
         instrument = self.instruments.get(command.instrument)
         order_id = order_id_for(command.account, command.client_order_id)
         for _attempt in range(self.max_attempts):
-            existing = self._get_or_none(order_id)
+            existing = self._recalled(order_id)
             if existing is not None:
-                differences = _differences(existing, command)
-                if differences:
-                    raise ClientOrderIdReused(command.account, command.client_order_id, differences)
-                return existing
+                return self._same_submission(existing, command)
             order = Order.submit(
                 account=command.account,
                 client_order_id=command.client_order_id,
@@ -140,11 +174,25 @@ class OrderLedger(Application[UUID]):
                 at=self._now(),
             )
             try:
+                # Optimistic: a new order is the common case, and the store refuses a
+                # second version 1 of the same id, so no look-up is needed first.
                 self.save(order)
             except IntegrityError:
-                continue  # a concurrent submission of the same id won; return its order
+                existing = self._get_or_none(order_id)
+                if existing is None:
+                    continue
+                self._remember(existing)
+                return self._same_submission(existing, command)
+            self._remember(order)
             return order
         raise ConcurrencyConflict(order_id, self.max_attempts)
+
+    @staticmethod
+    def _same_submission(existing: Order, command: SubmitOrder) -> Order:
+        differences = _differences(existing, command)
+        if differences:
+            raise ClientOrderIdReused(command.account, command.client_order_id, differences)
+        return existing
 
     def request_modify(self, command: ModifyOrder) -> Order:
         """Record a modification request (`ModifyRequested`) for the broker to carry out."""
@@ -281,16 +329,28 @@ class OrderLedger(Application[UUID]):
             return None
 
     def _execute(self, order_id: UUID, decide: Callable[[Order, datetime], object]) -> Order:
-        """Load, decide, save; on a version conflict reload and decide again."""
-        for _attempt in range(self.max_attempts):
-            order = self.get_order(order_id)
-            decide(order, self._now())
+        """Decide on the order's latest known state and save; on a version conflict (or a
+        refusal or no-op decided on a remembered state) load it afresh and decide again."""
+        for attempt in range(self.max_attempts):
+            remembered = self._recalled(order_id) if attempt == 0 else None
+            order = remembered if remembered is not None else self.get_order(order_id)
+            try:
+                decide(order, self._now())
+            except LedgerError:
+                if remembered is not None:
+                    continue  # perhaps refused only because the remembered state is old
+                raise
             if not order.pending_events:
+                if remembered is not None:
+                    continue  # confirm the no-op against the log
+                self._remember(order)
                 return order
             try:
                 self.save(order)
             except IntegrityError:
+                self._forget(order_id)
                 continue
+            self._remember(order)
             return order
         raise ConcurrencyConflict(order_id, self.max_attempts)
 

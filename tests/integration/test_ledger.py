@@ -289,17 +289,16 @@ def test_a_lost_race_is_retried_and_loses_no_update(make_ledger: LedgerFactory) 
     first, second = make_ledger(), make_ledger()
     order = first.submit(submit_command())
     first.record(accepted(order))
-    real_get = first.get_order
+    real_save = first.save
     interfered: list[bool] = []
 
-    def get_then_interfere(order_id: Any, **kwargs: Any) -> Order:
-        loaded = real_get(order_id, **kwargs)
+    def interfere_then_save(*aggregates: Any, **kwargs: Any) -> Any:
         if not interfered:
             interfered.append(True)
-            second.record(fill(order, "T-second", 30))  # saved between load and save
-        return loaded
+            second.record(fill(order, "T-second", 30))  # saved between decision and save
+        return real_save(*aggregates, **kwargs)
 
-    first.get_order = get_then_interfere  # type: ignore[method-assign]
+    first.save = interfere_then_save  # type: ignore[method-assign]
     first.record(fill(order, "T-first", 20))
     final = second.get_order(order.id)
     assert final.trade_ids == {"T-first", "T-second"}
@@ -307,19 +306,36 @@ def test_a_lost_race_is_retried_and_loses_no_update(make_ledger: LedgerFactory) 
     assert final.version == 4
 
 
+def test_a_remembered_order_that_is_stale_is_decided_again(make_ledger: LedgerFactory) -> None:
+    first, second = make_ledger(), make_ledger()
+    order = first.submit(submit_command())
+    first.record(accepted(order))  # `first` now remembers version 2
+    second.record(fill(order, "T-second", 30))
+    second.record(fill(order, "T-third", 70))  # filled: version 4
+    # Decided on the remembered version 2, this fill would be new; it conflicts on save,
+    # is decided again on version 4, and is then recognised as already recorded.
+    again = first.record(fill(order, "T-third", 70))
+    assert again.version == 4
+    assert again.filled_quantity == 100
+    # A request refused on the remembered state is checked on the log before refusing:
+    # cancelling a filled order is refused by the order as it is now.
+    with pytest.raises(TransitionRefused):
+        first.request_cancel(CancelOrder(order_id=order.id))
+    assert first.count_events() == 4
+
+
 def test_endless_conflicts_give_up_with_a_clear_error(make_ledger: LedgerFactory) -> None:
     first, second = make_ledger(max_attempts=3), make_ledger()
     order = first.submit(submit_command(quantity=1000))
     first.record(accepted(order))
-    real_get = first.get_order
+    real_save = first.save
     counter = iter(range(100))
 
-    def get_then_interfere(order_id: Any, **kwargs: Any) -> Order:
-        loaded = real_get(order_id, **kwargs)
+    def interfere_then_save(*aggregates: Any, **kwargs: Any) -> Any:
         second.record(fill(order, f"T-{next(counter)}", 1))
-        return loaded
+        return real_save(*aggregates, **kwargs)
 
-    first.get_order = get_then_interfere  # type: ignore[method-assign]
+    first.save = interfere_then_save  # type: ignore[method-assign]
     with pytest.raises(ConcurrencyConflict, match="gave up after 3 attempts"):
         first.record(fill(order, "T-first", 20))
     assert "T-first" not in second.get_order(order.id).trade_ids
@@ -348,6 +364,40 @@ def test_concurrent_writers_threads(make_ledger: LedgerFactory) -> None:
     final = writers[0].get_order(order.id)
     assert final.filled_quantity == 40
     assert final.version == 42
+
+
+def test_eight_threads_on_one_ledger_share_transactions_and_lose_nothing(
+    make_ledger: LedgerFactory,
+) -> None:
+    """One ledger, eight strategy threads: their commands are group-committed; every one
+    lands once, including fills racing on one shared order."""
+    ledger = make_ledger(max_attempts=200)
+    shared = ledger.submit(submit_command(client_order_id="shared", quantity=1000))
+    ledger.record(accepted(shared))
+    errors: list[BaseException] = []
+
+    def work(index: int) -> None:
+        try:
+            for n in range(6):
+                own = ledger.submit(submit_command(client_order_id=f"t{index}-{n}"))
+                ledger.record(accepted(own, f"B{index}{n}"))
+                ledger.record(fill(own, f"T{index}-{n}", 100))
+                ledger.record(fill(shared, f"S{index}-{n}", 1))
+        except BaseException as error:  # pragma: no cover - reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert ledger.count_events() == 2 + 8 * 6 * 4
+    assert ledger.get_order(shared.id).filled_quantity == 48
+    assert all(o.filled_quantity == o.quantity for o in ledger.all_orders() if o.id != shared.id)
+    committer = ledger._committer
+    assert committer.commands == 2 + 8 * 6 * 4
+    assert committer.transactions <= committer.commands
 
 
 def test_concurrent_resubmissions_make_one_order(make_ledger: LedgerFactory) -> None:
