@@ -22,6 +22,7 @@ import argparse
 import json
 import statistics
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -89,14 +90,19 @@ def _plain_commands(app: PlainApp, n: int, tag: str) -> list[float]:
     return latencies
 
 
-def _raw_commands(connect: Callable[[], Any], n: int, backend: str) -> list[float]:
+def _raw_table(connect: Callable[[], Any], backend: str) -> None:
     conn = connect()
-    mark = "?" if backend == "sqlite" else "%s"
     blob = "BLOB" if backend == "sqlite" else "BYTEA"
     conn.execute(
         "CREATE TABLE IF NOT EXISTS raw_events (id TEXT, version INTEGER, topic TEXT,"
         f" state {blob}, PRIMARY KEY (id, version))"
     )
+    conn.close()
+
+
+def _raw_commands(connect: Callable[[], Any], n: int, backend: str) -> list[float]:
+    conn = connect()
+    mark = "?" if backend == "sqlite" else "%s"
     latencies = []
     payload = b'{"quantity":100,"price":"812.35","trade_id":"T1"}' * 4
     for _ in range(n):
@@ -123,6 +129,7 @@ def _raw_commands(connect: Callable[[], Any], n: int, backend: str) -> list[floa
 
 def append_one_writer(backend: str, orders: int, rounds: int) -> list[Figure]:
     with places(backend) as (url, plain_env, raw):
+        _raw_table(raw, backend)
         ledger = open_ledger(url)
         plain = PlainApp(plain_env)
         ledger_rates, plain_rates, raw_rates, ledger_lat, raw_lat = [], [], [], [], []
@@ -152,6 +159,50 @@ def append_one_writer(backend: str, orders: int, rounds: int) -> list[Figure]:
         ),
         Figure("command_latency_p99", backend, "us", p99, raw_p50, raw_p50 / p99),
     ]
+
+
+def append_8_writers(backend: str, orders: int, rounds: int) -> Figure:
+    """Eight writer threads sharing one application (as a multi-strategy process would),
+    each with its own orders; commands per second over the wall time of all eight."""
+    writers = 8
+
+    def together(work: Callable[[int, str], object], tag: str) -> float:
+        threads = [threading.Thread(target=work, args=(i, tag)) for i in range(writers)]
+        start = time.perf_counter()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        return time.perf_counter() - start
+
+    with places(backend) as (url, plain_env, raw):
+        _raw_table(raw, backend)
+        ledger = open_ledger(url)
+        plain = PlainApp(plain_env)
+        ledger_rates, plain_rates, raw_rates = [], [], []
+        per_thread = max(orders // writers, 1)
+        commands = per_thread * 4 * writers
+        for r in range(rounds):
+            elapsed = together(
+                lambda i, t: ledger_commands(ledger, per_thread, f"{t}-{i}"), f"w{r}"
+            )
+            ledger_rates.append(commands / elapsed)
+            elapsed = together(lambda i, t: _plain_commands(plain, per_thread, f"{t}-{i}"), f"w{r}")
+            plain_rates.append(commands / elapsed)
+            elapsed = together(lambda i, t: _raw_commands(raw, per_thread, backend), "")
+            raw_rates.append(commands / elapsed)
+        ledger.close()
+        plain.close()
+    ledger_rate, plain_rate = statistics.median(ledger_rates), statistics.median(plain_rates)
+    return Figure(
+        "append_8_writers",
+        backend,
+        "commands/s",
+        ledger_rate,
+        plain_rate,
+        ledger_rate / plain_rate,
+        statistics.median(raw_rates),
+    )
 
 
 def load_long_order(backend: str) -> Figure:
@@ -192,6 +243,8 @@ def main(argv: list[str] | None = None) -> int:
     figures: list[Figure] = []
     for backend in args.backends.split(","):
         figures += append_one_writer(backend, orders, rounds)
+        if backend == "postgres":
+            figures.append(append_8_writers(backend, orders * 2, rounds))
         figures.append(load_long_order(backend))
         figures.append(projection_catchup(backend, events))
     figures.append(offline_rebuild(events))

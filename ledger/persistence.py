@@ -148,7 +148,10 @@ class StorageSettings:
             "POSTGRES_MAX_OVERFLOW": "10",
             "POSTGRES_CONNECT_TIMEOUT": "10",
             "POSTGRES_LOCK_TIMEOUT": "10",
-            "POSTGRES_PRE_PING": "y",
+            # No ping before each use of a pooled connection (a round trip per command):
+            # a connection found dead is retried on a fresh one (see ledger/recorders.py).
+            "POSTGRES_PRE_PING": "n",
+            "APPLICATION_RECORDER_TOPIC": "ledger.recorders:OneTripPostgresRecorder",
             _FORBIDDEN_SETTING: "n",
         }
         conninfo = f"postgresql://{parts.netloc}/{parts.path.lstrip('/')}"

@@ -1,0 +1,83 @@
+"""A PostgreSQL recorder that appends in one round trip.
+
+The library's recorder appends in a pipeline that still waits for the server several
+times per transaction (the lock, the insert, the ids, the commit). Here the whole
+transaction is one message: BEGIN, the same `LOCK TABLE ... IN EXCLUSIVE MODE` (so log
+order stays commit order), NOTIFY, the insert with its RETURNING, COMMIT. Parameters are
+bound on the client (psycopg's `ClientCursor`, which quotes every value; nothing is
+interpolated by hand), because the server only accepts several statements in one message
+without server-side parameters.
+
+A command is still durable when this returns: the reply arrives after COMMIT. If the
+insert conflicts (a second event at the same order version) the server skips the rest,
+the transaction is rolled back and `IntegrityError` is raised, as the library does. A lost
+connection is retried by the same decorator the library uses; if the first try did commit,
+the retry conflicts and the command is decided again on the log, which finds it written.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import psycopg
+from eventsourcing.persistence import IntegrityError, InterfaceError, OperationalError, StoredEvent
+from eventsourcing.postgres import PostgresApplicationRecorder
+from eventsourcing.utils import retry
+from psycopg import ClientCursor, sql
+from psycopg.pq import TransactionStatus
+
+_IN_A_TRANSACTION = (TransactionStatus.INTRANS, TransactionStatus.INERROR)
+
+
+class OneTripPostgresRecorder(PostgresApplicationRecorder):
+    """`PostgresApplicationRecorder` whose append is a single round trip."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        table = sql.Identifier(self.datastore.schema, self.events_table_name)
+        self._head = sql.SQL(
+            "BEGIN; SET LOCAL lock_timeout = '{timeout}s'; LOCK TABLE {table} IN EXCLUSIVE MODE;"
+            " NOTIFY {channel}; INSERT INTO {table}"
+            " (originator_id, originator_version, topic, state) VALUES "
+        ).format(
+            timeout=sql.Literal(self.datastore.lock_timeout),
+            table=table,
+            channel=sql.Identifier(self.channel_name),
+        )
+        self._tail = sql.SQL(" RETURNING notification_id; COMMIT")
+        self._row = sql.SQL("(%s, %s, %s, %s)")
+
+    @retry((InterfaceError, OperationalError), max_attempts=10, wait=0.2)
+    def insert_events(
+        self, stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> Sequence[int] | None:
+        if not stored_events:
+            return []
+        query = self._head + sql.SQL(", ").join([self._row] * len(stored_events)) + self._tail
+        params: list[Any] = []
+        for e in stored_events:
+            params += (e.originator_id, e.originator_version, e.topic, e.state)
+        with self.datastore.get_connection() as conn:
+            cursor = ClientCursor(conn)
+            try:
+                cursor.execute(query, params)
+            except psycopg.errors.UniqueViolation as error:
+                conn.execute("ROLLBACK")
+                raise IntegrityError(str(error)) from error
+            except psycopg.errors.LockNotAvailable as error:
+                conn.execute("ROLLBACK")
+                raise OperationalError(str(error)) from error
+            except psycopg.Error:
+                if not conn.closed and conn.info.transaction_status in _IN_A_TRANSACTION:
+                    conn.execute("ROLLBACK")
+                raise
+            ids: list[int] = []
+            while True:
+                if cursor.description is not None and cursor.description[0].name == (
+                    "notification_id"
+                ):
+                    ids = [row["notification_id"] for row in cursor.fetchall()]
+                if not cursor.nextset():
+                    break
+        return ids
