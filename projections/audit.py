@@ -13,12 +13,12 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
 from enum import Enum
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Final
 from uuid import UUID
 
 from ledger.domain.order import Order
 from ledger.domain.values import InstrumentRef, OrderChanges
-from projections.base import Projection, Table, View
+from projections.base import Projection, Record, Table, View, Working
 
 _COMMON = {"originator_id", "originator_version", "timestamp", "originator_topic"}
 
@@ -69,55 +69,94 @@ def _fields(obj: Any) -> dict[str, Any]:
     return {name: getattr(obj, name) for name in names}
 
 
+#: State keys that are not the event's own details: identity, record time, the hash chain.
+_NOT_DETAILS: Final = frozenset(
+    {*_COMMON, "class_version", "hash", "previous_hash", "originator_id", "originator_version"}
+)
+
+
 def details_of(event: Order.Event) -> dict[str, Any]:
-    """The event's own fields as JSON-ready values."""
-    return {k: _plain(v) for k, v in vars(event).items() if k not in _COMMON}
+    """The event's own fields as JSON-ready values (not its hash chain links)."""
+    return {k: _plain(v) for k, v in vars(event).items() if k not in _NOT_DETAILS}
+
+
+def _plain_stored(value: Any) -> Any:
+    """`_plain` of a value as the log stores it (the transcoder's wrapped form)."""
+    data = value["_data_"]
+    kind = value["_type_"]
+    if kind == "instrument_ref":
+        return f"{data['exchange']['_data_']}:{data['tradingsymbol']}"
+    if kind == "order_changes":
+        return {
+            k: (_plain_stored(v) if type(v) is dict else v)
+            for k, v in data.items()
+            if v is not None
+        }
+    if kind == "uuid_hex":
+        return str(UUID(data))
+    return data  # decimals, times, dates and enums are stored as the text _plain gives
+
+
+def details_json(state: dict[str, Any]) -> str:
+    """The audit trail's details column for a stored state."""
+    skip = _NOT_DETAILS
+    return _dumps(
+        {k: (_plain_stored(v) if type(v) is dict else v) for k, v in state.items() if k not in skip}
+    )
+
+
+_dumps: Final = json.JSONEncoder(sort_keys=True, separators=(",", ":")).encode
 
 
 class AuditTrailProjection(Projection):
     name: ClassVar[str] = "audit"
     version: ClassVar[int] = 1
     tables: ClassVar[tuple[Table, ...]] = (
-        Table("audit_trail", AuditEntry, ("log_position",)),
-        Table("audit_orders", AuditOrder, ("order_id",)),
+        Table("audit_trail", AuditEntry, ("log_position",), "append"),
+        Table("audit_orders", AuditOrder, ("order_id",), "per_order"),
     )
     handles: ClassVar[tuple[type[Order.Event], ...]] = (Order.Event,)
 
-    def apply(self, view: View, event: Order.Event, position: int) -> None:
-        order_id = str(event.originator_id)
-        if isinstance(event, Order.Submitted):
-            view.put(
-                "audit_orders",
-                (order_id,),
-                AuditOrder(
+    def apply_record(self, working: Working, record: Record) -> None:
+        order_id = record.order_id
+        key = (order_id,)
+        state = record.state
+        if record.kind == "Submitted":
+            instrument = state["instrument"]["_data_"]
+            order = working.cells["audit_orders"][key] = working.changed["audit_orders"][key] = (
+                _ORDERS.cell(
                     order_id,
-                    event.account,
-                    event.client_order_id,
-                    event.instrument.exchange.value,
-                    event.instrument.tradingsymbol,
-                ),
+                    state["account"],
+                    state["client_order_id"],
+                    instrument["exchange"]["_data_"],
+                    instrument["tradingsymbol"],
+                )
             )
-        order: AuditOrder = view.get("audit_orders", (order_id,))
-        source = getattr(event, "source", None)
-        actor = getattr(event, "actor", None)
-        view.put(
-            "audit_trail",
-            (position,),
-            AuditEntry(
-                log_position=position,
-                recorded_at=event.timestamp,
-                order_id=order_id,
-                order_version=event.originator_version,
-                account=order.account,
-                client_order_id=order.client_order_id,
-                exchange=order.exchange,
-                tradingsymbol=order.tradingsymbol,
-                event_type=type(event).__name__,
-                actor=actor if actor is not None else "broker",
-                source=source.value if source is not None else "ledger",
-                details=json.dumps(details_of(event), sort_keys=True, separators=(",", ":")),
-            ),
+        else:
+            order = working.cells["audit_orders"].get(key) or working.lookup("audit_orders", key)
+            if order is None:  # pragma: no cover - the log always starts an order with Submitted
+                raise LookupError(f"event for unknown order {order_id} at {record.position}")
+        source = state.get("source")
+        actor = state.get("actor")
+        position = record.position
+        working.changed["audit_trail"][(position,)] = _TRAIL.cell(
+            position,
+            state["timestamp"]["_data_"],
+            order_id,
+            record.version,
+            order.account,
+            order.client_order_id,
+            order.exchange,
+            order.tradingsymbol,
+            record.kind,
+            actor if actor is not None else "broker",
+            source["_data_"] if source is not None else "ledger",
+            details_json(state),
         )
+
+
+_TRAIL: Final = AuditTrailProjection.tables[0]
+_ORDERS: Final = AuditTrailProjection.tables[1]
 
 
 def query(

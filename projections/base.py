@@ -1,52 +1,83 @@
 """What every projection is made of.
 
-A projection is a fold over the order log. Its state is a set of tables of small frozen
-rows (a `View`); for each event it handles, `apply` replaces the rows the event changes with
-new ones computed by pure functions (`evolve`-style: old row + event -> new row). The same
-projection object runs live (the runner, with a database store), at a past instant, and
-offline over an export: one definition, so the results cannot differ.
+A projection is a fold over the order log into tables of small rows. One definition of
+each fold runs live (the runner, with a database store), at a past instant, and offline
+over an export, so the results cannot differ.
+
+The fold reads *records*, not event objects: an event as the log stores it (its JSON state
+parsed, values still in the transcoder's wrapped form), with its position, order id,
+version and kind. That is what the log and an export hold, so the hot paths (catch-up,
+offline rebuild) never build event objects; `apply` and `fold` accept event objects too and
+turn them into records first.
+
+While it folds, a projection keeps its rows as mutable *cells* in a `Working` set and
+marks the ones it changed; stores write the changed cells and readers get frozen rows
+(`View`). Tables come in three kinds, which decide what the working set keeps:
+
+* `bounded`: as many rows as instruments, strategies and days (positions, books, totals):
+  kept in memory;
+* `per_order`: one row per order (execution reports, tallies): kept while the order is
+  being worked, evicted after it is written and loaded again if a later event (a late
+  fill after a cancel) touches it;
+* `append`: one row per event or fill (the audit trail, fills): written, never read back
+  by the fold.
 
 Decimal arithmetic in projections rounds derived prices (averages) to `PRICE_PLACES`
 decimal places, half-even, so every store (SQLite text, PostgreSQL NUMERIC, DuckDB
-DECIMAL(38,10)) holds exactly the same value. Sums of fill values are exact anyway.
+DECIMAL(38,10)) holds exactly the same value. Sums of fill values are exact anyway; they
+are brought to canonical form (`money`) when a row is written or read, not on every event.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator, Mapping
+import json
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime
-from decimal import ROUND_HALF_EVEN, Decimal, localcontext
-from typing import Any, ClassVar, Final, get_type_hints
+from decimal import ROUND_HALF_EVEN, Context, Decimal
+from functools import cached_property
+from operator import attrgetter
+from typing import Any, ClassVar, Final, Literal, get_type_hints
+
+from eventsourcing.persistence import (
+    DatetimeAsISO,
+    DecimalAsStr,
+    JSONTranscoder,
+    Mapper,
+    UUIDAsHex,
+)
 
 from ledger.domain.order import Order
 from ledger.domain.values import IST
+from ledger.persistence import register_ledger_transcodings
 
 PRICE_PLACES: Final = 10
 _QUANTUM: Final = Decimal(1).scaleb(-PRICE_PLACES)
+_DIVISION: Final = Context(prec=50, rounding=ROUND_HALF_EVEN)
+_ONE: Final = Decimal(1)
 ZERO: Final = Decimal(0)
 
 Key = tuple[Any, ...]
+TableKind = Literal["bounded", "per_order", "append"]
 
 
 def divide(numerator: Decimal, denominator: Decimal | int) -> Decimal:
     """numerator / denominator rounded to PRICE_PLACES (half-even), normalised."""
-    with localcontext() as ctx:
-        ctx.prec = 50
-        value = (numerator / Decimal(denominator)).quantize(_QUANTUM, rounding=ROUND_HALF_EVEN)
+    value = _DIVISION.divide(numerator, Decimal(denominator)).quantize(
+        _QUANTUM, rounding=ROUND_HALF_EVEN, context=_DIVISION
+    )
     return _normal(value)
 
 
 def _normal(value: Decimal) -> Decimal:
     """Canonical form: no trailing zeros, no exponent (so stores round-trip it as text)."""
-    if value == 0:
+    if not value:
         return ZERO
     normalized = value.normalize()
     exponent = normalized.as_tuple().exponent
     assert isinstance(exponent, int)
-    return normalized if exponent <= 0 else normalized.quantize(Decimal(1))
+    return normalized if exponent <= 0 else normalized.quantize(_ONE)
 
 
 def money(value: Decimal) -> Decimal:
@@ -59,6 +90,143 @@ def trading_day(event_time: datetime | None, recorded_at: datetime) -> date:
     return (event_time or recorded_at).astimezone(IST).date()
 
 
+_DAYS: dict[str, date] = {}
+
+
+def trading_day_of(exchange_timestamp: Any, timestamp: Any) -> date:
+    """`trading_day` for wrapped ISO times as records hold them (cached by text)."""
+    text: str = (exchange_timestamp or timestamp)["_data_"]
+    day = _DAYS.get(text)
+    if day is None:
+        if len(_DAYS) > 100_000:
+            _DAYS.clear()
+        day = _DAYS[text] = datetime.fromisoformat(text).astimezone(IST).date()
+    return day
+
+
+# --------------------------------------------------------------------------- records
+
+
+class Record:
+    """One event as the log stores it: what every fold reads."""
+
+    __slots__ = ("fill", "kind", "order_id", "position", "state", "version")
+
+    def __init__(
+        self, position: int, order_id: str, version: int, kind: str, state: dict[str, Any]
+    ) -> None:
+        self.position = position
+        self.order_id = order_id
+        self.version = version
+        self.kind = kind  # the event class's name: "Submitted", "Filled", ...
+        self.state = state  # the stored JSON state, parsed; values still wrapped
+        self.fill: FillFields | None = None  # a fill's fields, decoded once for all folds
+
+    def __repr__(self) -> str:
+        return f"Record({self.position}, {self.order_id}, {self.version}, {self.kind})"
+
+
+class FillFields:
+    """What positions, P&L, reports and statistics read of a `Filled` record."""
+
+    __slots__ = (
+        "account",
+        "charges",
+        "exchange",
+        "price",
+        "product",
+        "quantity",
+        "side",
+        "sign",
+        "strategy",
+        "tradingsymbol",
+        "value",
+    )
+
+    def __init__(self, state: dict[str, Any]) -> None:
+        instrument = state["instrument"]["_data_"]
+        self.account: str = state["account"]
+        self.exchange: str = instrument["exchange"]["_data_"]
+        self.tradingsymbol: str = instrument["tradingsymbol"]
+        self.product: str = state["product"]["_data_"]
+        self.side: str = state["side"]["_data_"]
+        self.sign = 1 if self.side == "BUY" else -1
+        self.strategy: str = state["strategy"] or ""
+        self.quantity: int = state["quantity"]
+        self.price = Decimal(state["price"]["_data_"])
+        self.value = self.price * self.quantity
+        charges = state["charges"]
+        self.charges = Decimal(charges["_data_"]) if charges is not None else None
+
+
+def fill_of(record: Record) -> FillFields:
+    """The record's fill fields (decoded on first use)."""
+    fields = record.fill
+    if fields is None:
+        fields = record.fill = FillFields(record.state)
+    return fields
+
+
+def _event_classes() -> dict[str, type[Order.Event]]:
+    classes: dict[str, type[Order.Event]] = {}
+    for value in vars(Order).values():
+        if isinstance(value, type) and issubclass(value, Order.Event) and value is not Order.Event:
+            classes[value.__name__] = value
+    return classes
+
+
+#: Order event classes by kind (class name), and kinds by stored topic.
+EVENT_CLASSES: Final = _event_classes()
+KIND_OF_TOPIC: Final = {cls.TOPIC: kind for kind, cls in EVENT_CLASSES.items()}
+ORDER_TOPIC_PREFIX: Final = Order.TOPIC + "."
+
+
+def ledger_mapper() -> Mapper[Any]:
+    """A mapper with the ledger's transcodings and no database."""
+    transcoder = JSONTranscoder()
+    transcoder.register(UUIDAsHex())
+    transcoder.register(DecimalAsStr())
+    transcoder.register(DatetimeAsISO())
+    register_ledger_transcodings(transcoder)
+    return Mapper(transcoder=transcoder)
+
+
+_MAPPER: Final = ledger_mapper()
+
+
+def record_of(position: int, event: Order.Event) -> Record:
+    """The record the log holds for `event` (the slow path: events made in memory)."""
+    stored = _MAPPER.to_stored_event(event)
+    return Record(
+        position,
+        str(event.originator_id),
+        event.originator_version,
+        type(event).__name__,
+        json.loads(stored.state),
+    )
+
+
+def kinds_of(handles: Iterable[type[Order.Event]]) -> frozenset[str]:
+    """The kinds of record a projection handling `handles` folds."""
+    handled = tuple(handles)
+    return frozenset(k for k, cls in EVENT_CLASSES.items() if issubclass(cls, handled))
+
+
+# --------------------------------------------------------------------------- tables
+
+
+def _decimal_out(value: Any) -> Any:
+    return None if value is None else _normal(value)
+
+
+def _datetime_out(value: Any) -> Any:
+    return datetime.fromisoformat(value) if type(value) is str else value
+
+
+def _date_out(value: Any) -> Any:
+    return date.fromisoformat(value) if type(value) is str else value
+
+
 @dataclass(frozen=True)
 class Table:
     """One table of a projection: rows of `row_type`, keyed by `key_fields`."""
@@ -66,23 +234,148 @@ class Table:
     name: str
     row_type: type[Any]
     key_fields: tuple[str, ...]
+    kind: TableKind = "bounded"
 
     def key_of(self, row: Any) -> Key:
         return tuple(getattr(row, f) for f in self.key_fields)
 
-    @property
+    @cached_property
     def columns(self) -> dict[str, Any]:
         """Column name -> Python type, in declaration order."""
         hints = get_type_hints(self.row_type)
         return {f.name: hints[f.name] for f in dataclasses.fields(self.row_type)}
 
+    @cached_property
+    def kinds(self) -> list[type[Any]]:
+        """The base type of each column (Decimal for `Decimal | None`, ...)."""
+        from projections.store import base_type
+
+        return [base_type(a)[0] for a in self.columns.values()]
+
+    @cached_property
+    def cell_type(self) -> type[Any]:
+        """A mutable row with the same fields: what the fold changes in place."""
+        names = tuple(self.columns)
+
+        def __init__(self: Any, *values: Any) -> None:  # noqa: N807
+            for name, value in zip(names, values, strict=True):
+                setattr(self, name, value)
+
+        def __repr__(self: Any) -> str:  # noqa: N807
+            return f"{type(self).__name__}{tuple(getattr(self, n) for n in names)}"
+
+        return type(
+            f"{self.row_type.__name__}Cell",
+            (),
+            {"__slots__": names, "__init__": __init__, "__repr__": __repr__},
+        )
+
+    @cached_property
+    def values_of(self) -> Callable[[Any], tuple[Any, ...]]:
+        """A row's or cell's values, as a tuple in column order."""
+        names = tuple(self.columns)
+        return attrgetter(*names) if len(names) > 1 else _single(names[0])
+
+    def cell(self, *values: Any) -> Any:
+        return self.cell_type(*values)
+
+    @cached_property
+    def _row_converters(self) -> list[Callable[[Any], Any] | None]:
+        out: list[Callable[[Any], Any] | None] = []
+        for kind in self.kinds:
+            if kind is Decimal:
+                out.append(_decimal_out)
+            elif kind is datetime:
+                out.append(_datetime_out)
+            elif kind is date:
+                out.append(_date_out)
+            else:
+                out.append(None)
+        return out
+
+    def row_of(self, cell: Any) -> Any:
+        """The frozen row a cell stands for (canonical decimals, datetime objects)."""
+        values = self.values_of(cell)
+        return self.row_type(
+            *(
+                value if convert is None else convert(value)
+                for value, convert in zip(values, self._row_converters, strict=True)
+            )
+        )
+
+    def cell_of(self, row: Any) -> Any:
+        return self.cell_type(*(getattr(row, name) for name in self.columns))
+
+
+def _single(name: str) -> Callable[[Any], tuple[Any, ...]]:
+    def values(cell: Any) -> tuple[Any, ...]:
+        return (getattr(cell, name),)
+
+    return values
+
+
+# --------------------------------------------------------------------------- working set
+
+Loader = Callable[[Table, list[Key]], dict[Key, Any]]
+
+
+class Working:
+    """A projection's rows while it folds: cells by table and key, and the changed ones.
+
+    Rows of `append` tables are only marked changed (never kept); rows of `per_order`
+    tables missing here are asked of `loader` (the store), if there is one.
+    """
+
+    __slots__ = ("cells", "changed", "loader", "tables")
+
+    def __init__(self, tables: Iterable[Table], loader: Loader | None = None) -> None:
+        self.tables = {t.name: t for t in tables}
+        self.cells: dict[str, dict[Key, Any]] = {name: {} for name in self.tables}
+        self.changed: dict[str, dict[Key, Any]] = {name: {} for name in self.tables}
+        self.loader = loader
+
+    def lookup(self, table: str, key: Key) -> Any:
+        """The cell at `key`, loaded from the store if evicted; None if there is none."""
+        cell = self.cells[table].get(key)
+        if cell is None and self.loader is not None:
+            found = self.loader(self.tables[table], [key])
+            cell = found.get(key)
+            if cell is not None:
+                self.cells[table][key] = cell
+        return cell
+
+    def prefetch(self, table: str, keys: Iterable[Key]) -> None:
+        """Load, in one go, the cells at `keys` that are not here (a batch's orders)."""
+        if self.loader is None:
+            return
+        cells = self.cells[table]
+        missing = list({k for k in keys if k not in cells})
+        if missing:
+            cells.update(self.loader(self.tables[table], missing))
+
+    def take_changed(self) -> dict[str, dict[Key, Any]]:
+        changed = {name: rows for name, rows in self.changed.items() if rows}
+        self.changed = {name: {} for name in self.tables}
+        return changed
+
+    def evict(self, limit: int) -> None:
+        """Forget `per_order` cells once there are more than `limit` (they are written)."""
+        for name, table in self.tables.items():
+            if table.kind == "per_order" and len(self.cells[name]) > limit:
+                self.cells[name] = {}
+
+    def clear(self) -> None:
+        self.cells = {name: {} for name in self.tables}
+        self.changed = {name: {} for name in self.tables}
+
 
 @dataclass
 class View:
-    """A projection's tables in memory, with the keys changed since the last commit."""
+    """A projection's tables as frozen rows: what readers get."""
 
     tables: dict[str, dict[Key, Any]] = field(default_factory=dict)
     dirty: dict[str, set[Key]] = field(default_factory=dict)
+    working: Working | None = field(default=None, repr=False, compare=False)
 
     def table(self, name: str) -> dict[Key, Any]:
         return self.tables.setdefault(name, {})
@@ -93,6 +386,7 @@ class View:
     def put(self, table: str, key: Key, row: Any) -> None:
         self.table(table)[key] = row
         self.dirty.setdefault(table, set()).add(key)
+        self.working = None  # rows changed behind the fold's back: start it again
 
     def rows(self, table: str) -> Iterator[Any]:
         return iter(self.tables.get(table, {}).values())
@@ -112,7 +406,10 @@ class View:
         return changed
 
 
-class Projection(ABC):
+# --------------------------------------------------------------------------- projection
+
+
+class Projection:
     """A fold over the order log into tables."""
 
     name: ClassVar[str]
@@ -120,18 +417,62 @@ class Projection(ABC):
     tables: ClassVar[tuple[Table, ...]]
     handles: ClassVar[tuple[type[Order.Event], ...]]
 
-    @abstractmethod
+    @cached_property
+    def kinds(self) -> frozenset[str]:
+        """The kinds of record this projection folds (from `handles`)."""
+        return kinds_of(self.handles)
+
+    def apply_record(self, working: Working, record: Record) -> None:
+        """Fold one record (of a kind in `kinds`) into the working set."""
+        raise NotImplementedError
+
+    def working(self, loader: Loader | None = None) -> Working:
+        return Working(self.tables, loader)
+
+    # ------------------------------------------------------------------ in memory
+
     def apply(self, view: View, event: Order.Event, position: int) -> None:
         """Fold one event (at log position `position`) into `view`."""
+        if type(event).__name__ not in self.kinds:
+            return
+        working = self._working_of(view)
+        self.apply_record(working, record_of(position, event))
+        self._publish(view, working)
 
     def fold(self, events: Iterable[tuple[int, Order.Event]], view: View | None = None) -> View:
         """Fold many events into a (new) view: the offline and point-in-time path."""
+        return self.fold_records((record_of(p, e) for p, e in events), view)
+
+    def fold_records(self, records: Iterable[Record], view: View | None = None) -> View:
         view = view if view is not None else View()
-        handles = self.handles
-        for position, event in events:
-            if isinstance(event, handles):
-                self.apply(view, event, position)
+        working = self._working_of(view)
+        kinds = self.kinds
+        apply = self.apply_record
+        for record in records:
+            if record.kind in kinds:
+                apply(working, record)
+        self._publish(view, working)
         return view
+
+    def _working_of(self, view: View) -> Working:
+        if view.working is None:
+            working = self.working()
+            for table in self.tables:
+                if table.kind == "append":
+                    continue
+                working.cells[table.name] = {
+                    key: table.cell_of(row) for key, row in view.table(table.name).items()
+                }
+            view.working = working
+        return view.working
+
+    def _publish(self, view: View, working: Working) -> None:
+        for name, cells in working.take_changed().items():
+            table = working.tables[name]
+            rows = view.table(name)
+            for key, cell in cells.items():
+                rows[key] = table.row_of(cell)
+                view.dirty.setdefault(name, set()).add(key)
 
     def table_named(self, name: str) -> Table:
         for table in self.tables:

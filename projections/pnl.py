@@ -11,15 +11,26 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import date
 from decimal import Decimal
-from typing import ClassVar, Literal
+from typing import ClassVar, Final, Literal
 
 from ledger.domain.order import Order
 from ledger.domain.values import Exchange, InstrumentRef
-from projections.base import ZERO, Key, Projection, Table, View, money, trading_day
-from projections.positions import Position, apply_fill, open_position
+from projections.base import (
+    ZERO,
+    Key,
+    Projection,
+    Record,
+    Table,
+    View,
+    Working,
+    fill_of,
+    money,
+    trading_day_of,
+)
+from projections.positions import Position, fill_cell
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,51 +72,61 @@ class PnlProjection(Projection):
 
     def __init__(self, multipliers: Mapping[InstrumentRef, int] | None = None) -> None:
         self.multipliers = dict(multipliers or {})
+        self._multipliers = {
+            (i.exchange.value, i.tradingsymbol): m for i, m in self.multipliers.items()
+        }
 
-    def apply(self, view: View, event: Order.Event, position: int) -> None:
-        assert isinstance(event, Order.Filled)
-        strategy = event.strategy or ""
-        exchange, symbol = event.instrument.exchange.value, event.instrument.tradingsymbol
-        product = event.product.value
-        book_key: Key = (event.account, strategy, exchange, symbol, product)
-        book = view.get("pnl_books", book_key) or Book(
-            **asdict(
-                open_position(
-                    event.account,
-                    exchange,
-                    symbol,
-                    product,
-                    multiplier=self.multipliers.get(event.instrument, 1),
-                )
-            ),
-            strategy=strategy,
+    def apply_record(self, working: Working, record: Record) -> None:
+        fill = fill_of(record)
+        book_key: Key = (
+            fill.account,
+            fill.strategy,
+            fill.exchange,
+            fill.tradingsymbol,
+            fill.product,
         )
-        book, realised = apply_fill(book, event.side, event.quantity, event.price, event.charges)
-        view.put("pnl_books", book_key, book)
+        books = working.cells["pnl_books"]
+        book = books.get(book_key)
+        if book is None:
+            book = books[book_key] = _BOOKS.cell(
+                fill.account,
+                fill.exchange,
+                fill.tradingsymbol,
+                fill.product,
+                0,
+                ZERO,
+                ZERO,
+                0,
+                ZERO,
+                0,
+                ZERO,
+                ZERO,
+                self._multipliers.get((fill.exchange, fill.tradingsymbol), 1),
+                fill.strategy,
+            )
+        realised = fill_cell(book, fill.sign, fill.quantity, fill.price, fill.value, fill.charges)
+        working.changed["pnl_books"][book_key] = book
 
-        day = trading_day(event.exchange_timestamp, event.timestamp)
+        state = record.state
+        day = trading_day_of(state["exchange_timestamp"], state["timestamp"])
         day_key: Key = (*book_key, day)
-        daily = view.get("pnl_daily", day_key) or DailyPnl(
-            event.account, strategy, exchange, symbol, product, day, ZERO, ZERO, 0, 0, ZERO
-        )
-        buy = event.side.sign > 0
-        view.put(
-            "pnl_daily",
-            day_key,
-            DailyPnl(
-                daily.account,
-                daily.strategy,
-                daily.exchange,
-                daily.tradingsymbol,
-                daily.product,
-                daily.day,
-                realised_pnl=money(daily.realised_pnl + realised),
-                charges=money(daily.charges + (event.charges or ZERO)),
-                bought=daily.bought + (event.quantity if buy else 0),
-                sold=daily.sold + (0 if buy else event.quantity),
-                turnover=money(daily.turnover + event.price * event.quantity),
-            ),
-        )
+        dailies = working.cells["pnl_daily"]
+        daily = dailies.get(day_key)
+        if daily is None:
+            daily = dailies[day_key] = _DAILY.cell(*day_key, ZERO, ZERO, 0, 0, ZERO)
+        daily.realised_pnl += realised
+        if fill.charges is not None:
+            daily.charges += fill.charges
+        if fill.sign > 0:
+            daily.bought += fill.quantity
+        else:
+            daily.sold += fill.quantity
+        daily.turnover += fill.value
+        working.changed["pnl_daily"][day_key] = daily
+
+
+_BOOKS: Final = PnlProjection.tables[0]
+_DAILY: Final = PnlProjection.tables[1]
 
 
 Grouping = Literal["instrument", "strategy", "day"]

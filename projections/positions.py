@@ -13,13 +13,25 @@ Unrealised P&L is (mark - average) x net quantity x multiplier, for marks the ca
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from decimal import Decimal
-from typing import ClassVar
+from types import SimpleNamespace
+from typing import Any, ClassVar, Final
 
 from ledger.domain.order import Order
 from ledger.domain.values import InstrumentRef, Side
-from projections.base import ZERO, Key, Projection, Table, View, divide, money
+from projections.base import (
+    ZERO,
+    Key,
+    Projection,
+    Record,
+    Table,
+    View,
+    Working,
+    divide,
+    fill_of,
+    money,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,44 +85,57 @@ def open_position(
     )
 
 
+def fill_cell(
+    cell: Any, sign: int, quantity: int, price: Decimal, value: Decimal, charges: Decimal | None
+) -> Decimal:
+    """Apply a fill to a position cell (anything with Position's fields) in place; returns
+    the P&L it realised. The average-cost method, exact; the one definition of it."""
+    signed = quantity * sign
+    net = cell.net_quantity
+    realised = ZERO
+    if net == 0 or (net > 0) == (signed > 0):
+        new_net = net + signed
+        cell.average_price = divide(cell.average_price * abs(net) + value, abs(new_net))
+    else:
+        closing = min(quantity, abs(net))
+        direction = 1 if net > 0 else -1
+        realised = (price - cell.average_price) * closing * direction * cell.multiplier
+        cell.realised_pnl += realised
+        new_net = net + signed
+        if new_net == 0:
+            cell.average_price = ZERO
+        elif (new_net > 0) != (net > 0):
+            cell.average_price = price  # flipped: the remainder opens at the fill price
+    cell.net_quantity = new_net
+    if sign > 0:
+        cell.buy_quantity += quantity
+        cell.buy_value += value
+    else:
+        cell.sell_quantity += quantity
+        cell.sell_value += value
+    if charges is not None:
+        cell.charges += charges
+    return realised
+
+
 def apply_fill(
     position: Position, side: Side, quantity: int, price: Decimal, charges: Decimal | None = None
 ) -> tuple[Position, Decimal]:
     """The position after a fill, and the P&L the fill realised. Pure."""
-    signed = quantity * side.sign
-    net = position.net_quantity
-    average = position.average_price
-    realised = ZERO
-    if net == 0 or (net > 0) == (signed > 0):
-        new_net = net + signed
-        average = divide(average * abs(net) + price * quantity, abs(new_net))
-    else:
-        closing = min(quantity, abs(net))
-        direction = 1 if net > 0 else -1
-        realised = money((price - average) * closing * direction * position.multiplier)
-        new_net = net + signed
-        if new_net == 0:
-            average = ZERO
-        elif (new_net > 0) != (net > 0):
-            average = price  # flipped: the remainder opens at the fill price
-    if side is Side.BUY:
-        buys = (position.buy_quantity + quantity, money(position.buy_value + price * quantity))
-        sells = (position.sell_quantity, position.sell_value)
-    else:
-        buys = (position.buy_quantity, position.buy_value)
-        sells = (position.sell_quantity + quantity, money(position.sell_value + price * quantity))
+    cell = SimpleNamespace(**{f.name: getattr(position, f.name) for f in fields(position)})
+    realised = fill_cell(cell, side.sign, quantity, price, price * quantity, charges)
     updated = replace(
         position,
-        net_quantity=new_net,
-        average_price=money(average),
-        realised_pnl=money(position.realised_pnl + realised),
-        buy_quantity=buys[0],
-        buy_value=buys[1],
-        sell_quantity=sells[0],
-        sell_value=sells[1],
-        charges=money(position.charges + (charges or ZERO)),
+        net_quantity=cell.net_quantity,
+        average_price=money(cell.average_price),
+        realised_pnl=money(cell.realised_pnl),
+        buy_quantity=cell.buy_quantity,
+        buy_value=money(cell.buy_value),
+        sell_quantity=cell.sell_quantity,
+        sell_value=money(cell.sell_value),
+        charges=money(cell.charges),
     )
-    return updated, realised
+    return updated, money(realised)
 
 
 def fills_position(fills: Iterable[tuple[Side, int, Decimal]], multiplier: int = 1) -> Position:
@@ -133,24 +158,32 @@ class PositionsProjection(Projection):
 
     def __init__(self, multipliers: Mapping[InstrumentRef, int] | None = None) -> None:
         self.multipliers = dict(multipliers or {})
+        self._multipliers = {
+            (i.exchange.value, i.tradingsymbol): m for i, m in self.multipliers.items()
+        }
 
-    def apply(self, view: View, event: Order.Event, position: int) -> None:
-        assert isinstance(event, Order.Filled)
-        key: Key = (
-            event.account,
-            event.instrument.exchange.value,
-            event.instrument.tradingsymbol,
-            event.product.value,
-        )
-        current = view.get("positions", key) or open_position(
-            event.account,
-            event.instrument.exchange.value,
-            event.instrument.tradingsymbol,
-            event.product.value,
-            multiplier=self.multipliers.get(event.instrument, 1),
-        )
-        updated, _ = apply_fill(current, event.side, event.quantity, event.price, event.charges)
-        view.put("positions", key, updated)
+    def apply_record(self, working: Working, record: Record) -> None:
+        fill = fill_of(record)
+        key: Key = (fill.account, fill.exchange, fill.tradingsymbol, fill.product)
+        cell = working.cells["positions"].get(key)
+        if cell is None:
+            cell = working.cells["positions"][key] = _POSITIONS.cell(
+                *key,
+                0,
+                ZERO,
+                ZERO,
+                0,
+                ZERO,
+                0,
+                ZERO,
+                ZERO,
+                self._multipliers.get((fill.exchange, fill.tradingsymbol), 1),
+            )
+        fill_cell(cell, fill.sign, fill.quantity, fill.price, fill.value, fill.charges)
+        working.changed["positions"][key] = cell
+
+
+_POSITIONS: Final = PositionsProjection.tables[0]
 
 
 def positions_of(view: View) -> list[Position]:

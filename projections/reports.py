@@ -8,16 +8,26 @@ worse is positive (paying more on a buy, receiving less on a sell).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from typing import ClassVar
+from typing import Any, ClassVar, Final
 from uuid import UUID
 
 from ledger.domain.order import Order
 from ledger.domain.status import EventKind, OrderStatus, next_status
 from ledger.domain.values import Side
-from projections.base import ZERO, Projection, Table, View, divide, money
+from projections.base import (
+    ZERO,
+    Projection,
+    Record,
+    Table,
+    View,
+    Working,
+    divide,
+    fill_of,
+    money,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,132 +98,161 @@ class ReportFill:
     log_position: int
 
 
+_STATUS: Final = {s.value: s for s in OrderStatus}
+_KIND: Final = {k.value: k for k in EventKind}
+_MODIFY_REQUESTED: Final = EventKind.MODIFY_REQUESTED.value
+_CANCEL_REQUESTED: Final = EventKind.CANCEL_REQUESTED.value
+
+
 def _display_status(lifecycle: OrderStatus, pending: str) -> str:
     if lifecycle.is_terminal:
         return lifecycle.value
-    if pending == EventKind.CANCEL_REQUESTED.value:
+    if pending == _CANCEL_REQUESTED:
         return OrderStatus.PENDING_CANCEL.value
-    if pending == EventKind.MODIFY_REQUESTED.value:
+    if pending == _MODIFY_REQUESTED:
         return OrderStatus.PENDING_MODIFY.value
     return lifecycle.value
 
 
-def evolve(report: ExecutionReport, event: Order.Event) -> ExecutionReport:
-    """The report after one more event of its order. Pure; mirrors the aggregate."""
-    lifecycle = OrderStatus(report.lifecycle)
+def _value(wrapped: Any) -> Any:
+    return None if wrapped is None else wrapped["_data_"]
+
+
+def evolve(report: Any, record: Record) -> None:
+    """One more record of its order, applied to a report cell in place; mirrors the
+    aggregate (its status comes from the domain's own transition table)."""
+    state = record.state
+    kind = record.kind
+    lifecycle = _STATUS[report.lifecycle]
     pending = report.pending
-    changes: dict[str, object] = {}
-    filled, quantity = report.filled_quantity, report.quantity
-    match event:
-        case Order.Accepted():
-            changes["broker_order_id"] = event.broker_order_id
-        case Order.Rejected() | Order.Expired():
-            changes["reason"] = event.reason
-            pending = ""
-        case Order.Cancelled():
-            changes["reason"] = event.reason or ""
-            pending = ""
-        case Order.ModifyRequested():
-            pending = EventKind.MODIFY_REQUESTED.value
-        case Order.CancelRequested():
-            pending = EventKind.CANCEL_REQUESTED.value
-        case Order.ModifyRejected() | Order.CancelRejected():
-            pending = ""
-        case Order.Modified():
-            if event.changes.quantity is not None:
-                quantity = event.changes.quantity
-                changes["quantity"] = quantity
-            if event.changes.order_type is not None:
-                changes["order_type"] = event.changes.order_type.value
-            if pending == EventKind.MODIFY_REQUESTED.value:
-                pending = ""
-        case Order.Filled():
-            filled += event.quantity
-            changes.update(
-                filled_quantity=filled,
-                filled_value=money(report.filled_value + event.price * event.quantity),
-                first_fill_at=report.first_fill_at or event.timestamp,
-                last_fill_at=event.timestamp,
-                fill_count=report.fill_count + 1,
-                charges=money(report.charges + (event.charges or ZERO)),
-            )
-    new_lifecycle = next_status(lifecycle, event.KIND, filled_quantity=filled, quantity=quantity)
-    if new_lifecycle.is_terminal:
+    if kind == "Filled":
+        fill = fill_of(record)
+        report.filled_quantity += fill.quantity
+        report.filled_value += fill.value
+        timestamp = state["timestamp"]["_data_"]
+        if not report.first_fill_at:
+            report.first_fill_at = timestamp
+        report.last_fill_at = timestamp
+        report.fill_count += 1
+        if fill.charges is not None:
+            report.charges += fill.charges
+    elif kind == "Accepted":
+        report.broker_order_id = state["broker_order_id"]
+    elif kind == "Rejected" or kind == "Expired":
+        report.reason = state["reason"]
         pending = ""
-        if new_lifecycle is not lifecycle:
-            changes["completed_at"] = event.timestamp
-    return replace(
-        report,
-        lifecycle=new_lifecycle.value,
-        pending=pending,
-        status=_display_status(new_lifecycle, pending),
-        **changes,  # type: ignore[arg-type]
+    elif kind == "Cancelled":
+        report.reason = state["reason"] or ""
+        pending = ""
+    elif kind == "ModifyRequested":
+        pending = _MODIFY_REQUESTED
+    elif kind == "CancelRequested":
+        pending = _CANCEL_REQUESTED
+    elif kind == "ModifyRejected" or kind == "CancelRejected":
+        pending = ""
+    elif kind == "Modified":
+        changes = state["changes"]["_data_"]
+        if changes["quantity"] is not None:
+            report.quantity = changes["quantity"]
+        if changes["order_type"] is not None:
+            report.order_type = changes["order_type"]["_data_"]
+        if pending == _MODIFY_REQUESTED:
+            pending = ""
+    after = next_status(
+        lifecycle,
+        _KIND[kind],
+        filled_quantity=report.filled_quantity,
+        quantity=report.quantity,
+    )
+    if after.is_terminal:
+        pending = ""
+        if after is not lifecycle:
+            report.completed_at = state["timestamp"]["_data_"]
+    report.lifecycle = after.value
+    report.pending = pending
+    report.status = _display_status(after, pending)
+
+
+def submitted_report(record: Record) -> Any:
+    """The report cell a `Submitted` record starts."""
+    state = record.state
+    instrument = state["instrument"]["_data_"]
+    return _REPORTS.cell(
+        record.order_id,
+        state["account"],
+        state["client_order_id"],
+        state["strategy"] or "",
+        instrument["exchange"]["_data_"],
+        instrument["tradingsymbol"],
+        state["side"]["_data_"],
+        state["product"]["_data_"],
+        state["order_type"]["_data_"],
+        state["quantity"],
+        0,
+        ZERO,
+        _SUBMITTED,
+        _SUBMITTED,
+        "",
+        state["timestamp"]["_data_"],
+        None,
+        None,
+        None,
+        0,
+        ZERO,
+        _decimal(state["reference_price"]),
+        "",
+        "",
     )
 
 
-def submitted_report(event: Order.Submitted) -> ExecutionReport:
-    return ExecutionReport(
-        order_id=str(event.originator_id),
-        account=event.account,
-        client_order_id=event.client_order_id,
-        strategy=event.strategy or "",
-        exchange=event.instrument.exchange.value,
-        tradingsymbol=event.instrument.tradingsymbol,
-        side=event.side.value,
-        product=event.product.value,
-        order_type=event.order_type.value,
-        quantity=event.quantity,
-        filled_quantity=0,
-        filled_value=ZERO,
-        status=OrderStatus.SUBMITTED.value,
-        lifecycle=OrderStatus.SUBMITTED.value,
-        pending="",
-        submitted_at=event.timestamp,
-        first_fill_at=None,
-        last_fill_at=None,
-        completed_at=None,
-        fill_count=0,
-        charges=ZERO,
-        reference_price=event.reference_price,
-        broker_order_id="",
-        reason="",
-    )
+def _decimal(wrapped: Any) -> Decimal | None:
+    return None if wrapped is None else Decimal(wrapped["_data_"])
+
+
+_SUBMITTED: Final = OrderStatus.SUBMITTED.value
 
 
 class ExecutionReportsProjection(Projection):
     name: ClassVar[str] = "reports"
     version: ClassVar[int] = 1
     tables: ClassVar[tuple[Table, ...]] = (
-        Table("execution_reports", ExecutionReport, ("order_id",)),
-        Table("execution_fills", ReportFill, ("order_id", "trade_id")),
+        Table("execution_reports", ExecutionReport, ("order_id",), "per_order"),
+        Table("execution_fills", ReportFill, ("order_id", "trade_id"), "append"),
     )
     handles: ClassVar[tuple[type[Order.Event], ...]] = (Order.Event,)
 
-    def apply(self, view: View, event: Order.Event, position: int) -> None:
-        key = (str(event.originator_id),)
-        if isinstance(event, Order.Submitted):
-            view.put("execution_reports", key, submitted_report(event))
+    def apply_record(self, working: Working, record: Record) -> None:
+        key = (record.order_id,)
+        if record.kind == "Submitted":
+            cell = working.cells["execution_reports"][key] = submitted_report(record)
+            working.changed["execution_reports"][key] = cell
             return
-        report = view.get("execution_reports", key)
+        report = working.cells["execution_reports"].get(key) or working.lookup(
+            "execution_reports", key
+        )
         if report is None:  # pragma: no cover - the log always starts an order with Submitted
-            raise LookupError(f"event for unknown order {event.originator_id} at {position}")
-        view.put("execution_reports", key, evolve(report, event))
-        if isinstance(event, Order.Filled):
-            view.put(
-                "execution_fills",
-                (key[0], event.trade_id),
-                ReportFill(
-                    order_id=key[0],
-                    trade_id=event.trade_id,
-                    quantity=event.quantity,
-                    price=event.price,
-                    exchange_timestamp=event.exchange_timestamp,
-                    recorded_at=event.timestamp,
-                    source=event.source.value,
-                    charges=event.charges,
-                    log_position=position,
-                ),
+            raise LookupError(f"event for unknown order {record.order_id} at {record.position}")
+        evolve(report, record)
+        working.changed["execution_reports"][key] = report
+        if record.kind == "Filled":
+            state = record.state
+            fill = fill_of(record)
+            trade_id = state["trade_id"]
+            working.changed["execution_fills"][(key[0], trade_id)] = _FILLS.cell(
+                key[0],
+                trade_id,
+                fill.quantity,
+                fill.price,
+                _value(state["exchange_timestamp"]),
+                state["timestamp"]["_data_"],
+                state["source"]["_data_"],
+                fill.charges,
+                record.position,
             )
+
+
+_REPORTS: Final = ExecutionReportsProjection.tables[0]
+_FILLS: Final = ExecutionReportsProjection.tables[1]
 
 
 def report_for(view: View, order_id: UUID | str) -> ExecutionReport | None:

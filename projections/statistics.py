@@ -19,15 +19,24 @@ has one definition:
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import ClassVar
+from typing import ClassVar, Final
 
 from ledger.domain.order import Order
-from ledger.domain.status import OrderStatus, next_status
+from ledger.domain.status import EventKind, OrderStatus, next_status
 from ledger.domain.values import Source
-from projections.base import ZERO, Projection, Table, View, divide, money
+from projections.base import (
+    ZERO,
+    Projection,
+    Record,
+    Table,
+    View,
+    Working,
+    divide,
+    fill_of,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,89 +72,90 @@ class Totals:
 _TOTALS_KEY = ("all",)
 
 
+_STATUS: Final = {s.value: s for s in OrderStatus}
+_KIND: Final = {k.value: k for k in EventKind}
+_SUBMITTED: Final = OrderStatus.SUBMITTED.value
+_REQUESTS: Final = frozenset({"CancelRequested", "ModifyRequested"})
+_LEDGER: Final = Source.LEDGER.value
+
+
 class StatisticsProjection(Projection):
     name: ClassVar[str] = "statistics"
     version: ClassVar[int] = 1
     tables: ClassVar[tuple[Table, ...]] = (
-        Table("stats_orders", OrderTally, ("order_id",)),
+        Table("stats_orders", OrderTally, ("order_id",), "per_order"),
         Table("stats_positions", NetPosition, ("account", "exchange", "tradingsymbol", "product")),
         Table("stats_totals", Totals, ("key",)),
     )
     handles: ClassVar[tuple[type[Order.Event], ...]] = (Order.Event,)
 
-    def apply(self, view: View, event: Order.Event, position: int) -> None:
-        key = (str(event.originator_id),)
-        if isinstance(event, Order.Submitted):
-            view.put(
-                "stats_orders",
-                key,
-                OrderTally(
+    def apply_record(self, working: Working, record: Record) -> None:
+        key = (record.order_id,)
+        state = record.state
+        kind = record.kind
+        if kind == "Submitted":
+            working.cells["stats_orders"][key] = working.changed["stats_orders"][key] = (
+                _TALLIES.cell(
                     key[0],
-                    OrderStatus.SUBMITTED.value,
-                    event.quantity,
+                    _SUBMITTED,
+                    state["quantity"],
                     0,
                     False,
                     False,
-                    event.timestamp,
+                    state["timestamp"]["_data_"],
                     None,
-                ),
+                )
             )
             return
-        tally: OrderTally = view.get("stats_orders", key)
-        filled, quantity = tally.filled_quantity, tally.quantity
-        acknowledged, failed = tally.acknowledged, tally.failed
-        if isinstance(event, Order.Filled):
-            filled += event.quantity
-            self._count_fill(view, event)
-        elif isinstance(event, Order.Modified) and event.changes.quantity is not None:
-            quantity = event.changes.quantity
-        elif isinstance(event, Order.Rejected):
-            failed = event.source is Source.LEDGER
+        tally = working.cells["stats_orders"].get(key) or working.lookup("stats_orders", key)
+        if tally is None:  # pragma: no cover - the log always starts an order with Submitted
+            raise LookupError(f"event for unknown order {record.order_id} at {record.position}")
+        if kind == "Filled":
+            tally.filled_quantity += fill_of(record).quantity
+            self._count_fill(working, record)
+        elif kind == "Modified":
+            quantity = state["changes"]["_data_"]["quantity"]
+            if quantity is not None:
+                tally.quantity = quantity
+        elif kind == "Rejected":
+            tally.failed = state["source"]["_data_"] == _LEDGER
         # Anything the broker or exchange said (not our own requests) shows it has the order.
-        if not isinstance(event, Order.CancelRequested | Order.ModifyRequested):
-            acknowledged = True
-        before = OrderStatus(tally.lifecycle)
-        after = next_status(before, event.KIND, filled_quantity=filled, quantity=quantity)
-        completed_at = tally.completed_at
-        if after.is_terminal and after is not before:
-            completed_at = event.timestamp
-        view.put(
-            "stats_orders",
-            key,
-            replace(
-                tally,
-                lifecycle=after.value,
-                quantity=quantity,
-                filled_quantity=filled,
-                acknowledged=acknowledged,
-                failed=failed,
-                completed_at=completed_at,
-            ),
+        if kind not in _REQUESTS:
+            tally.acknowledged = True
+        before = _STATUS[tally.lifecycle]
+        after = next_status(
+            before, _KIND[kind], filled_quantity=tally.filled_quantity, quantity=tally.quantity
         )
+        if after.is_terminal and after is not before:
+            tally.completed_at = state["timestamp"]["_data_"]
+        tally.lifecycle = after.value
+        working.changed["stats_orders"][key] = tally
 
     @staticmethod
-    def _count_fill(view: View, event: Order.Filled) -> None:
-        totals: Totals = view.get("stats_totals", _TOTALS_KEY) or Totals("all", 0, 0, ZERO, ZERO)
-        view.put(
-            "stats_totals",
-            _TOTALS_KEY,
-            Totals(
-                "all",
-                fills=totals.fills + 1,
-                volume=totals.volume + event.quantity,
-                turnover=money(totals.turnover + event.price * event.quantity),
-                commission=money(totals.commission + (event.charges or ZERO)),
-            ),
-        )
-        pkey = (
-            event.account,
-            event.instrument.exchange.value,
-            event.instrument.tradingsymbol,
-            event.product.value,
-        )
-        current: NetPosition | None = view.get("stats_positions", pkey)
-        net = (current.net_quantity if current else 0) + event.quantity * event.side.sign
-        view.put("stats_positions", pkey, NetPosition(*pkey, net_quantity=net))
+    def _count_fill(working: Working, record: Record) -> None:
+        fill = fill_of(record)
+        totals = working.cells["stats_totals"].get(_TOTALS_KEY)
+        if totals is None:
+            totals = working.cells["stats_totals"][_TOTALS_KEY] = _TOTALS.cell(
+                "all", 0, 0, ZERO, ZERO
+            )
+        totals.fills += 1
+        totals.volume += fill.quantity
+        totals.turnover += fill.value
+        if fill.charges is not None:
+            totals.commission += fill.charges
+        working.changed["stats_totals"][_TOTALS_KEY] = totals
+        pkey = (fill.account, fill.exchange, fill.tradingsymbol, fill.product)
+        current = working.cells["stats_positions"].get(pkey)
+        if current is None:
+            current = working.cells["stats_positions"][pkey] = _NETS.cell(*pkey, 0)
+        current.net_quantity += fill.quantity * fill.sign
+        working.changed["stats_positions"][pkey] = current
+
+
+_TALLIES: Final = StatisticsProjection.tables[0]
+_NETS: Final = StatisticsProjection.tables[1]
+_TOTALS: Final = StatisticsProjection.tables[2]
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,7 +20,7 @@ import sqlite3
 import types
 import typing
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import date, datetime
 from decimal import Decimal
@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from ledger.persistence import StorageSettings
-from projections.base import PRICE_PLACES, Key, Projection, Table, View
+from projections.base import PRICE_PLACES, Key, Projection, Table, View, _normal
 
 TRACKING: Final = "proj_tracking"
 ACTIVE: Final = "proj_active"
@@ -40,7 +40,7 @@ def table_name(
     return f"proj_{projection.name}_v{version or projection.version}_{table.name}"
 
 
-def _base_type(annotation: Any) -> tuple[type[Any], bool]:
+def base_type(annotation: Any) -> tuple[type[Any], bool]:
     """(the type, whether None is allowed) of a row field annotation."""
     if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
         args = [a for a in typing.get_args(annotation) if a is not type(None)]
@@ -122,7 +122,7 @@ class ProjectionStore(ABC):
     def _create_statement(self, projection: Projection, table: Table) -> str:
         columns = []
         for name, annotation in table.columns.items():
-            kind, nullable = _base_type(annotation)
+            kind, nullable = base_type(annotation)
             sql_type = self.sql_types[kind]
             columns.append(f"{self._q(name)} {sql_type}{'' if nullable else ' NOT NULL'}")
         key = ", ".join(self._q(k) for k in table.key_fields)
@@ -180,7 +180,7 @@ class ProjectionStore(ABC):
         with self.transaction() as cur:
             for table in projection.tables:
                 names = list(table.columns)
-                kinds = [_base_type(a)[0] for a in table.columns.values()]
+                kinds = [base_type(a)[0] for a in table.columns.values()]
                 cur.execute(
                     f"SELECT {', '.join(self._q(n) for n in names)}"
                     f" FROM {self._q(table_name(projection, table))}"
@@ -194,14 +194,73 @@ class ProjectionStore(ABC):
                     rows[table.key_of(row)] = row
         return view
 
+    def load_cells(
+        self, projection: Projection, table: Table, keys: Sequence[Key] | None = None
+    ) -> dict[Key, Any]:
+        """Cells (mutable rows) of one table: every row, or those at `keys`."""
+        cells: dict[Key, Any] = {}
+        if keys is not None and not keys:
+            return cells
+        names = list(table.columns)
+        decoders = self._decoders(table)
+        select = (
+            f"SELECT {', '.join(self._q(n) for n in names)}"
+            f" FROM {self._q(table_name(projection, table))}"
+        )
+        make = table.cell_type
+        key_at = [names.index(k) for k in table.key_fields]
+        with self.transaction() as cur:
+            batches: list[Sequence[Key] | None] = [None]
+            if keys is not None:
+                batches = [keys[i : i + 500] for i in range(0, len(keys), 500)]
+            for batch in batches:
+                if batch is None:
+                    cur.execute(select)
+                else:
+                    assert len(table.key_fields) == 1, "load by key: single-column keys only"
+                    marks = ", ".join([self.placeholder] * len(batch))
+                    cur.execute(
+                        f"{select} WHERE {self._q(table.key_fields[0])} IN ({marks})",
+                        [k[0] for k in batch],
+                    )
+                for record in cur.fetchall():
+                    values = [
+                        v if decode is None or v is None else decode(v)
+                        for v, decode in zip(record, decoders, strict=True)
+                    ]
+                    cells[tuple(values[i] for i in key_at)] = make(*values)
+        return cells
+
+    def _decoders(self, table: Table) -> list[Callable[[Any], Any] | None]:
+        return [None for _ in table.kinds]
+
+    def _encoders(self, table: Table) -> list[Callable[[Any], Any] | None]:
+        return [None for _ in table.kinds]
+
+    def _tuples(self, table: Table, rows: Iterable[Any]) -> list[Any]:
+        """Rows or cells as parameter tuples, encoded for this database."""
+        getter = table.values_of
+        encoders = [(i, e) for i, e in enumerate(self._encoders(table)) if e is not None]
+        if not encoders:
+            return [getter(row) for row in rows]
+        out = []
+        for row in rows:
+            values = list(getter(row))
+            for i, encode in encoders:
+                value = values[i]
+                if value is not None:
+                    values[i] = encode(value)
+            out.append(values)
+        return out
+
     def commit(
         self,
         changes: Sequence[tuple[Projection, Mapping[str, Mapping[Key, Any]]]],
         position: int,
         expected: Mapping[str, int] | None = None,
     ) -> None:
-        """Write changed rows of several projections and move each to `position`, in one
-        transaction.
+        """Write changed rows (or cells) of several projections and move each to
+        `position`, in one transaction.
 
         With `expected` (projection name -> the position the caller folded from), the
         commit first checks, holding the tracking row, that no other runner moved the
@@ -215,20 +274,16 @@ class ProjectionStore(ABC):
                     if not rows:
                         continue
                     table = projection.table_named(table_key)
-                    statement, encoders = self._upsert(projection, table)
-                    cur.executemany(
-                        statement,
-                        [
-                            tuple(enc(getattr(row, n)) for n, enc in encoders)
-                            for row in rows.values()
-                        ],
-                    )
+                    self._write(cur, projection, table, self._tuples(table, rows.values()))
                 cur.execute(
                     f"UPDATE {TRACKING} SET position = {self.placeholder}"
                     f" WHERE projection = {self.placeholder} AND version = {self.placeholder}",
                     (position, projection.name, projection.version),
                 )
             self.count_transaction()
+
+    def _write(self, cur: Any, projection: Projection, table: Table, rows: list[Any]) -> None:
+        cur.executemany(self._upsert(projection, table), rows)
 
     lock_clause = ""
 
@@ -249,22 +304,36 @@ class ProjectionStore(ABC):
         """Counted so tests can prove batching (one transaction per batch, not per event)."""
         self.transactions_committed += 1
 
-    def _upsert(self, projection: Projection, table: Table) -> tuple[str, list[tuple[str, Any]]]:
+    def _upsert(self, projection: Projection, table: Table, source: str | None = None) -> str:
         names = list(table.columns)
-        kinds = [_base_type(a)[0] for a in table.columns.values()]
         updates = [n for n in names if n not in table.key_fields] or names[:1]
-        statement = (
-            f"INSERT INTO {self._q(table_name(projection, table))}"
-            f" ({', '.join(self._q(n) for n in names)})"
+        columns = ", ".join(self._q(n) for n in names)
+        values = (
             f" VALUES ({', '.join([self.placeholder] * len(names))})"
+            if source is None
+            else f" SELECT {columns} FROM {source}"
+        )
+        return (
+            f"INSERT INTO {self._q(table_name(projection, table))} ({columns}){values}"
             f" ON CONFLICT ({', '.join(self._q(k) for k in table.key_fields)}) DO UPDATE SET "
             + ", ".join(f"{self._q(n)} = excluded.{self._q(n)}" for n in updates)
         )
 
-        def encoder(kind: type[Any]) -> Any:
-            return lambda value: None if value is None else self.encode(value, kind)
 
-        return statement, [(n, encoder(k)) for n, k in zip(names, kinds, strict=True)]
+def _normal_or_none(value: Any) -> Any:
+    return _normal(value)
+
+
+def _sqlite_decimal(value: Decimal) -> str:
+    return str(_normal(value))
+
+
+def _sqlite_datetime(value: Any) -> str:
+    return value if type(value) is str else value.isoformat()
+
+
+def _iso(value: Any) -> str:
+    return value.isoformat()  # type: ignore[no-any-return]
 
 
 class SQLiteProjectionStore(ProjectionStore):
@@ -307,6 +376,24 @@ class SQLiteProjectionStore(ProjectionStore):
             return int(value)
         return value
 
+    def _encoders(self, table: Table) -> list[Callable[[Any], Any] | None]:
+        table_encoders: dict[type[Any], Callable[[Any], Any]] = {
+            Decimal: _sqlite_decimal,
+            datetime: _sqlite_datetime,
+            date: _iso,
+            bool: int,
+        }
+        return [table_encoders.get(kind) for kind in table.kinds]
+
+    def _decoders(self, table: Table) -> list[Callable[[Any], Any] | None]:
+        # Times stay ISO text (the folds carry them, never compute with them).
+        table_decoders: dict[type[Any], Callable[[Any], Any]] = {
+            Decimal: Decimal,
+            date: date.fromisoformat,
+            bool: bool,
+        }
+        return [table_decoders.get(kind) for kind in table.kinds]
+
     def decode(self, value: Any, kind: type[Any]) -> Any:
         if value is None:
             return None
@@ -337,6 +424,25 @@ class PostgresProjectionStore(ProjectionStore):
         datetime: "TIMESTAMPTZ",
         date: "DATE",
     }
+
+    def _encoders(self, table: Table) -> list[Callable[[Any], Any] | None]:
+        return [_normal_or_none if kind is Decimal else None for kind in table.kinds]
+
+    def _write(self, cur: Any, projection: Projection, table: Table, rows: list[Any]) -> None:
+        """Many rows: COPY into a scratch table, then one upsert from it."""
+        if len(rows) < 20:
+            super()._write(cur, projection, table, rows)
+            return
+        scratch = self._q(f"scratch_{table_name(projection, table)}")
+        cur.execute(
+            f"CREATE TEMP TABLE IF NOT EXISTS {scratch}"
+            f" (LIKE {self._q(table_name(projection, table))}) ON COMMIT DELETE ROWS"
+        )
+        columns = ", ".join(self._q(n) for n in table.columns)
+        with cur.copy(f"COPY {scratch} ({columns}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
+        cur.execute(self._upsert(projection, table, source=scratch))
 
     def __init__(self, conninfo: str, schema: str) -> None:
         import psycopg
