@@ -166,9 +166,12 @@ def order_id(coid: str) -> UUID:
 class KillSwitch:
     """Kills the process at kill points of the armed kind, with probability `chance`."""
 
-    def __init__(self, kind: str | None, chance: float, seed: int, points: Path) -> None:
+    def __init__(
+        self, kind: str | None, chance: float, seed: int, points: Path, only: str | None = None
+    ) -> None:
         self.kind = kind
         self.chance = chance
+        self.only = only  # "kind:name": kill at the first pass of this one point instead
         self.rng = random.Random(seed)
         self.points = points
         self.context = "start"
@@ -183,7 +186,10 @@ class KillSwitch:
 
     def point(self, name: str, kind: str | None = None) -> None:
         kind = kind or self.context
-        if kind != self.kind or self.rng.random() >= self.chance:
+        if self.only is not None:
+            if f"{kind}:{name}" != self.only:
+                return
+        elif kind != self.kind or self.rng.random() >= self.chance:
             return
         with open(self.points, "a", encoding="utf-8") as out:
             out.write(f"{kind}:{name}\n")
@@ -370,6 +376,8 @@ class Life:
     chance: float
     mode: str  # "run" | "finish"
     batch_size: int
+    only_point: str | None = None  # kill at the first pass of this point ("kind:name")
+    dispatch_first: bool = False  # start by dispatching, before the start-up reconciliation
 
 
 def settled(gateway: KiteGateway) -> bool:
@@ -383,7 +391,7 @@ def settled(gateway: KiteGateway) -> bool:
 
 
 def run_life(life: Life) -> None:
-    switch = KillSwitch(life.kind, life.chance, life.seed, Path(life.points))
+    switch = KillSwitch(life.kind, life.chance, life.seed, Path(life.points), life.only_point)
     ledger = open_ledger(life.url)
     install_write_points(ledger, switch)
     assert ledger.storage is not None
@@ -421,6 +429,9 @@ def run_life(life: Life) -> None:
     # order must have its acceptance before any dispatcher sees it), then reconcile.
     with switch.within("command"):
         strategy.run_step()
+    if life.dispatch_first:
+        with switch.within("placement"):
+            gateway.dispatch()
     with switch.within("reconciliation"):
         gateway.reconcile()
     deadline = time.monotonic() + 60

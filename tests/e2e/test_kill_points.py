@@ -48,7 +48,7 @@ from projections.runner import LedgerLog
 from projections.store import store_for_file, store_for_ledger_url
 from projections.verify import verify
 from tests.e2e.kill_child import KINDS, Life, build_plan, commands_of
-from tests.kite_support import BROKER_STATUS, client, place_at_kite
+from tests.kite_support import ACCOUNT, BROKER_STATUS, client, place_at_kite
 from tests.scale import report, scaled
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -429,3 +429,59 @@ def _check_projections(
         held[row.tradingsymbol] += row.net_quantity
     nonzero = {symbol: net for symbol, net in held.items() if net}
     assert nonzero == {symbol: net for symbol, net in expected.items() if net}, (held, expected)
+
+
+@pytest.mark.parametrize("then", ["modified-at-kite", "dispatch-first"])
+def test_killed_between_adopting_an_outside_order_and_recording_it_accepted(
+    then: str, database_url: str, tmp_path: Path, launcher: Launcher
+) -> None:
+    """SIGKILL just after reconciliation adopted an order placed outside the ledger
+    (`Submitted` committed), before it recorded Kite's acceptance. Then the outside order
+    is modified at Kite, or the next life dispatches before it reconciles: either way the
+    order is adopted once, and never placed at Kite a second time."""
+    points, log = tmp_path / "points.log", tmp_path / "life.log"
+    with KiteSandbox(seed=5) as sandbox:
+        kite = client(sandbox)
+        outside = place_at_kite(kite, quantity=5, price="800.00", tag=OUTSIDE_TAG)
+
+        def life(mode: str, **extra: Any) -> Life:
+            return Life(
+                url=database_url,
+                root=sandbox.root,
+                acks=str(tmp_path / "acks.jsonl"),
+                points=str(points),
+                plan_seed=1,
+                plan_steps=0,
+                seed=1,
+                kind=None,
+                chance=0.0,
+                mode=mode,
+                batch_size=10,
+                **extra,
+            )
+
+        launcher.start(life("run", only_point="reconciliation:write-committed"), log)
+        status = launcher.wait(30)
+        if status is None:
+            launcher.kill_worker()
+        assert status is not None, f"the kill point was never reached:\n{_tail(log)}"
+        assert os.WIFSIGNALED(status), f"ended by itself ({status}):\n{_tail(log)}"
+        assert points.read_text().split() == ["reconciliation:write-committed"]
+        with open_ledger(database_url) as ledger:
+            adopted = ledger.find_order(ACCOUNT, f"kite-{outside}")
+            assert adopted.broker_order_id is None  # adopted; its acceptance not recorded
+
+        if then == "modified-at-kite":
+            kite.modify_order(variety="regular", order_id=outside, price="801.00")
+        launcher.start(life("finish", dispatch_first=then == "dispatch-first"), log)
+        status = launcher.wait(60)
+        if status is None:
+            launcher.kill_worker()
+        assert status == 0, f"the clean life failed ({status}):\n{_tail(log)}"
+
+        assert list(sandbox.orders) == [outside], "the adopted order was placed at Kite again"
+        with open_ledger(database_url) as ledger:
+            orders = ledger.all_orders()
+        assert [o.client_order_id for o in orders] == [f"kite-{outside}"]
+        assert orders[0].broker_order_id == outside
+        assert orders[0].price == sandbox.orders[outside].price
