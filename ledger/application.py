@@ -23,7 +23,12 @@ from typing import Any, ClassVar, Final
 from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
-from eventsourcing.persistence import IntegrityError, JSONTranscoder, Recording
+from eventsourcing.persistence import (
+    IntegrityError,
+    JSONTranscoder,
+    PersistenceError,
+    Recording,
+)
 from eventsourcing.utils import EnvType
 
 from ledger.commands import (
@@ -55,7 +60,12 @@ from ledger.domain.status import OrderStatus
 from ledger.domain.values import InstrumentRef
 from ledger.groupcommit import GroupCommitter
 from ledger.instruments import InstrumentCatalog
-from ledger.persistence import StorageSettings, guard_environment, register_ledger_transcodings
+from ledger.persistence import (
+    StorageSettings,
+    StorageUnavailable,
+    guard_environment,
+    register_ledger_transcodings,
+)
 
 Clock = Callable[[], datetime]
 DEFAULT_MAX_ATTEMPTS: Final = 8
@@ -116,7 +126,16 @@ class OrderLedger(Application[UUID]):
         """Through the group committer: concurrent commands share one transaction."""
         assert processing_event.tracking is None
         assert not processing_event.saved_kwargs
-        return self._committer.put(processing_event.events)
+        try:
+            return self._committer.put(processing_event.events)
+        except IntegrityError:
+            raise
+        except PersistenceError as error:
+            raise StorageUnavailable(self._where, "writing", error) from error
+
+    @property
+    def _where(self) -> str:
+        return self.storage.display if self.storage is not None else self.name
 
     def _remember(self, order: Order) -> None:
         with self._latest_lock:
@@ -241,6 +260,10 @@ class OrderLedger(Application[UUID]):
             order: object = self.repository.get(order_id, version=at_version)
         except AggregateNotFoundError:
             raise OrderNotFound(order_id) from None
+        except IntegrityError:
+            raise
+        except PersistenceError as error:
+            raise StorageUnavailable(self._where, "reading", error) from error
         if not isinstance(order, Order):
             raise OrderNotFound(order_id, "(the id names something else)")
         if at_version is not None and order.version < at_version:
@@ -437,10 +460,14 @@ def open_ledger(
     instruments: InstrumentCatalog | str | Path | None = None,
     clock: Clock = utc_now,
     max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+    lock_timeout: int = 10,
 ) -> OrderLedger:
     """Open the ledger on a SQLite file or PostgreSQL URL (default: `LEDGER_DATABASE_URL`,
-    else `./ledger.db`). Creates tables (and the PostgreSQL schema) if missing."""
-    storage = StorageSettings.from_url(url)
+    else `./ledger.db`). Creates tables (and the PostgreSQL schema) if missing.
+
+    A write waits up to `lock_timeout` seconds for another writer's lock, then raises
+    `StorageUnavailable`; so does a database that cannot be reached after retries."""
+    storage = StorageSettings.from_url(url, lock_timeout=lock_timeout)
     storage.prepare()
     catalog = (
         instruments

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date
 from enum import Enum
 from pathlib import Path
@@ -55,6 +55,20 @@ class StorageError(LedgerError, ValueError):
     """The database URL or settings are unusable; the message says which part."""
 
 
+class StorageUnavailable(LedgerError):
+    """The database could not be reached, or stayed locked, past the ledger's bound.
+
+    The command was not acknowledged. It may be sent again as it is: commands are
+    idempotent, so one that did reach the log before the failure is not written twice."""
+
+    def __init__(self, where: str, what: str, cause: BaseException) -> None:
+        first_line = str(cause).strip().splitlines()[0] if str(cause).strip() else repr(cause)
+        super().__init__(
+            f"{what}: the database at {where} is unavailable ({first_line}); the command was"
+            " not acknowledged and may be sent again"
+        )
+
+
 def _redact(url: str) -> str:
     parts = urlsplit(url)
     if parts.password:
@@ -75,8 +89,21 @@ class StorageSettings:
     postgres_conninfo: str | None = field(default=None, repr=False)
 
     @classmethod
-    def from_url(cls, url: str | Path | None = None) -> StorageSettings:
-        """Parse `url`, or `LEDGER_DATABASE_URL`, or the default `./ledger.db`."""
+    def from_url(cls, url: str | Path | None = None, *, lock_timeout: int = 10) -> StorageSettings:
+        """Parse `url`, or `LEDGER_DATABASE_URL`, or the default `./ledger.db`.
+
+        `lock_timeout` (seconds) bounds how long a write waits for another writer's lock
+        (SQLite: `database is locked` is retried until then) before it fails clearly."""
+        if lock_timeout < 1:
+            raise StorageError("lock_timeout must be at least 1 second")
+        settings = cls._parse(url)
+        key = "SQLITE_LOCK_TIMEOUT" if settings.backend == "sqlite" else "POSTGRES_LOCK_TIMEOUT"
+        env = dict(settings.env)
+        env[key] = str(lock_timeout)
+        return replace(settings, env=env)
+
+    @classmethod
+    def _parse(cls, url: str | Path | None) -> StorageSettings:
         text = str(url) if url is not None else os.environ.get(DATABASE_URL_VARIABLE, "")
         text = text.strip() or DEFAULT_DATABASE
         if text.startswith(("postgresql://", "postgres://")):
