@@ -97,15 +97,32 @@ def _plain_stored(value: Any) -> Any:
     return data  # decimals, times, dates and enums are stored as the text _plain gives
 
 
-def details_json(state: dict[str, Any]) -> str:
-    """The audit trail's details column for a stored state."""
-    skip = _NOT_DETAILS
-    return _dumps(
-        {k: (_plain_stored(v) if type(v) is dict else v) for k, v in state.items() if k not in skip}
-    )
+def details_json(state: dict[str, Any], kind: str = "") -> str:
+    """The audit trail's details column for a stored state: its own fields, plain, in
+    key order (the order is worked out once per kind of event and shape of state)."""
+    signature = (kind, state.get("class_version"), len(state))
+    keys = _DETAIL_KEYS.get(signature)
+    if keys is None:
+        keys = _DETAIL_KEYS[signature] = [k for k in sorted(state) if k not in _NOT_DETAILS]
+    details = {}
+    try:
+        for k in keys:
+            value = state[k]
+            details[k] = _plain_stored(value) if type(value) is dict else value
+    except KeyError:  # a state of another shape: sort it on its own
+        return _dumps_sorted(
+            {
+                k: (_plain_stored(v) if type(v) is dict else v)
+                for k, v in state.items()
+                if k not in _NOT_DETAILS
+            }
+        )
+    return _dumps(details)
 
 
-_dumps: Final = json.JSONEncoder(sort_keys=True, separators=(",", ":")).encode
+_DETAIL_KEYS: dict[tuple[str, Any, int], list[str]] = {}
+_dumps: Final = json.JSONEncoder(separators=(",", ":")).encode
+_dumps_sorted: Final = json.JSONEncoder(sort_keys=True, separators=(",", ":")).encode
 
 
 class AuditTrailProjection(Projection):
@@ -151,7 +168,7 @@ class AuditTrailProjection(Projection):
             record.kind,
             actor if actor is not None else "broker",
             source["_data_"] if source is not None else "ledger",
-            details_json(state),
+            details_json(state, record.kind),
         )
 
 

@@ -49,6 +49,7 @@ from eventsourcing.persistence import (
 )
 
 from ledger.domain.order import Order
+from ledger.domain.status import EventKind, OrderStatus, next_status
 from ledger.domain.values import IST
 from ledger.persistence import register_ledger_transcodings
 
@@ -102,6 +103,27 @@ def trading_day_of(exchange_timestamp: Any, timestamp: Any) -> date:
             _DAYS.clear()
         day = _DAYS[text] = datetime.fromisoformat(text).astimezone(IST).date()
     return day
+
+
+_TRANSITIONS: dict[tuple[str, str, bool], str] = {}
+
+
+def next_lifecycle(lifecycle: str, kind: str, filled_quantity: int, quantity: int) -> str:
+    """`next_status` (the domain's transition table) by values, remembered: the target
+    depends on the status, the event kind and whether the order is completely filled."""
+    key = (lifecycle, kind, filled_quantity >= quantity)
+    after = _TRANSITIONS.get(key)
+    if after is None:
+        after = _TRANSITIONS[key] = next_status(
+            OrderStatus(lifecycle),
+            EventKind(kind),
+            filled_quantity=filled_quantity,
+            quantity=quantity,
+        ).value
+    return after
+
+
+TERMINAL: Final = frozenset(s.value for s in OrderStatus if s.is_terminal)
 
 
 # --------------------------------------------------------------------------- records
@@ -256,10 +278,14 @@ class Table:
     def cell_type(self) -> type[Any]:
         """A mutable row with the same fields: what the fold changes in place."""
         names = tuple(self.columns)
-
-        def __init__(self: Any, *values: Any) -> None:  # noqa: N807
-            for name, value in zip(names, values, strict=True):
-                setattr(self, name, value)
+        # A generated __init__ (plain attribute stores): cells are made for every event.
+        namespace: dict[str, Any] = {}
+        # The names are the row dataclass's own field names, never input.
+        exec(
+            f"def __init__(self, {', '.join(names)}):\n"
+            + "".join(f"    self.{n} = {n}\n" for n in names),
+            namespace,
+        )
 
         def __repr__(self: Any) -> str:  # noqa: N807
             return f"{type(self).__name__}{tuple(getattr(self, n) for n in names)}"
@@ -267,7 +293,7 @@ class Table:
         return type(
             f"{self.row_type.__name__}Cell",
             (),
-            {"__slots__": names, "__init__": __init__, "__repr__": __repr__},
+            {"__slots__": names, "__init__": namespace["__init__"], "__repr__": __repr__},
         )
 
     @cached_property

@@ -39,9 +39,9 @@ from ledger.application import OrderLedger
 from ledger.domain.errors import LedgerError
 from ledger.domain.order import Order
 from ledger.persistence import register_ledger_transcodings
-from projections.base import Projection
+from projections.base import Projection, Record
 from projections.rebuild import rebuild
-from projections.runner import DEFAULT_BATCH_SIZE, decode
+from projections.runner import DEFAULT_BATCH_SIZE, decode, stored_records
 from projections.store import store_for_file
 
 Format = Literal["jsonl", "parquet"]
@@ -267,6 +267,79 @@ def _read_parquet(path: str | Path) -> Iterator[tuple[str, Any]]:
             yield f"{path} record {index}", record
 
 
+def read_export_records(path: str | Path, *, chunk: int = 5000) -> Iterator[list[Record]]:
+    """The records of an export, in chunks, checked as `read_export` checks events; the
+    state is parsed but no event object is made (what the folds read)."""
+    fmt = format_of(path)
+    rows = _parquet_rows(path, chunk) if fmt == "parquet" else _jsonl_rows(path, chunk)
+    last = 0
+    for where, batch in rows:
+        try:
+            records = stored_records(batch)
+        except (ValueError, TypeError) as error:  # a corrupt state or unknown topic
+            first = batch[0][0] if batch else 0
+            raise ExportError(
+                f"{path}: cannot decode events from position {first}: {error}"
+            ) from None
+        for record in records:
+            if record.position <= last:
+                raise ExportError(
+                    f"{where}: position {record.position} is not after {last} (log order broken)"
+                )
+            last = record.position
+        yield records
+
+
+StoredRow = tuple[int, str, int, str, str]
+
+
+def _jsonl_rows(path: str | Path, chunk: int) -> Iterator[tuple[str, list[StoredRow]]]:
+    batch: list[StoredRow] = []
+    where = str(path)
+    for where, record in _read_jsonl(path):
+        position, stored = _stored(record, where)
+        batch.append(
+            (
+                position,
+                str(stored.originator_id),
+                stored.originator_version,
+                stored.topic,
+                record["state"],
+            )
+        )
+        if len(batch) >= chunk:
+            yield where, batch
+            batch = []
+    if batch:
+        yield where, batch
+
+
+def _parquet_rows(path: str | Path, chunk: int) -> Iterator[tuple[str, list[StoredRow]]]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        parquet = pq.ParquetFile(str(path))
+    except (OSError, pa.ArrowException) as error:
+        raise ExportError(f"{path}: cannot read Parquet export: {error}") from None
+    missing = [
+        c
+        for c in ("position", "order_id", "version", "topic", "state")
+        if c not in parquet.schema.names
+    ]
+    if missing:
+        raise ExportError(f"{path}: missing column(s) {', '.join(missing)}")
+    index = 0
+    for batch in parquet.iter_batches(
+        batch_size=chunk, columns=["position", "order_id", "version", "topic", "state"]
+    ):
+        columns = [batch.column(i).to_pylist() for i in range(5)]
+        if any(None in column for column in columns):
+            raise ExportError(f"{path} records {index + 1}-{index + batch.num_rows}: empty field")
+        index += batch.num_rows
+        yield f"{path} record {index}", list(zip(*columns, strict=True))
+
+
 @dataclass
 class ExportLog:
     """An export file as an event source for the runner (read front to back, once)."""
@@ -274,6 +347,8 @@ class ExportLog:
     path: str | Path
     _chunks: Iterator[list[tuple[int, Order.Event]]] | None = None
     _buffer: list[tuple[int, Order.Event]] = field(default_factory=list)
+    _record_chunks: Iterator[list[Record]] | None = None
+    _records: list[Record] = field(default_factory=list)
 
     def read(self, after: int, limit: int) -> list[tuple[int, Order.Event]]:
         if self._chunks is None:
@@ -285,6 +360,19 @@ class ExportLog:
                 break
             self._buffer.extend(item for item in chunk if item[0] > after)
         taken, self._buffer = self._buffer[:limit], self._buffer[limit:]
+        return taken
+
+    def read_records(self, after: int, limit: int) -> list[Record]:
+        if self._record_chunks is None:
+            self._record_chunks = read_export_records(self.path, chunk=max(limit, 1000))
+        if self._records and self._records[0].position <= after:
+            self._records = [r for r in self._records if r.position > after]
+        while len(self._records) < limit:
+            chunk = next(self._record_chunks, None)
+            if chunk is None:
+                break
+            self._records.extend(r for r in chunk if r.position > after)
+        taken, self._records = self._records[:limit], self._records[limit:]
         return taken
 
 

@@ -15,9 +15,10 @@ from typing import Any, ClassVar, Final
 from uuid import UUID
 
 from ledger.domain.order import Order
-from ledger.domain.status import EventKind, OrderStatus, next_status
+from ledger.domain.status import EventKind, OrderStatus
 from ledger.domain.values import Side
 from projections.base import (
+    TERMINAL,
     ZERO,
     Projection,
     Record,
@@ -27,6 +28,7 @@ from projections.base import (
     divide,
     fill_of,
     money,
+    next_lifecycle,
 )
 
 
@@ -99,7 +101,6 @@ class ReportFill:
 
 
 _STATUS: Final = {s.value: s for s in OrderStatus}
-_KIND: Final = {k.value: k for k in EventKind}
 _MODIFY_REQUESTED: Final = EventKind.MODIFY_REQUESTED.value
 _CANCEL_REQUESTED: Final = EventKind.CANCEL_REQUESTED.value
 
@@ -123,7 +124,6 @@ def evolve(report: Any, record: Record) -> None:
     aggregate (its status comes from the domain's own transition table)."""
     state = record.state
     kind = record.kind
-    lifecycle = _STATUS[report.lifecycle]
     pending = report.pending
     if kind == "Filled":
         fill = fill_of(record)
@@ -158,19 +158,15 @@ def evolve(report: Any, record: Record) -> None:
             report.order_type = changes["order_type"]["_data_"]
         if pending == _MODIFY_REQUESTED:
             pending = ""
-    after = next_status(
-        lifecycle,
-        _KIND[kind],
-        filled_quantity=report.filled_quantity,
-        quantity=report.quantity,
-    )
-    if after.is_terminal:
+    before = report.lifecycle
+    after = next_lifecycle(before, kind, report.filled_quantity, report.quantity)
+    if after in TERMINAL:
         pending = ""
-        if after is not lifecycle:
+        if after != before:
             report.completed_at = state["timestamp"]["_data_"]
-    report.lifecycle = after.value
+    report.lifecycle = after
     report.pending = pending
-    report.status = _display_status(after, pending)
+    report.status = _display_status(_STATUS[after], pending)
 
 
 def submitted_report(record: Record) -> Any:

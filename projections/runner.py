@@ -82,13 +82,43 @@ class LedgerLog:
         return decode(self.ledger.mapper, ((n.id, n) for n in notifications))
 
     def read_records(self, after: int, limit: int) -> list[Record]:
-        notifications = self.ledger.recorder.select_notifications(
-            start=after, limit=limit, inclusive_of_start=False
-        )
-        return stored_records(
+        """The recorder's own keyset query (rows after `after`, in id order), without
+        making notification objects or UUIDs on the way."""
+        return stored_records(self._rows(after, limit))
+
+    def _rows(self, after: int, limit: int) -> list[tuple[int, str, int, str, bytes | str]]:
+        from eventsourcing.postgres import PostgresApplicationRecorder
+        from eventsourcing.sqlite import SQLiteApplicationRecorder
+
+        recorder = self.ledger.recorder
+        if isinstance(recorder, SQLiteApplicationRecorder):
+            with recorder.datastore.transaction(commit=False) as cursor:
+                cursor.execute(
+                    "SELECT rowid, originator_id, originator_version, topic, state"
+                    f" FROM {recorder.events_table_name} WHERE rowid>? ORDER BY rowid LIMIT ?",
+                    (after, limit),
+                )
+                return [tuple(row) for row in cursor.fetchall()]
+        if isinstance(recorder, PostgresApplicationRecorder):
+            from psycopg.rows import tuple_row
+            from psycopg.sql import SQL, Identifier
+
+            statement = SQL(
+                "SELECT notification_id, originator_id::text, originator_version, topic, state"
+                " FROM {}.{} WHERE notification_id>%s ORDER BY notification_id LIMIT %s"
+            ).format(Identifier(recorder.datastore.schema), Identifier(recorder.events_table_name))
+            with (
+                recorder.datastore.get_connection() as connection,
+                connection.cursor(row_factory=tuple_row) as cursor,
+            ):
+                cursor.execute(statement, (after, limit), prepare=True)
+                return cursor.fetchall()
+        return [  # any other recorder: its own notifications
             (n.id, str(n.originator_id), n.originator_version, n.topic, n.state)
-            for n in notifications
-        )
+            for n in recorder.select_notifications(
+                start=after, limit=limit, inclusive_of_start=False
+            )
+        ]
 
     def last_position(self) -> int:
         return self.ledger.recorder.max_notification_id() or 0
@@ -107,6 +137,25 @@ def decode(
     return events
 
 
+_scan: Final[Callable[[str, int], tuple[Any, int]]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
+
+
+def parse_state(state: bytes | str) -> dict[str, Any]:
+    """A stored state, parsed (what `json.loads` gives, for less)."""
+    text = state if isinstance(state, str) else bytes(state).decode("utf-8")
+    parsed: Any = None
+    try:
+        parsed, end = _scan(text, 0)
+    except StopIteration:
+        end = -1
+    if end != len(text) or type(parsed) is not dict:
+        parsed = json.loads(text)  # raises the usual error for a corrupt state
+        if type(parsed) is not dict:
+            raise ValueError(f"a stored state must be a JSON object, not {text[:40]!r}")
+    result: dict[str, Any] = parsed
+    return result
+
+
 _MAX_CLASS_VERSION: Final = max(cls.class_version for cls in EVENT_CLASSES.values())
 
 
@@ -116,18 +165,23 @@ def stored_records(rows: Iterable[tuple[int, str, int, str, bytes | str]]) -> li
     newer class version than this code knows is refused (ValueError)."""
     records: list[Record] = []
     kind_of = KIND_OF_TOPIC.get
-    loads = json.loads
     for position, order_id, version, topic, state in rows:
         kind = kind_of(topic)
         if kind is None:
             if topic.startswith(ORDER_TOPIC_PREFIX):
                 raise ValueError(f"unknown order event topic {topic!r} at position {position}")
             continue
-        parsed = loads(state)
+        parsed = parse_state(state)
         if parsed.get("class_version", 1) > _MAX_CLASS_VERSION:
             raise ValueError(
                 f"{topic} v{parsed['class_version']} at position {position} is newer than"
                 " this code (upgrade kite-ledger)"
+            )
+        if len(order_id) != 36:  # SQLite keeps the hex form: give the canonical one
+            order_id = (
+                f"{order_id[:8]}-{order_id[8:12]}-{order_id[12:16]}-{order_id[16:20]}-{order_id[20:]}"
+                if len(order_id) == 32 and order_id.islower()
+                else str(UUID(order_id))
             )
         records.append(Record(position, order_id, version, kind, parsed))
     return records

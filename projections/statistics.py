@@ -25,9 +25,10 @@ from decimal import Decimal
 from typing import ClassVar, Final
 
 from ledger.domain.order import Order
-from ledger.domain.status import EventKind, OrderStatus, next_status
+from ledger.domain.status import OrderStatus
 from ledger.domain.values import Source
 from projections.base import (
+    TERMINAL,
     ZERO,
     Projection,
     Record,
@@ -36,6 +37,7 @@ from projections.base import (
     Working,
     divide,
     fill_of,
+    next_lifecycle,
 )
 
 
@@ -72,8 +74,6 @@ class Totals:
 _TOTALS_KEY = ("all",)
 
 
-_STATUS: Final = {s.value: s for s in OrderStatus}
-_KIND: Final = {k.value: k for k in EventKind}
 _SUBMITTED: Final = OrderStatus.SUBMITTED.value
 _REQUESTS: Final = frozenset({"CancelRequested", "ModifyRequested"})
 _LEDGER: Final = Source.LEDGER.value
@@ -122,13 +122,11 @@ class StatisticsProjection(Projection):
         # Anything the broker or exchange said (not our own requests) shows it has the order.
         if kind not in _REQUESTS:
             tally.acknowledged = True
-        before = _STATUS[tally.lifecycle]
-        after = next_status(
-            before, _KIND[kind], filled_quantity=tally.filled_quantity, quantity=tally.quantity
-        )
-        if after.is_terminal and after is not before:
+        before = tally.lifecycle
+        after = next_lifecycle(before, kind, tally.filled_quantity, tally.quantity)
+        if after != before and after in TERMINAL:
             tally.completed_at = state["timestamp"]["_data_"]
-        tally.lifecycle = after.value
+        tally.lifecycle = after
         working.changed["stats_orders"][key] = tally
 
     @staticmethod
