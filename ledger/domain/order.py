@@ -59,12 +59,15 @@ class Order(Aggregate):
     """An order placed (or to be placed) with Kite, as the sum of its events."""
 
     TOPIC = _TOPIC_PREFIX
-    #: v2: snapshots carry `chain_hash`, the hash of the order's latest event.
+    #: v2: snapshots carry `chain_hash`, the hash of the order's latest event, and keep
+    #: fills as rows of plain values (`fill_rows`), so that a snapshot of an order with a
+    #: thousand fills decodes as fast as one with ten.
     class_version: ClassVar[int] = 2
 
     @staticmethod
     def upcast_v1_v2(state: dict[str, Any]) -> None:
         state["chain_hash"] = None
+        state["fill_rows"] = [_fill_row(fill) for fill in state.pop("fills")]
 
     # ------------------------------------------------------------------ events
 
@@ -184,7 +187,7 @@ class Order(Aggregate):
             order.accepted_at = None
             order.filled_quantity = 0
             order.filled_value = Decimal(0)
-            order.fills = []
+            order.fill_rows = []
             order.trade_ids = set()
             order.charges = Decimal(0)
             order.triggered_at = None
@@ -324,19 +327,22 @@ class Order(Aggregate):
 
         def apply(self, aggregate: Any) -> None:
             order: Order = aggregate
-            fill = Fill(
-                trade_id=self.trade_id,
-                quantity=self.quantity,
-                price=self.price,
-                exchange_timestamp=self.exchange_timestamp,
-                source=self.source,
-                recorded_at=self.timestamp,
-                charges=self.charges,
+            order.fill_rows.append(
+                _fill_row(
+                    Fill(
+                        trade_id=self.trade_id,
+                        quantity=self.quantity,
+                        price=self.price,
+                        exchange_timestamp=self.exchange_timestamp,
+                        source=self.source,
+                        recorded_at=self.timestamp,
+                        charges=self.charges,
+                    )
+                )
             )
-            order.fills.append(fill)
             order.trade_ids.add(self.trade_id)
             order.filled_quantity += self.quantity
-            order.filled_value += fill.value
+            order.filled_value += self.price * self.quantity
             if self.charges is not None:
                 order.charges += self.charges
             order._move(self.KIND)
@@ -438,7 +444,7 @@ class Order(Aggregate):
     accepted_at: datetime | None
     filled_quantity: int
     filled_value: Decimal
-    fills: list[Fill]
+    fill_rows: list[list[Any]]
     trade_ids: set[str]
     charges: Decimal
     triggered_at: datetime | None
@@ -456,7 +462,7 @@ class Order(Aggregate):
         `deepcopy`, which would copy every fill of a long order."""
         copy = object.__new__(Order)
         copy.__dict__.update(self.__dict__)
-        copy.fills = list(self.fills)
+        copy.fill_rows = list(self.fill_rows)  # the rows themselves are never changed
         copy.trade_ids = set(self.trade_ids)
         copy.submitted_terms = dict(self.submitted_terms)
         copy.__dict__["_pending_events"] = list(self.pending_events)
@@ -557,6 +563,22 @@ class Order(Aggregate):
         )
 
     # ------------------------------------------------------------------ reading
+
+    @property
+    def fills(self) -> list[Fill]:
+        """Every fill, oldest first (made from the stored rows when asked for)."""
+        return [
+            Fill(
+                trade_id=trade_id,
+                quantity=quantity,
+                price=Decimal(price),
+                exchange_timestamp=datetime.fromisoformat(at) if at is not None else None,
+                source=Source(source),
+                recorded_at=datetime.fromisoformat(recorded_at),
+                charges=Decimal(charges) if charges is not None else None,
+            )
+            for trade_id, quantity, price, at, source, recorded_at, charges in self.fill_rows
+        ]
 
     @property
     def status(self) -> OrderStatus:
@@ -886,6 +908,19 @@ class Order(Aggregate):
             )
         if problems:
             raise InvalidCommand(command, problems)
+
+
+def _fill_row(fill: Fill) -> list[Any]:
+    """A fill as the plain row `Order.fill_rows` keeps."""
+    return [
+        fill.trade_id,
+        fill.quantity,
+        str(fill.price),
+        fill.exchange_timestamp.isoformat() if fill.exchange_timestamp else None,
+        fill.source.value,
+        fill.recorded_at.isoformat(),
+        str(fill.charges) if fill.charges is not None else None,
+    ]
 
 
 def _require_aware(name: str, value: datetime, problems: list[Problem]) -> None:
