@@ -211,6 +211,14 @@ def _kite_demo(
     show_positions(views["positions"], run.marks)
     show_pnl(views["pnl"], run.marks)
     show_stats(views["statistics"])
+    from ledger.checkpoints import write_checkpoint
+
+    checkpoint = write_checkpoint(ledger)
+    if checkpoint is not None:
+        console.print(
+            f"checkpoint {checkpoint.seq} over {checkpoint.event_count} events:"
+            f" digest {checkpoint.digest}"
+        )
     late = [o for o in run.orders if _late(o, ledger)]
     if late:
         console.print(f"late fills after a cancel: {', '.join(o.client_order_id for o in late)}")
@@ -224,7 +232,8 @@ def _kite_demo(
         f"kite-ledger report {sample.id}" if sample else "kite-ledger stats",
         "kite-ledger positions --as-of <a time during the session>",
         "kite-ledger audit --type Filled --format csv",
-        "kite-ledger verify",
+        "kite-ledger checkpoint --export digests.json  (keep that file elsewhere)",
+        "kite-ledger verify --digest digests.json",
         "kite-ledger export --format parquet --out log.parquet",
         "kite-ledger offline-rebuild --from log.parquet --into ledger.duckdb",
     ):

@@ -112,6 +112,9 @@ def serve(
     ] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Postback endpoint port.")] = 8088,
     poll: Annotated[float, typer.Option(help="Seconds between polls of the order book.")] = 5.0,
+    checkpoint_every: Annotated[
+        float, typer.Option(help="Seconds between digest checkpoints of the log.")
+    ] = 60.0,
 ) -> None:
     """Run the gateway: reconcile, dispatch orders, take postbacks at POST /postback,
     follow WebSocket updates, poll, and keep the projections current. Ctrl-C stops it."""
@@ -149,12 +152,24 @@ def serve(
     store = store_for_ledger_url(ledger.storage)
     runner = ProjectionRunner(LedgerLog(ledger), store, all_projections())
     stop = threading.Event()
+
+    def checkpoints() -> None:
+        from ledger.checkpoints import write_checkpoint
+
+        while not stop.wait(checkpoint_every):
+            write_checkpoint(ledger)
+        write_checkpoint(ledger)
+
+    checkpointer = threading.Thread(target=checkpoints, name="checkpoints", daemon=True)
+    checkpointer.start()
     console.print("serving; Ctrl-C to stop")
     try:
         runner.run_forever(stop)
     except KeyboardInterrupt:
         stop.set()
     finally:
+        stop.set()
+        checkpointer.join(timeout=30)
         service.stop()
         store.close()
         outbox.close()
