@@ -21,6 +21,8 @@ from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Fiel
 from ledger.domain.errors import InvalidCommand, Problem
 from ledger.domain.rules import OrderTerms, check_terms
 from ledger.domain.values import (
+    MAX_AMOUNT,
+    MAX_QUANTITY,
     Exchange,
     InstrumentRef,
     OrderChanges,
@@ -46,9 +48,11 @@ def _refuse_float(value: object) -> object:
 Money = Annotated[
     Decimal,
     BeforeValidator(_refuse_float),
-    Field(allow_inf_nan=False),
+    Field(allow_inf_nan=False, ge=-MAX_AMOUNT, le=MAX_AMOUNT),
 ]
-Quantity = Annotated[int, Field(strict=False)]
+#: A number of units. The sign is checked by the order rules (which say why); the size
+#: here, so no absurd number reaches the log.
+Quantity = Annotated[int, Field(strict=False, ge=-MAX_QUANTITY, le=MAX_QUANTITY)]
 Text = Annotated[str, Field(min_length=1, max_length=200)]
 
 
@@ -98,10 +102,10 @@ class SubmitOrder(Command):
     product: Product
     variety: Variety = Variety.REGULAR
     validity: Validity = Validity.DAY
-    validity_ttl: int | None = None
+    validity_ttl: Quantity | None = None
     price: Money | None = None
     trigger_price: Money | None = None
-    disclosed_quantity: int = 0
+    disclosed_quantity: Quantity = 0
     market_protection: Money | None = None
     tag: str | None = None
     strategy: Text | None = None
@@ -144,12 +148,12 @@ class _OrderCommand(Command):
 class ModifyOrder(_OrderCommand):
     """Ask the broker to change a working order. Unnamed fields stay as they are."""
 
-    quantity: int | None = None
+    quantity: Quantity | None = None
     price: Money | None = None
     trigger_price: Money | None = None
     order_type: OrderType | None = None
     validity: Validity | None = None
-    disclosed_quantity: int | None = None
+    disclosed_quantity: Quantity | None = None
     actor: Text = "api"
 
     @property
@@ -204,12 +208,12 @@ class RecordModified(_BrokerUpdate):
     """The broker changed the order (at our request or not)."""
 
     kind: Literal["modified"] = "modified"
-    quantity: int | None = None
+    quantity: Quantity | None = None
     price: Money | None = None
     trigger_price: Money | None = None
     order_type: OrderType | None = None
     validity: Validity | None = None
-    disclosed_quantity: int | None = None
+    disclosed_quantity: Quantity | None = None
     broker_timestamp: AwareDatetime | None = None
 
     @property
@@ -250,7 +254,7 @@ class RecordFill(_BrokerUpdate):
     trade_id: Annotated[str, Field(min_length=1, max_length=64)]
     exchange: Exchange
     tradingsymbol: Annotated[str, Field(min_length=1, max_length=64)]
-    quantity: int
+    quantity: Quantity
     price: Money
     exchange_timestamp: AwareDatetime | None = None
     charges: Money | None = None

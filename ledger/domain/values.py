@@ -19,6 +19,11 @@ from zoneinfo import ZoneInfo
 #: Exchange times (Kite's timestamps, trading days) are Indian Standard Time.
 IST = ZoneInfo("Asia/Kolkata")
 
+#: The largest quantity and amount the ledger holds. Far beyond any real order, and small
+#: enough that quantity x price stays exact in Decimal's 28 digits and fits every store.
+MAX_QUANTITY = 10**9
+MAX_AMOUNT = Decimal(10**12)
+
 
 class Exchange(Enum):
     """Exchanges (Kite's `exchange` field)."""

@@ -10,13 +10,14 @@ too. Unknown fields are kept (Kite adds fields over time) but never trusted.
 
 from __future__ import annotations
 
-from datetime import datetime, time
+from datetime import UTC, datetime, time
 from decimal import Decimal, InvalidOperation
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
-from ledger.domain.values import IST
+from ledger.domain.errors import LedgerError
+from ledger.domain.values import IST, MAX_AMOUNT, MAX_QUANTITY
 
 #: Kite's order statuses that mean the order has ended.
 TERMINAL_STATUSES = frozenset({"COMPLETE", "CANCELLED", "REJECTED"})
@@ -28,13 +29,20 @@ def _to_decimal(value: Any) -> Any:
     if isinstance(value, bool):
         raise ValueError("expected a number, not a boolean")
     if isinstance(value, float):
-        return Decimal(repr(value))
-    if isinstance(value, int | str | Decimal):
+        number = Decimal(repr(value))
+    elif isinstance(value, int | str | Decimal):
         try:
-            return Decimal(str(value))
+            number = Decimal(str(value))
         except InvalidOperation:
             raise ValueError(f"not a number: {value!r}") from None
-    raise ValueError(f"expected a number, got {type(value).__name__}")
+    else:
+        raise ValueError(f"expected a number, got {type(value).__name__}")
+    if not number.is_finite():
+        # NaN and infinities are no price; a signalling NaN would even raise on comparison.
+        raise ValueError(f"expected a finite number, got {value!r}")
+    if abs(number) > MAX_AMOUNT:
+        raise ValueError(f"out of range (at most {MAX_AMOUNT} in size), got {value!r}")
+    return number
 
 
 def kite_time(value: Any) -> datetime | None:
@@ -42,14 +50,28 @@ def kite_time(value: Any) -> datetime | None:
     if value is None or value == "":
         return None
     if isinstance(value, datetime):
-        return value if value.tzinfo is not None else value.replace(tzinfo=IST)
-    if isinstance(value, str):
+        parsed = value
+    elif isinstance(value, str):
         try:
             parsed = datetime.fromisoformat(value.strip())
         except ValueError:
             raise ValueError(f"not a Kite timestamp (YYYY-MM-DD HH:MM:SS): {value!r}") from None
-        return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=IST)
-    raise ValueError(f"expected a timestamp, got {type(value).__name__}")
+    else:
+        raise ValueError(f"expected a timestamp, got {type(value).__name__}")
+    aware = parsed if parsed.utcoffset() is not None else parsed.replace(tzinfo=IST)
+    try:
+        # Both must exist: later code reads the instant in UTC (records) and IST (days).
+        aware.astimezone(UTC)
+        aware.astimezone(IST)
+    except OverflowError:
+        raise ValueError(f"timestamp out of range: {value!r}") from None
+    return aware
+
+
+def _to_id(value: Any) -> Any:
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise ValueError(f"expected an id (text or a whole number), got {type(value).__name__}")
+    return str(value).strip()
 
 
 def _to_time_or_datetime(value: Any) -> Any:
@@ -59,6 +81,8 @@ def _to_time_or_datetime(value: Any) -> Any:
 
 
 KiteDecimal = Annotated[Decimal | None, BeforeValidator(_to_decimal)]
+#: A number of units: whole, not negative, within what the ledger holds.
+KiteQuantity = Annotated[int, Field(ge=0, le=MAX_QUANTITY)]
 KiteTime = Annotated[datetime | None, BeforeValidator(kite_time)]
 
 
@@ -66,10 +90,14 @@ class _Payload(BaseModel):
     model_config = ConfigDict(extra="allow", frozen=True)
 
 
+#: An id Kite gives (order, trade): numbers arrive as text or as JSON numbers.
+KiteId = Annotated[str, BeforeValidator(_to_id), Field(min_length=1)]
+
+
 class KiteOrder(_Payload):
     """An order as `orders()`, `order_history()` and postbacks describe it."""
 
-    order_id: Annotated[str, BeforeValidator(str)]
+    order_id: KiteId
     exchange_order_id: Annotated[
         str | None, BeforeValidator(lambda v: None if v is None else str(v))
     ] = None
@@ -87,14 +115,14 @@ class KiteOrder(_Payload):
     transaction_type: str
     validity: str = "DAY"
     product: str
-    quantity: int
-    disclosed_quantity: int = 0
+    quantity: KiteQuantity
+    disclosed_quantity: KiteQuantity = 0
     price: KiteDecimal = None
     trigger_price: KiteDecimal = None
     average_price: KiteDecimal = None
-    filled_quantity: int = 0
-    pending_quantity: int = 0
-    cancelled_quantity: int = 0
+    filled_quantity: KiteQuantity = 0
+    pending_quantity: KiteQuantity = 0
+    cancelled_quantity: KiteQuantity = 0
     market_protection: KiteDecimal = None
     tag: str | None = None
     placed_by: str | None = None
@@ -107,8 +135,8 @@ class KiteOrder(_Payload):
 class KiteTrade(_Payload):
     """A trade as `trades()` and `order_trades()` describe it."""
 
-    trade_id: Annotated[str, BeforeValidator(str)]
-    order_id: Annotated[str, BeforeValidator(str)]
+    trade_id: KiteId
+    order_id: KiteId
     exchange_order_id: Annotated[
         str | None, BeforeValidator(lambda v: None if v is None else str(v))
     ] = None
@@ -117,8 +145,8 @@ class KiteTrade(_Payload):
     instrument_token: int | None = None
     product: str
     transaction_type: str
-    quantity: int = Field(gt=0)
-    average_price: Annotated[Decimal, BeforeValidator(_to_decimal)]
+    quantity: Annotated[int, Field(gt=0, le=MAX_QUANTITY)]
+    average_price: Annotated[Decimal, BeforeValidator(_to_decimal), Field(gt=0)]
     fill_timestamp: KiteTime = None
     exchange_timestamp: KiteTime = None
     # In trades this is a bare time ("09:16:39"); keep whatever Kite sent, typed.
@@ -131,21 +159,50 @@ class KitePostback(KiteOrder):
     checksum: str = ""
     app_id: int | str | None = None
     user_id: str | None = None
-    unfilled_quantity: int | None = None
+    unfilled_quantity: KiteQuantity | None = None
+
+
+_P = TypeVar("_P", bound=_Payload)
+
+
+class KitePayloadError(LedgerError, ValueError):
+    """Kite answered with something that is not the record it should be. The message names
+    the record and every bad field, on one line."""
 
 
 def parse_orders(data: Any) -> list[KiteOrder]:
     """Orders from `orders()` / `order_history()` (the `data` list or the whole envelope)."""
-    return [KiteOrder.model_validate(item) for item in _data_list(data)]
+    return _parse(KiteOrder, "order", data)
 
 
 def parse_trades(data: Any) -> list[KiteTrade]:
-    return [KiteTrade.model_validate(item) for item in _data_list(data)]
+    """Trades from `trades()` / `order_trades()` (the `data` list or the whole envelope)."""
+    return _parse(KiteTrade, "trade", data)
 
 
-def _data_list(data: Any) -> list[Any]:
+def _parse(model: type[_P], kind: str, data: Any) -> list[_P]:
+    records = _data_list(data, kind)
+    parsed = []
+    for index, item in enumerate(records):
+        try:
+            parsed.append(model.model_validate(item))
+        except ValidationError as error:
+            raise KitePayloadError(f"Kite {kind} record {index}: {_problems(error)}") from None
+    return parsed
+
+
+def _problems(error: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(str(p) for p in e['loc']) or 'record'}: {e['msg']}".replace("\n", " ")
+        for e in error.errors()
+    )
+
+
+def _data_list(data: Any, kind: str) -> list[Any]:
     if isinstance(data, dict) and "data" in data:
         data = data["data"]
     if not isinstance(data, list):
-        raise ValueError("expected a list of Kite records")
+        raise KitePayloadError(
+            f"Kite {kind}s: expected a list of records, got {type(data).__name__}"
+        )
     return data

@@ -33,7 +33,9 @@ class PostbackRefused(Exception):
 
 
 def expected_checksum(order_id: str, order_timestamp: str, api_secret: str) -> str:
-    return hashlib.sha256(f"{order_id}{order_timestamp}{api_secret}".encode()).hexdigest()
+    # surrogatepass: JSON may carry a lone surrogate ("\ud800"); it must not crash the check.
+    text = f"{order_id}{order_timestamp}{api_secret}"
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def verify_postback(body: bytes, *, api_secret: str, app_id: int | str | None) -> dict[str, Any]:
@@ -59,7 +61,8 @@ def verify_postback(body: bytes, *, api_secret: str, app_id: int | str | None) -
     expected = expected_checksum(
         str(fields["order_id"]), str(fields["order_timestamp"]), api_secret
     )
-    if not hmac.compare_digest(expected.encode(), str(fields["checksum"]).encode()):
+    given = str(fields["checksum"]).encode("utf-8", "surrogatepass")
+    if not hmac.compare_digest(expected.encode(), given):
         raise PostbackRefused(401, "checksum mismatch: not signed with this app's secret")
     if app_id is not None and str(payload.get("app_id")) != str(app_id):
         raise PostbackRefused(403, f"postback for another app ({payload.get('app_id')!r})")
@@ -95,6 +98,10 @@ class PostbackServer:
                 try:
                     length = int(self.headers.get("Content-Length") or 0)
                 except ValueError:
+                    length = -1
+                if length < 0:
+                    # A negative length would read until the client hangs up: never answered.
+                    self.close_connection = True
                     self._reply(400, "bad Content-Length")
                     return
                 if length > MAX_POSTBACK_BYTES:
@@ -107,6 +114,9 @@ class PostbackServer:
 
             def do_GET(self) -> None:
                 self._reply(405, "postbacks are POSTed")
+
+            # Any other method: 405 with the same JSON answer (not the library's HTML 501).
+            do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_GET  # noqa: N815
 
             def _reply(self, status: int, message: str) -> None:
                 data = json.dumps(
