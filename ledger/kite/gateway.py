@@ -39,7 +39,7 @@ from ledger.commands import (
     RecordTriggered,
     SubmitOrder,
 )
-from ledger.domain.errors import LedgerError
+from ledger.domain.errors import LedgerError, OrderNotFound
 from ledger.domain.order import Order
 from ledger.domain.status import EventKind
 from ledger.domain.values import IST, Exchange, InstrumentRef, OrderType, Source
@@ -58,6 +58,18 @@ UNKNOWN_OUTCOME: tuple[type[BaseException], ...] = (
 )
 #: Errors that say Kite refused the request itself.
 REFUSED: tuple[type[BaseException], ...] = (kite_errors.InputException, kite_errors.OrderException)
+
+
+#: Orders placed outside the ledger and adopted from Kite's book are named `kite-<order id>`.
+ADOPTED_PREFIX = "kite-"
+ADOPTED_ACTOR = "external"
+
+
+def adopted_from(order: Order) -> str | None:
+    """The Kite order id an adopted order was adopted from; None for the ledger's own."""
+    if order.actor == ADOPTED_ACTOR and order.client_order_id.startswith(ADOPTED_PREFIX):
+        return order.client_order_id.removeprefix(ADOPTED_PREFIX)
+    return None
 
 
 class GatewayError(LedgerError):
@@ -202,7 +214,12 @@ class KiteGateway:
         report = DispatchReport()
         broker_orders: list[KiteOrder] | None = None
         for order in self.open_orders():  # (their tags are indexed before anything is sent)
-            if order.broker_order_id is None:
+            outside = adopted_from(order)
+            if order.broker_order_id is None and outside is not None:
+                # Adopted from Kite's book, its acceptance not recorded yet (a crash in
+                # between): it is at Kite already. Never place it; converge it instead.
+                self.converge(outside, Source.RECONCILIATION)
+            elif order.broker_order_id is None:
                 if broker_orders is None and self.outbox.attempt(str(order.id), "place", 1):
                     broker_orders = parse_orders(self.call("orders"))
                 self._place(order, broker_orders or [], report)
@@ -501,7 +518,7 @@ class KiteGateway:
         order_type = OrderType(latest.order_type)
         fields: dict[str, Any] = {
             "account": self.account,
-            "client_order_id": f"kite-{latest.order_id}",
+            "client_order_id": f"{ADOPTED_PREFIX}{latest.order_id}",
             "exchange": latest.exchange,
             "tradingsymbol": latest.tradingsymbol,
             "side": latest.transaction_type,
@@ -511,7 +528,7 @@ class KiteGateway:
             "variety": latest.variety,
             "validity": latest.validity,
             "strategy": "external",
-            "actor": "external",
+            "actor": ADOPTED_ACTOR,
         }
         if order_type.needs_price:
             fields["price"] = latest.price
@@ -523,10 +540,15 @@ class KiteGateway:
                 protection if protection and protection != 0 else Decimal(-1)
             )
         try:
-            order = self.ledger.submit(SubmitOrder.parse(fields))
-        except LedgerError as error:
-            result.problems.append(f"cannot adopt external order {latest.order_id}: {error}")
-            return None
+            # Adopted before (a crash came before its acceptance was recorded): that order,
+            # whatever Kite changed since; converging records the changes.
+            order = self.ledger.find_order(self.account, fields["client_order_id"])
+        except OrderNotFound:
+            try:
+                order = self.ledger.submit(SubmitOrder.parse(fields))
+            except LedgerError as error:
+                result.problems.append(f"cannot adopt external order {latest.order_id}: {error}")
+                return None
         self._by_broker_id[latest.order_id] = order.id
         self._by_tag[order.tag] = order.id
         return order.id
