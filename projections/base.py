@@ -384,6 +384,14 @@ class Working:
         self.changed = {name: {} for name in self.tables}
         return changed
 
+    def over(self, limit: int) -> bool:
+        """Whether a `per_order` table holds more than `limit` cells."""
+        return any(
+            len(self.cells[name]) > limit
+            for name, table in self.tables.items()
+            if table.kind == "per_order"
+        )
+
     def evict(self, limit: int) -> None:
         """Forget `per_order` cells once there are more than `limit` (they are written)."""
         for name, table in self.tables.items():

@@ -31,6 +31,8 @@ from ledger.persistence import StorageSettings
 from projections.base import PRICE_PLACES, Key, Projection, Table, View, _normal
 
 TRACKING: Final = "proj_tracking"
+#: Rows to write, by projection and table, as parameter tuples.
+Encoded = list[tuple[Projection, list[tuple[Table, list[Any]]]]]
 ACTIVE: Final = "proj_active"
 
 
@@ -263,15 +265,36 @@ class ProjectionStore(ABC):
         commit first checks, holding the tracking row, that no other runner moved the
         projection meanwhile, and raises `ProjectionConflict` (writing nothing) if one did.
         """
+        self.write(self.encode_changes(changes), position, expected)
+
+    def encode_changes(
+        self, changes: Sequence[tuple[Projection, Mapping[str, Mapping[Key, Any]]]]
+    ) -> Encoded:
+        """The changed rows as parameter tuples: a copy, so the cells may change again
+        while another thread writes these."""
+        encoded: Encoded = []
+        for projection, tables in changes:
+            rows = [
+                (
+                    projection.table_named(name),
+                    self._tuples(projection.table_named(name), cells.values()),
+                )
+                for name, cells in tables.items()
+                if cells
+            ]
+            encoded.append((projection, rows))
+        return encoded
+
+    def write(
+        self, encoded: Encoded, position: int, expected: Mapping[str, int] | None = None
+    ) -> None:
+        """`commit` of rows `encode_changes` made."""
         with self.transaction() as cur:
-            for projection, tables in changes:
+            for projection, tables in encoded:
                 if expected is not None:
                     self._check_position(cur, projection, expected[projection.name])
-                for table_key, rows in tables.items():
-                    if not rows:
-                        continue
-                    table = projection.table_named(table_key)
-                    self._write(cur, projection, table, self._tuples(table, rows.values()))
+                for table, rows in tables:
+                    self._write(cur, projection, table, rows)
                 cur.execute(
                     f"UPDATE {TRACKING} SET position = {self.placeholder}"
                     f" WHERE projection = {self.placeholder} AND version = {self.placeholder}",
