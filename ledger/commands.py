@@ -86,6 +86,16 @@ class Command(BaseModel):
     @classmethod
     def parse(cls, data: dict[str, Any]) -> Self:
         """Build from a mapping (JSON, CLI), with the same validation."""
+        if not isinstance(data, dict):
+            raise InvalidCommand(
+                cls.__name__, [Problem("command", f"expected a mapping, got {type(data).__name__}")]
+            )
+        odd = [repr(key) for key in data if not isinstance(key, str)]
+        if odd:
+            raise InvalidCommand(
+                cls.__name__,
+                [Problem("command", f"field names must be text, got {', '.join(odd)}")],
+            )
         return cls(**data)
 
 
