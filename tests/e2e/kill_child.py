@@ -20,12 +20,13 @@ A worker runs the whole workload in one loop, each pass:
 
 Kill points: a life is armed for one kind (command, projection, placement, reconciliation)
 and, at every kill point of that kind it passes, kills itself (SIGKILL) with a probability
-drawn from its seed: inside a write transaction before it commits, just after a commit,
-between a command's return and its ack, after the outbox claim and before the request
-leaves, after the sandbox has the order and before `Accepted` is recorded, after a fetch
-from the sandbox and before what it says is recorded, inside a projection batch's
-transaction, after a batch. The test also kills lives at random moments from outside.
-Each self-kill notes its point in the points file first.
+drawn from its seed (the more often it passed that point, the less likely): inside a write
+transaction before it commits, just after a commit, between a command's return and its
+ack, after the outbox claim and before the request leaves, after the sandbox has the order
+and before `Accepted` is recorded, after a fetch from the sandbox and before what it says
+is recorded, inside a projection batch's transaction, after a batch. The test also kills
+lives at random moments from outside. Each self-kill notes its point in the points file
+first.
 
 `mode` "finish" arms nothing: it completes the plan, settles with the sandbox and catches
 the projections up, then exits 0.
@@ -37,6 +38,7 @@ import ctypes
 import json
 import os
 import random
+import re
 import signal
 import sys
 import time
@@ -175,6 +177,7 @@ class KillSwitch:
         self.rng = random.Random(seed)
         self.points = points
         self.context = "start"
+        self.seen: dict[str, int] = {}
 
     @contextmanager
     def within(self, context: str) -> Iterator[None]:
@@ -189,8 +192,14 @@ class KillSwitch:
         if self.only is not None:
             if f"{kind}:{name}" != self.only:
                 return
-        elif kind != self.kind or self.rng.random() >= self.chance:
+        elif kind != self.kind:
             return
+        else:
+            # Rarer points weigh more: a point passed often (every poll fetches the order
+            # book) would otherwise take most of the kills.
+            seen = self.seen[name] = self.seen.get(name, 0) + 1
+            if self.rng.random() >= self.chance * 2 / (1 + seen):
+                return
         with open(self.points, "a", encoding="utf-8") as out:
             out.write(f"{kind}:{name}\n")
             out.flush()
@@ -209,17 +218,19 @@ def install_write_points(ledger: OrderLedger, switch: KillSwitch) -> None:
     )
     inner = getattr(recorder, name)
 
-    def in_transaction(*args: Any, **kwargs: Any) -> Any:
-        result = inner(*args, **kwargs)
-        switch.point("write-in-transaction")
+    def in_transaction(cursor: Any, stored: Any, *args: Any, **kwargs: Any) -> Any:
+        result = inner(cursor, stored, *args, **kwargs)
+        what = re.split(r"[.:]", stored[-1].topic)[-1] if stored else "nothing"
+        switch.point(f"write-in-transaction:{what}")
         return result
 
     setattr(recorder, name, in_transaction)
     save = ledger.save
 
-    def saved(*args: Any, **kwargs: Any) -> Any:
-        result = save(*args, **kwargs)
-        switch.point("write-committed")
+    def saved(*objs: Any, **kwargs: Any) -> Any:
+        events = [e for o in objs for e in getattr(o, "pending_events", ())]
+        result = save(*objs, **kwargs)
+        switch.point(f"write-committed:{type(events[-1]).__name__ if events else 'nothing'}")
         return result
 
     ledger.save = saved  # type: ignore[method-assign]
@@ -407,13 +418,16 @@ def run_life(life: Life) -> None:
     )
     install_gateway_points(gateway, outbox, switch)
     store = store_for_ledger_url(life.url)
-    inner_commit = store.count_transaction
+    inner_transaction = store.transaction
 
-    def batch_in_transaction() -> None:
-        inner_commit()
-        switch.point("inside-batch-transaction", "projection")
+    @contextmanager
+    def transaction() -> Iterator[Any]:
+        with inner_transaction() as cursor:
+            yield cursor
+            if switch.context == "projection":  # rows and position written, not committed
+                switch.point("inside-batch-transaction")
 
-    store.count_transaction = batch_in_transaction  # type: ignore[method-assign]
+    store.transaction = transaction  # type: ignore[method-assign]
     runner = ProjectionRunner(
         LedgerLog(ledger),
         store,

@@ -52,14 +52,14 @@ from tests.kite_support import ACCOUNT, BROKER_STATUS, client, place_at_kite
 from tests.scale import report, scaled
 
 ROOT = Path(__file__).resolve().parents[2]
-KILLS = scaled(7, 32)  # per test; 8 tests (4 kinds x 2 backends): 56 by default, 256 long
+KILLS = scaled(8, 32)  # per test; 8 tests (4 kinds x 2 backends): 64 by default, 256 long
 PLAN_STEPS = scaled(60, 200)
 LIFE_SECONDS = (0.25, 1.4)  # the test kills a life at a random moment in this span...
-CHANCE = {  # ...unless it kills itself first, at each kill point of its kind with this chance
-    "command": 0.015,
-    "projection": 0.03,
-    "placement": 0.05,
-    "reconciliation": 0.02,
+CHANCE = {  # ...unless it kills itself first, at a kill point of its kind (see kill_child)
+    "command": 0.05,
+    "projection": 0.08,
+    "placement": 0.15,
+    "reconciliation": 0.1,
 }
 OUTSIDE_TAG = "outside"
 
@@ -268,6 +268,7 @@ def test_sigkill_at_random_points_loses_and_doubles_nothing(
         self_kills=len(self_kills),
         timer_kills=timer_kills,
         points=len(set(self_kills)),
+        where=" ".join(sorted(set(self_kills))),
         seconds=round(time.monotonic() - started, 1),
     )
 
@@ -460,13 +461,13 @@ def test_killed_between_adopting_an_outside_order_and_recording_it_accepted(
                 **extra,
             )
 
-        launcher.start(life("run", only_point="reconciliation:write-committed"), log)
+        launcher.start(life("run", only_point="reconciliation:write-committed:Submitted"), log)
         status = launcher.wait(30)
         if status is None:
             launcher.kill_worker()
         assert status is not None, f"the kill point was never reached:\n{_tail(log)}"
         assert os.WIFSIGNALED(status), f"ended by itself ({status}):\n{_tail(log)}"
-        assert points.read_text().split() == ["reconciliation:write-committed"]
+        assert points.read_text().split() == ["reconciliation:write-committed:Submitted"]
         with open_ledger(database_url) as ledger:
             adopted = ledger.find_order(ACCOUNT, f"kite-{outside}")
             assert adopted.broker_order_id is None  # adopted; its acceptance not recorded
