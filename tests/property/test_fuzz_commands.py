@@ -190,7 +190,7 @@ def test_order_commands_take_effect_or_are_refused_and_write_nothing(
         command = _build(cls, fields)
         if isinstance(command, InvalidCommand):
             continue
-        _apply(ledger, lambda command=command: _run(ledger, command))  # type: ignore[misc]
+        _apply(ledger, lambda command=command: _run(ledger, command))
     final = ledger.get_order(order.id)
     assert 0 <= final.filled_quantity <= final.quantity
     assert final.version == len(ledger.history(order.id))
@@ -248,5 +248,6 @@ def _ledger(make_ledger: LedgerFactory) -> OrderLedger:
 )
 def test_commands_from_any_mapping_are_refused_clearly(data: dict[Any, Any]) -> None:
     _tried["any mapping"] = _tried.get("any mapping", 0) + 1
-    for cls in (SubmitOrder, *VALID_UPDATES):
+    classes: list[type[Command]] = [SubmitOrder, *VALID_UPDATES]
+    for cls in classes:
         _build(cls, data)
