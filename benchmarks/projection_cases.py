@@ -27,7 +27,6 @@ per-order row the rebuild has let go must be loaded back).
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import shutil
@@ -36,7 +35,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -162,9 +161,20 @@ def _one_order(
     return order
 
 
-@functools.cache
+_LOGS: dict[int, tuple[Path, Path]] = {}
+
+
 def _the_log(events: int) -> tuple[Path, Path]:
-    """(SQLite ledger file, Parquet export) holding a log of about `events` events."""
+    """(SQLite ledger file, Parquet export) holding a log of about `events` events, made
+    once per process (a larger one made already serves a smaller case: its first rows)."""
+    fitting = [size for size in _LOGS if size >= events]
+    if fitting:
+        return _LOGS[min(fitting)]
+    _LOGS[events] = _make_log(events)
+    return _LOGS[events]
+
+
+def _make_log(events: int) -> tuple[Path, Path]:
     folder = Path(tempfile.mkdtemp(prefix="bench-log-"))
     ledger = open_ledger(folder / "ledger.db")
     build_log(ledger, events)
@@ -406,12 +416,12 @@ def _peak_rss_mb(export: Path) -> tuple[int, float]:
 
 
 def rebuild_memory(events: int) -> Figure:
-    """Peak RSS of the offline rebuild of the first N and first 2N events (N = events/2)."""
-    _, export = _the_log(events)
+    """Peak RSS of the offline rebuild of the first N and the first 2N events of the log
+    (N = `events`)."""
+    _, export = _the_log(2 * events)
     folder = Path(tempfile.mkdtemp(prefix="bench-memory-"))
-    half = events // 2
-    _slice_export(export, half, folder / "n.parquet")
-    _slice_export(export, 2 * half, folder / "2n.parquet")
+    _slice_export(export, events, folder / "n.parquet")
+    _slice_export(export, 2 * events, folder / "2n.parquet")
     _, at_n = _peak_rss_mb(folder / "n.parquet")
     _, at_2n = _peak_rss_mb(folder / "2n.parquet")
     shutil.rmtree(folder, ignore_errors=True)
@@ -419,14 +429,16 @@ def rebuild_memory(events: int) -> Figure:
 
 
 def main() -> None:
-    """`python -m benchmarks.projection_cases [events]`: the projection cases alone."""
+    """`python -m benchmarks.projection_cases [events [memory_n]]`: these cases alone."""
     events = int(sys.argv[1]) if len(sys.argv) > 1 else 200_000
-    for case in (
+    memory = int(sys.argv[2]) if len(sys.argv) > 2 else events // 4
+    cases: list[Callable[[], Figure]] = [
         lambda: projection_catchup("sqlite", events),
         lambda: projection_catchup("postgres", events),
         lambda: offline_rebuild(events),
-        lambda: rebuild_memory(events),
-    ):
+        lambda: rebuild_memory(memory),
+    ]
+    for case in cases:
         start = time.perf_counter()
         figure = case()
         print(json.dumps({**vars(figure), "seconds": round(time.perf_counter() - start, 1)}))

@@ -95,14 +95,18 @@ _DAYS: dict[str, date] = {}
 
 
 def trading_day_of(exchange_timestamp: Any, timestamp: Any) -> date:
-    """`trading_day` for wrapped ISO times as records hold them (cached by text)."""
+    """`trading_day` for wrapped ISO times as records hold them. The day depends only on
+    the minute and the UTC offset, so it is remembered by those (a few entries a day)."""
     text: str = (exchange_timestamp or timestamp)["_data_"]
-    day = _DAYS.get(text)
-    if day is None:
-        if len(_DAYS) > 100_000:
-            _DAYS.clear()
-        day = _DAYS[text] = datetime.fromisoformat(text).astimezone(IST).date()
-    return day
+    if len(text) > 22 and text[-6] in "+-" and text[-3] == ":":
+        key = text[:16] + text[-6:]
+        day = _DAYS.get(key)
+        if day is None:
+            if len(_DAYS) > 10_000:
+                _DAYS.clear()
+            day = _DAYS[key] = datetime.fromisoformat(text).astimezone(IST).date()
+        return day
+    return datetime.fromisoformat(text).astimezone(IST).date()
 
 
 _TRANSITIONS: dict[tuple[str, str, bool], str] = {}
@@ -300,10 +304,19 @@ class Table:
     def values_of(self) -> Callable[[Any], tuple[Any, ...]]:
         """A row's or cell's values, as a tuple in column order."""
         names = tuple(self.columns)
-        return attrgetter(*names) if len(names) > 1 else _single(names[0])
+        getter = attrgetter(*names) if len(names) > 1 else _single(names[0])
+        if self.kind == "append":
+
+            def values(cell: Any) -> tuple[Any, ...]:
+                return cell if type(cell) is tuple else getter(cell)
+
+            return values
+        return getter
 
     def cell(self, *values: Any) -> Any:
-        return self.cell_type(*values)
+        """A cell; for an `append` table, whose rows never change once made, a plain
+        tuple of the values in column order."""
+        return values if self.kind == "append" else self.cell_type(*values)
 
     @cached_property
     def _row_converters(self) -> list[Callable[[Any], Any] | None]:
@@ -330,7 +343,7 @@ class Table:
         )
 
     def cell_of(self, row: Any) -> Any:
-        return self.cell_type(*(getattr(row, name) for name in self.columns))
+        return self.cell(*(getattr(row, name) for name in self.columns))
 
 
 def _single(name: str) -> Callable[[Any], tuple[Any, ...]]:

@@ -46,7 +46,7 @@ from projections.store import ProjectionConflict, ProjectionStore
 
 DEFAULT_BATCH_SIZE = 2000
 #: Per-order rows kept in memory per table before the written ones are let go.
-DEFAULT_CACHED_ORDERS = 20_000
+DEFAULT_CACHED_ORDERS = 5_000
 
 
 class EventSource(Protocol):
@@ -146,7 +146,7 @@ _scan: Final[Callable[[str, int], tuple[Any, int]]] = json.JSONDecoder().scan_on
 
 def parse_state(state: bytes | str) -> dict[str, Any]:
     """A stored state, parsed (what `json.loads` gives, for less)."""
-    text = state if isinstance(state, str) else bytes(state).decode("utf-8")
+    text = state if isinstance(state, str) else str(state, "utf-8")
     parsed: Any = None
     try:
         parsed, end = _scan(text, 0)

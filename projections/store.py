@@ -343,18 +343,23 @@ class ProjectionStore(ABC):
 def _tuple_builder(
     table: Table, encoders: Sequence[Callable[[Any], Any] | None]
 ) -> Callable[[Iterable[Any]], list[Any]]:
-    """A generated function making parameter tuples of rows: one expression per column,
-    no loop over columns for every row."""
+    """A generated function making parameter tuples of cells (tuples for `append`
+    tables): one expression per column, no loop over columns for every row."""
     namespace: dict[str, Any] = {}
     parts = []
     for i, (name, encode) in enumerate(zip(table.columns, encoders, strict=True)):
+        value = f"r[{i}]" if table.kind == "append" else f"r.{name}"  # tuples or cells
         if encode is None:
-            parts.append(f"r.{name}")
+            parts.append(value)
         else:
             namespace[f"e{i}"] = encode
-            parts.append(f"(None if r.{name} is None else e{i}(r.{name}))")
+            parts.append(f"(None if {value} is None else e{i}({value}))")
+    source = "rows"
+    if table.kind == "append":  # frozen rows too, not only tuples
+        namespace["values_of"] = table.values_of
+        source = "map(values_of, rows)"
     # The names are the row dataclass's own field names, never input.
-    exec(f"def build(rows):\n    return [({', '.join(parts)},) for r in rows]\n", namespace)
+    exec(f"def build(rows):\n    return [({', '.join(parts)},) for r in {source}]\n", namespace)
     build: Callable[[Iterable[Any]], list[Any]] = namespace["build"]
     return build
 
@@ -417,6 +422,12 @@ class SQLiteProjectionStore(ProjectionStore):
         if kind is bool:
             return int(value)
         return value
+
+    def _create_statement(self, projection: Projection, table: Table) -> str:
+        statement = super()._create_statement(projection, table)
+        integer_key = len(table.key_fields) == 1 and table.columns[table.key_fields[0]] is int
+        # A table keyed by text is kept in its key's order, one B-tree instead of two.
+        return statement if integer_key else statement + " WITHOUT ROWID"
 
     def _encoders(self, table: Table) -> list[Callable[[Any], Any] | None]:
         table_encoders: dict[type[Any], Callable[[Any], Any]] = {

@@ -96,16 +96,27 @@ def all_events(ledger: OrderLedger) -> list[tuple[int, Order.Event]]:
     plan=intents(),
     cuts=st.lists(st.integers(min_value=0, max_value=40), max_size=6),
     batch_size=st.integers(min_value=1, max_value=12),
+    cached_orders=st.integers(min_value=0, max_value=4),
 )
 def test_live_equals_rebuilt_equals_offline(
-    backend: Any, tmp_path: Path, plan: list[Intent], cuts: list[int], batch_size: int
+    backend: Any,
+    tmp_path: Path,
+    plan: list[Intent],
+    cuts: list[int],
+    batch_size: int,
+    cached_orders: int,
 ) -> None:
     with backend() as (url, other_store):
         clock = FakeClock()
         with open_ledger(url, clock=clock) as ledger:
             live_store = store_for_ledger_url(url)
+            # Per-order rows are let go after a few orders and loaded again when needed.
             runner = ProjectionRunner(
-                LedgerLog(ledger), live_store, all_projections(), batch_size=batch_size
+                LedgerLog(ledger),
+                live_store,
+                all_projections(),
+                batch_size=batch_size,
+                cached_orders=cached_orders,
             )
             # Writes and projection batches interleave at the cut points.
             start = 0

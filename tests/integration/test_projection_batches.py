@@ -1,0 +1,173 @@
+"""How the runner batches, pipelines and forgets: guards that count transactions and
+queries (never time), on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ledger.application import OrderLedger
+from ledger.commands import CancelOrder, RecordCancelled
+from ledger.demo import run_session
+from projections import all_projections
+from projections.audit import details_of
+from projections.base import Projection
+from projections.offline import export_log, offline_rebuild
+from projections.runner import LedgerLog, ProjectionRunner
+from projections.store import ProjectionStore, store_for_file, store_for_ledger_url
+from tests.support import accepted, fill, submit_command
+
+PER_ORDER_TABLES = 3  # execution reports, statistics tallies, audit labels
+
+
+def tables(store: ProjectionStore, projections: list[Projection]) -> dict[str, Any]:
+    return {p.name: store.load_view(p).contents() for p in projections}
+
+
+def folded(ledger: OrderLedger, projections: list[Projection]) -> dict[str, Any]:
+    log, after, events = LedgerLog(ledger), 0, []
+    while batch := log.read(after, 1000):
+        events += batch
+        after = batch[-1][0]
+    return {p.name: p.fold(events).contents() for p in projections}
+
+
+@pytest.fixture
+def store(database_url: str) -> Iterator[ProjectionStore]:
+    store = store_for_ledger_url(database_url)
+    yield store
+    store.close()
+
+
+def late_fill_after_others(ledger: OrderLedger) -> None:
+    """An order part filled and cancelled, many other orders, then its late fill."""
+    order = ledger.submit(submit_command(client_order_id="late-1", quantity=10))
+    ledger.record(accepted(order))
+    ledger.record(fill(order, "L1", 4))
+    ledger.request_cancel(CancelOrder(order_id=order.id, reason="enough"))
+    ledger.record(RecordCancelled(order_id=order.id, reason="cancelled"))
+    run_session(ledger)
+    run_session(ledger)
+    ledger.record(fill(order, "L2", 6))
+
+
+@pytest.mark.parametrize("cached_orders", [0, 1, 5])
+def test_rows_let_go_are_loaded_again_and_the_result_is_a_clean_fold(
+    ledger: OrderLedger, store: ProjectionStore, cached_orders: int
+) -> None:
+    late_fill_after_others(ledger)
+    projections = all_projections()
+    runner = ProjectionRunner(
+        LedgerLog(ledger), store, projections, batch_size=4, cached_orders=cached_orders
+    )
+    runner.catch_up()
+    assert tables(store, projections) == folded(ledger, projections)
+    for working in runner.working.values():
+        for name, table in working.tables.items():
+            if table.kind == "per_order":
+                # bounded: at most the cap, plus the orders of the last batch
+                assert len(working.cells[name]) <= cached_orders + 4
+            if table.kind == "append":
+                assert not working.cells[name]  # written, never kept
+
+
+def test_rows_let_go_are_loaded_in_one_query_per_table_per_batch(
+    ledger: OrderLedger, store: ProjectionStore
+) -> None:
+    late_fill_after_others(ledger)
+    projections = all_projections()
+    runner = ProjectionRunner(LedgerLog(ledger), store, projections, batch_size=6, cached_orders=0)
+    loads: list[int] = []
+    real_load = store.load_cells
+
+    def counting_load(projection: Any, table: Any, keys: Any = None) -> Any:
+        loads.append(len(keys) if keys is not None else -1)
+        return real_load(projection, table, keys)
+
+    store.load_cells = counting_load  # type: ignore[method-assign]
+    batches = 0
+
+    def count(_records: int, _position: int) -> None:
+        nonlocal batches
+        batches += 1
+
+    runner.on_batch = count
+    runner.catch_up()
+    assert loads, "with no rows cached, later events must load their order's rows"
+    assert len(loads) <= batches * PER_ORDER_TABLES
+    assert tables(store, projections) == folded(ledger, projections)
+
+
+def test_catch_up_commits_one_transaction_per_batch_in_order(
+    ledger: OrderLedger, store: ProjectionStore
+) -> None:
+    run_session(ledger)
+    events = ledger.count_events()
+    projections = all_projections()
+    runner = ProjectionRunner(LedgerLog(ledger), store, projections, batch_size=7)
+    positions: list[int] = []
+    real_write = store.write
+
+    def recording_write(encoded: Any, position: int, expected: Any = None) -> None:
+        positions.append(position)
+        real_write(encoded, position, expected)
+
+    store.write = recording_write  # type: ignore[method-assign]
+    before = store.transactions_committed
+    runner.catch_up()
+    assert store.transactions_committed - before == -(-events // 7)
+    assert positions == sorted(positions)
+    assert runner.position == positions[-1] == LedgerLog(ledger).last_position()
+
+
+def test_a_failed_commit_in_a_pipelined_catch_up_loses_nothing(
+    ledger: OrderLedger, store: ProjectionStore
+) -> None:
+    run_session(ledger)
+    run_session(ledger)
+    projections = all_projections()
+    runner = ProjectionRunner(LedgerLog(ledger), store, projections, batch_size=5)
+    real_write = store.write
+    calls = 0
+
+    def failing_second_write(encoded: Any, position: int, expected: Any = None) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise ConnectionError("database went away")
+        real_write(encoded, position, expected)
+
+    store.write = failing_second_write  # type: ignore[method-assign]
+    with pytest.raises(ConnectionError):
+        runner.catch_up()
+    assert runner.position == store.position(projections[0]) == 5
+    store.write = real_write  # type: ignore[method-assign]
+    runner.catch_up()
+    assert tables(store, projections) == folded(ledger, projections)
+
+
+def test_offline_rebuild_with_rows_let_go_equals_live(
+    ledger: OrderLedger, store: ProjectionStore, tmp_path: Path
+) -> None:
+    late_fill_after_others(ledger)
+    projections = all_projections()
+    ProjectionRunner(LedgerLog(ledger), store, projections).catch_up()
+    export = tmp_path / "log.parquet"
+    export_log(ledger, export)
+    into = tmp_path / "rebuilt.sqlite"
+    offline_rebuild(export, into, projections, batch_size=3)
+    rebuilt = store_for_file(into)
+    try:
+        assert tables(rebuilt, projections) == tables(store, projections)
+    finally:
+        rebuilt.close()
+
+
+def test_audit_details_leave_out_the_hash_chain(ledger: OrderLedger) -> None:
+    run_session(ledger)
+    for event in ledger.iter_log():
+        assert event.event_hash is not None  # the log has the chain...
+        assert not {"hash", "previous_hash"} & set(details_of(event))  # ...details do not
