@@ -203,10 +203,31 @@ def _stored_events(export: Path, limit: int | None = None) -> Iterator[list[Stor
 
 
 def _copy_log(ledger: OrderLedger, export: Path) -> int:
+    """The exported stored events into `ledger`'s log, in log order: by the recorder on
+    SQLite, by COPY into the recorder's own table on PostgreSQL (the same rows, faster)."""
+    from eventsourcing.postgres import PostgresApplicationRecorder
+
+    recorder = ledger.recorder
     count = 0
-    for chunk in _stored_events(export):
-        ledger.recorder.insert_events(chunk)
-        count += len(chunk)
+    if not isinstance(recorder, PostgresApplicationRecorder):
+        for chunk in _stored_events(export):
+            recorder.insert_events(chunk)
+            count += len(chunk)
+        return count
+    table = SQL("{}.{}").format(
+        Identifier(recorder.datastore.schema), Identifier(recorder.events_table_name)
+    )
+    with recorder.datastore.get_connection() as conn, conn.transaction(), conn.cursor() as cur:
+        copy_sql = SQL(
+            "COPY {} (originator_id, originator_version, topic, state) FROM STDIN"
+        ).format(table)
+        with cur.copy(copy_sql) as copy:
+            for chunk in _stored_events(export):
+                for event in chunk:
+                    copy.write_row(
+                        (event.originator_id, event.originator_version, event.topic, event.state)
+                    )
+                count += len(chunk)
     return count
 
 

@@ -97,8 +97,8 @@ class LedgerLog:
         recorder = self.ledger.recorder
         if isinstance(recorder, SQLiteApplicationRecorder):
             with recorder.datastore.transaction(commit=False) as cursor:
-                cursor.execute(
-                    "SELECT rowid, originator_id, originator_version, topic, state"
+                cursor.execute(  # the state as text: SQLite decodes it, not Python
+                    "SELECT rowid, originator_id, originator_version, topic, CAST(state AS TEXT)"
                     f" FROM {recorder.events_table_name} WHERE rowid>? ORDER BY rowid LIMIT ?",
                     (after, limit),
                 )
@@ -107,8 +107,9 @@ class LedgerLog:
             from psycopg.rows import tuple_row
             from psycopg.sql import SQL, Identifier
 
-            statement = SQL(
-                "SELECT notification_id, originator_id::text, originator_version, topic, state"
+            statement = SQL(  # the state as text: the server decodes it, not Python
+                "SELECT notification_id, originator_id::text, originator_version, topic,"
+                " convert_from(state, 'UTF8')"
                 " FROM {}.{} WHERE notification_id>%s ORDER BY notification_id LIMIT %s"
             ).format(Identifier(recorder.datastore.schema), Identifier(recorder.events_table_name))
             with (
