@@ -121,7 +121,9 @@ def _rebuild(exports: Exports, export: Path) -> None:
                 )
             ]
             rows = {t: db.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0] for t in tables}
-        written = {t: n for t, n in rows.items() if n and not t.endswith("_active")}
+        # Bookkeeping (which version is active, tracking positions) is not folded data.
+        bookkeeping = ("proj_active", "proj_tracking")
+        written = {t: n for t, n in rows.items() if n and t not in bookkeeping}
         assert not written, f"refused ({refusal}) but wrote {written}"
 
 
