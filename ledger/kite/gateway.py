@@ -604,6 +604,8 @@ class KiteGateway:
                     and trade_ids.get(broker_order.order_id, set()) <= order.trade_ids
                     and (order.lifecycle.is_terminal or not broker_order.is_terminal)
                     and order.quantity == broker_order.quantity
+                    # a modification made at Kite (its web app, another tool) with no prompt
+                    and (order.lifecycle.is_terminal or _same_terms(order, broker_order))
                 )
                 if up_to_date:
                     continue
@@ -643,6 +645,20 @@ def placement_params(order: Order) -> dict[str, Any]:
     if order.validity_ttl is not None:
         params["validity_ttl"] = order.validity_ttl
     return params
+
+
+def _same_terms(order: Order, broker_order: KiteOrder) -> bool:
+    """Whether the ledger has the order type and prices Kite shows for a working order."""
+    if broker_order.order_type != order.order_type.value:
+        return False
+    kind = order.order_type
+    if kind.needs_price and broker_order.price is not None and broker_order.price != order.price:
+        return False
+    return not (
+        kind.needs_trigger_price
+        and broker_order.trigger_price is not None
+        and broker_order.trigger_price != order.trigger_price
+    )
 
 
 def _trigger_time(history: Iterable[KiteOrder]) -> Any:

@@ -374,6 +374,8 @@ def _check_broker(
             assert order.strategy == "killer", order.client_order_id
         assert order.status in BROKER_STATUS[sim.status], (order.client_order_id, sim.status)
         assert order.quantity == sim.quantity, order.client_order_id
+        if sim.status not in ("COMPLETE", "CANCELLED", "REJECTED"):  # terms may change
+            assert order.price == sim.price, (order.client_order_id, order.price, sim.price)
         assert order.filled_quantity == sim.filled_quantity, order.client_order_id
         assert order.filled_value == sim.filled_value, order.client_order_id
         assert order.trade_ids == trades_of[broker_id], order.client_order_id
