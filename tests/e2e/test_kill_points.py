@@ -489,6 +489,15 @@ def test_killed_between_adopting_an_outside_order_and_recording_it_accepted(
         assert list(sandbox.orders) == [outside], "the adopted order was placed at Kite again"
         with open_ledger(database_url) as ledger:
             orders = ledger.all_orders()
+            events = ledger.count_events()
         assert [o.client_order_id for o in orders] == [f"kite-{outside}"]
         assert orders[0].broker_order_id == outside
         assert orders[0].price == sandbox.orders[outside].price
+    report(
+        "kill_points",
+        kills=1,
+        backend="postgres" if database_url.startswith("postgresql") else "sqlite",
+        kind=f"adoption-{then}",
+        acked_commands=0,
+        events_checked=events,
+    )
