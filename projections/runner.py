@@ -326,7 +326,10 @@ class ProjectionRunner:
         the writer are copies, so folding on cannot change what a commit writes; a failed
         commit throws away what was folded after it and starts again from the store."""
         total = 0
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="projections") as writer:
+        with (
+            without_cycle_collection(),
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="projections") as writer,
+        ):
             folded = dict(self.positions)
             while True:
                 try:
