@@ -27,6 +27,7 @@ per-order row the rebuild has let go must be loaded back).
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import shutil
@@ -176,6 +177,7 @@ def _the_log(events: int) -> tuple[Path, Path]:
 
 def _make_log(events: int) -> tuple[Path, Path]:
     folder = Path(tempfile.mkdtemp(prefix="bench-log-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
     ledger = open_ledger(folder / "ledger.db")
     build_log(ledger, events)
     export = folder / "log.parquet"

@@ -6,6 +6,13 @@ of every projection together with their new positions in one transaction. A cras
 point loses at most the batch in flight, which the next run folds again from the committed
 position: nothing is skipped and nothing is counted twice.
 
+What it folds are records (the stored JSON state, parsed, with position, order id, version
+and kind), read with the recorder's own keyset query; no event objects are made. Each
+projection keeps a working set of mutable rows: the bounded tables whole, the per-order
+rows of recent orders (let go, once written, beyond `cached_orders`, and loaded again in
+one query per table when a later event needs them), nothing of the append-only tables.
+`catch_up` folds the next batch while the previous one is being written.
+
 Positions are notification ids. They can have gaps (a failed insert burns a sequence
 value); the runner never waits for a gap to fill, because on PostgreSQL the table lock the
 writers take makes insert order equal commit order, and on SQLite there is one writer at a
