@@ -353,7 +353,7 @@ def projection_catchup(backend: str, events: int) -> Figure:
         ceiling = _read_ceiling(ledger)
         baseline = ceiling
         if backend == "postgres":
-            baseline = _library_runner_rate(ledger, sample=min(3000, events // 2))
+            baseline = _library_runner_rate(ledger, sample=min(2000, events // 2))
         ledger.close()
     return Figure(
         "projection_catchup", backend, "events/s", rate, baseline, rate / baseline, ceiling

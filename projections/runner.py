@@ -95,9 +95,11 @@ class LedgerLog:
     def read_records(self, after: int, limit: int) -> list[Record]:
         """The recorder's own keyset query (rows after `after`, in id order), without
         making notification objects or UUIDs on the way."""
-        return stored_records(self._rows(after, limit))
+        return stored_records(self.stored_rows(after, limit))
 
-    def _rows(self, after: int, limit: int) -> list[tuple[int, str, int, str, bytes | str]]:
+    def stored_rows(self, after: int, limit: int) -> list[tuple[int, str, int, str, bytes | str]]:
+        """Up to `limit` stored (position, order id, version, topic, state) rows of the
+        log after `after`, in log order (the state as text where the database gives it)."""
         from eventsourcing.postgres import PostgresApplicationRecorder
         from eventsourcing.sqlite import SQLiteApplicationRecorder
 
@@ -178,10 +180,8 @@ def stored_records(rows: Iterable[tuple[int, str, int, str, bytes | str]]) -> li
     records: list[Record] = []
     kind_of = KIND_OF_TOPIC.get
     for position, order_id, version, topic, state in rows:
-        kind = kind_of(topic)
+        kind = kind_of(topic) or order_kind(topic, position)
         if kind is None:
-            if topic.startswith(ORDER_TOPIC_PREFIX):
-                raise ValueError(f"unknown order event topic {topic!r} at position {position}")
             continue
         parsed = parse_state(state)
         if parsed.get("class_version", 1) > _MAX_CLASS_VERSION:
@@ -189,14 +189,28 @@ def stored_records(rows: Iterable[tuple[int, str, int, str, bytes | str]]) -> li
                 f"{topic} v{parsed['class_version']} at position {position} is newer than"
                 " this code (upgrade kite-ledger)"
             )
-        if len(order_id) != 36:  # SQLite keeps the hex form: give the canonical one
-            order_id = (
-                f"{order_id[:8]}-{order_id[8:12]}-{order_id[12:16]}-{order_id[16:20]}-{order_id[20:]}"
-                if len(order_id) == 32 and order_id.islower()
-                else str(UUID(order_id))
-            )
+        if len(order_id) != 36:
+            order_id = canonical_id(order_id)
         records.append(Record(position, order_id, version, kind, parsed))
     return records
+
+
+def canonical_id(order_id: str) -> str:
+    """The canonical text of an order id (SQLite keeps the hex form)."""
+    if len(order_id) == 32 and order_id.islower():
+        return (
+            f"{order_id[:8]}-{order_id[8:12]}-{order_id[12:16]}-{order_id[16:20]}-{order_id[20:]}"
+        )
+    return str(UUID(order_id))
+
+
+def order_kind(topic: str, position: int) -> str | None:
+    """The kind of order event a stored topic names; None for another application's
+    event; ValueError for an order event this code does not know."""
+    kind = KIND_OF_TOPIC.get(topic)
+    if kind is None and topic.startswith(ORDER_TOPIC_PREFIX):
+        raise ValueError(f"unknown order event topic {topic!r} at position {position}")
+    return kind
 
 
 class ProjectionRunner:
