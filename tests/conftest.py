@@ -91,6 +91,16 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
         conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
 
 
+@pytest.fixture
+def postgres_url(postgres_database: str) -> Iterator[str]:
+    """A ledger URL on a fresh PostgreSQL schema of its own (for PostgreSQL-only tests);
+    the schema is dropped afterwards."""
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    yield f"{postgres_database}?schema={schema}"
+    with psycopg.connect(postgres_database, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+
+
 LedgerFactory = Callable[..., OrderLedger]
 
 

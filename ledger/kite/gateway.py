@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
+from typing import Any, Final
 from uuid import UUID
 
 from kiteconnect import exceptions as kite_errors
@@ -195,11 +195,16 @@ class KiteGateway:
         raise GatewayError(f"{method}: still rate limited (429) after 6 tries")
 
     def _record(self, update: Any, problems: list[str]) -> int:
+        """Record one update (or the update a callable makes: building it from Kite's
+        data can itself be refused, and that refusal belongs in `problems` too, not in an
+        exception that stops the rest of the converge)."""
         try:
+            if callable(update):
+                update = update()
             before = self.ledger.get_order(update.order_id).version
             after = self.ledger.record(update).version
-        except LedgerError as error:
-            problems.append(str(error))
+        except (LedgerError, ValueError) as error:
+            problems.append(" ".join(str(error).split()))
             return 0
         return after - before
 
@@ -398,7 +403,7 @@ class KiteGateway:
         record = result.problems
         count = 0
         count += self._record(
-            RecordAccepted(
+            lambda: RecordAccepted(
                 order_id=order_id,
                 broker_order_id=latest.order_id,
                 exchange_order_id=next(
@@ -414,16 +419,19 @@ class KiteGateway:
         triggered_at = _trigger_time(history)
         if triggered_at is not None and order.order_type.needs_trigger_price:
             count += self._record(
-                RecordTriggered(order_id=order_id, triggered_at=triggered_at, source=source), record
+                lambda: RecordTriggered(
+                    order_id=order_id, triggered_at=triggered_at, source=source
+                ),
+                record,
             )
         count += self._record_modification(order, latest, source, record)
         for trade in sorted(trades, key=lambda t: t.trade_id):
             count += self._record_fill(order_id, trade, source, record)
         if latest.status == "CANCELLED":
             count += self._record(
-                RecordCancelled(
+                lambda: RecordCancelled(
                     order_id=order_id,
-                    reason=latest.status_message or "cancelled",
+                    reason=_reason(latest.status_message, "cancelled"),
                     source=source,
                     broker_timestamp=latest.exchange_update_timestamp,
                 ),
@@ -431,9 +439,9 @@ class KiteGateway:
             )
         elif latest.status == "REJECTED":
             count += self._record(
-                RecordRejected(
+                lambda: RecordRejected(
                     order_id=order_id,
-                    reason=latest.status_message or "rejected",
+                    reason=_reason(latest.status_message, "rejected"),
                     source=Source.BROKER,
                     broker_timestamp=latest.exchange_update_timestamp,
                 ),
@@ -450,7 +458,13 @@ class KiteGateway:
         changes: dict[str, Any] = {}
         if latest.quantity != order.quantity:
             changes["quantity"] = latest.quantity
-        broker_type = OrderType(latest.order_type)
+        try:
+            broker_type = OrderType(latest.order_type)
+        except ValueError:
+            problems.append(
+                f"Kite reports an order type the ledger does not know: {latest.order_type!r}"
+            )
+            return 0
         if broker_type is not order.order_type:
             changes["order_type"] = broker_type
         if broker_type.needs_price and latest.price is not None and latest.price != order.price:
@@ -464,7 +478,7 @@ class KiteGateway:
         if not changes:
             return 0
         return self._record(
-            RecordModified(
+            lambda: RecordModified(
                 order_id=order.id,
                 source=source,
                 broker_timestamp=latest.exchange_update_timestamp,
@@ -481,7 +495,7 @@ class KiteGateway:
             return 0
         charges = self._charges_for(order, trade)
         return self._record(
-            RecordFill(
+            lambda: RecordFill(
                 order_id=order_id,
                 trade_id=trade.trade_id,
                 exchange=Exchange(trade.exchange),
@@ -515,7 +529,14 @@ class KiteGateway:
     def _adopt(self, history: list[KiteOrder], result: ConvergeResult) -> UUID | None:
         """An order placed outside the ledger (Kite's web app, another tool): record it."""
         first, latest = history[0], history[-1]
-        order_type = OrderType(latest.order_type)
+        try:
+            order_type = OrderType(latest.order_type)
+        except ValueError:
+            result.problems.append(
+                f"cannot adopt external order {latest.order_id}: unknown order type"
+                f" {latest.order_type!r}"
+            )
+            return None
         fields: dict[str, Any] = {
             "account": self.account,
             "client_order_id": f"{ADOPTED_PREFIX}{latest.order_id}",
@@ -727,3 +748,12 @@ class UpdateWorker:
 
 
 __all__ = ["InstrumentRef", "KiteGateway", "UpdateWorker", "placement_params"]
+
+
+_REASON_LIMIT: Final = 200
+
+
+def _reason(message: str | None, default: str) -> str:
+    """Kite's status message as a reason the ledger accepts (at most 200 characters)."""
+    text = " ".join((message or "").split()) or default
+    return text if len(text) <= _REASON_LIMIT else text[: _REASON_LIMIT - 1] + "…"

@@ -33,9 +33,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.mark.postgres
 def test_eight_threads_and_two_processes_lose_double_and_misorder_nothing(
-    postgres_database: str,
+    postgres_url: str,
 ) -> None:
-    url = f"{postgres_database}?schema=load"
+    url = postgres_url
     per_writer = scaled(300, 10_000)
     ledger = open_ledger(url)
     processes = [

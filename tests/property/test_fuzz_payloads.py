@@ -257,6 +257,8 @@ def _converge_once(
         result = gateway.converge(broker_id, Source.POLL)
     except LedgerError as error:
         refusal = error
+    finally:
+        gateway.outbox.close()  # one connection per example otherwise: the server runs out
     if refusal is not None:
         assert "\n" not in str(refusal), str(refusal)
         assert ledger.count_events() == before, f"refused ({refusal}) but wrote events"
