@@ -362,25 +362,32 @@ class Working:
     """A projection's rows while it folds: cells by table and key, and the changed ones.
 
     Rows of `append` tables are only marked changed (never kept); rows of `per_order`
-    tables missing here are asked of `loader` (the store), if there is one.
+    tables missing here are asked of `loader` (the store), if there is one. `stored`
+    holds the keys the store has (or will have once the changes taken are committed), so
+    the store can insert the rows that are new instead of upserting them.
     """
 
-    __slots__ = ("cells", "changed", "loader", "tables")
+    __slots__ = ("cells", "changed", "loader", "stored", "tables")
 
     def __init__(self, tables: Iterable[Table], loader: Loader | None = None) -> None:
         self.tables = {t.name: t for t in tables}
         self.cells: dict[str, dict[Key, Any]] = {name: {} for name in self.tables}
         self.changed: dict[str, dict[Key, Any]] = {name: {} for name in self.tables}
+        self.stored: dict[str, set[Key]] = {name: set() for name in self.tables}
         self.loader = loader
+
+    def load(self, table: str, cells: Mapping[Key, Any]) -> None:
+        """Cells read from the store."""
+        self.cells[table].update(cells)
+        self.stored[table].update(cells)
 
     def lookup(self, table: str, key: Key) -> Any:
         """The cell at `key`, loaded from the store if evicted; None if there is none."""
         cell = self.cells[table].get(key)
         if cell is None and self.loader is not None:
             found = self.loader(self.tables[table], [key])
+            self.load(table, found)
             cell = found.get(key)
-            if cell is not None:
-                self.cells[table][key] = cell
         return cell
 
     def prefetch(self, table: str, keys: Iterable[Key]) -> None:
@@ -390,12 +397,29 @@ class Working:
         cells = self.cells[table]
         missing = list({k for k in keys if k not in cells})
         if missing:
-            cells.update(self.loader(self.tables[table], missing))
+            self.load(table, self.loader(self.tables[table], missing))
 
     def take_changed(self) -> dict[str, dict[Key, Any]]:
         changed = {name: rows for name, rows in self.changed.items() if rows}
         self.changed = {name: {} for name in self.tables}
         return changed
+
+    def take_changes(self) -> tuple[dict[str, dict[Key, Any]], dict[str, set[Key]]]:
+        """The changed cells by table, and the keys among them the store does not have
+        yet (every key, for an `append` table); from now on the store is taken to have
+        them all."""
+        changed = self.take_changed()
+        created: dict[str, set[Key]] = {}
+        for name, cells in changed.items():
+            if self.tables[name].kind == "append":
+                created[name] = set(cells)
+                continue
+            stored = self.stored[name]
+            new = {key for key in cells if key not in stored}
+            if new:
+                created[name] = new
+                stored.update(new)
+        return changed, created
 
     def over(self, limit: int) -> bool:
         """Whether a `per_order` table holds more than `limit` cells."""
@@ -410,10 +434,12 @@ class Working:
         for name, table in self.tables.items():
             if table.kind == "per_order" and len(self.cells[name]) > limit:
                 self.cells[name] = {}
+                self.stored[name] = set()
 
     def clear(self) -> None:
         self.cells = {name: {} for name in self.tables}
         self.changed = {name: {} for name in self.tables}
+        self.stored = {name: set() for name in self.tables}
 
 
 @dataclass

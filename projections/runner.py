@@ -251,7 +251,7 @@ class ProjectionRunner:
             working = projection.working(self._loader(projection))
             for table in projection.tables:
                 if table.kind == "bounded":
-                    working.cells[table.name] = self.store.load_cells(projection, table)
+                    working.load(table.name, self.store.load_cells(projection, table))
             self.working[projection.name] = working
         self.positions: dict[str, int] = {p.name: self.store.position(p) for p in self.projections}
 
@@ -287,10 +287,12 @@ class ProjectionRunner:
             self._evict_if_full()
             for projection in behind:
                 self._fold(projection, batch, self.positions[projection.name])
+            changes = {p.name: self.working[p.name].take_changes() for p in behind}
             self.store.commit(
-                [(p, self.working[p.name].take_changed()) for p in behind],
+                [(p, changes[p.name][0]) for p in behind],
                 last,
                 expected={p.name: self.positions[p.name] for p in behind},
+                created={name: created for name, (_, created) in changes.items()},
             )
         except ProjectionConflict:
             self._load()  # another runner got there first: carry on from where it is
@@ -379,8 +381,10 @@ class ProjectionRunner:
             self._evict_if_full()
             for projection in behind:
                 self._fold(projection, batch, folded[projection.name])
+            changes = {p.name: self.working[p.name].take_changes() for p in behind}
             encoded = self.store.encode_changes(
-                [(p, self.working[p.name].take_changed()) for p in behind]
+                [(p, changes[p.name][0]) for p in behind],
+                created={name: created for name, (_, created) in changes.items()},
             )
         expected = {p.name: folded[p.name] for p in behind}
         self._land()

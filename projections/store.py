@@ -32,8 +32,8 @@ from ledger.persistence import StorageSettings
 from projections.base import PRICE_PLACES, Key, Projection, Table, View, _normal
 
 TRACKING: Final = "proj_tracking"
-#: Rows to write, by projection and table, as parameter tuples.
-Encoded = list[tuple[Projection, list[tuple[Table, list[Any]]]]]
+#: Rows to write, by projection and table, as parameter tuples: (inserts, upserts).
+Encoded = list[tuple[Projection, list[tuple[Table, list[Any], list[Any]]]]]
 ACTIVE: Final = "proj_active"
 
 
@@ -258,6 +258,7 @@ class ProjectionStore(ABC):
         changes: Sequence[tuple[Projection, Mapping[str, Mapping[Key, Any]]]],
         position: int,
         expected: Mapping[str, int] | None = None,
+        created: Mapping[str, Mapping[str, set[Key]]] | None = None,
     ) -> None:
         """Write changed rows (or cells) of several projections and move each to
         `position`, in one transaction.
@@ -265,24 +266,35 @@ class ProjectionStore(ABC):
         With `expected` (projection name -> the position the caller folded from), the
         commit first checks, holding the tracking row, that no other runner moved the
         projection meanwhile, and raises `ProjectionConflict` (writing nothing) if one did.
+        `created` (projection name -> table -> keys) names rows the store cannot have yet:
+        those are inserted, not upserted (a row that is there after all is an error).
         """
-        self.write(self.encode_changes(changes), position, expected)
+        self.write(self.encode_changes(changes, created), position, expected)
 
     def encode_changes(
-        self, changes: Sequence[tuple[Projection, Mapping[str, Mapping[Key, Any]]]]
+        self,
+        changes: Sequence[tuple[Projection, Mapping[str, Mapping[Key, Any]]]],
+        created: Mapping[str, Mapping[str, set[Key]]] | None = None,
     ) -> Encoded:
-        """The changed rows as parameter tuples: a copy, so the cells may change again
-        while another thread writes these."""
+        """The changed rows as parameter tuples, new ones apart: a copy, so the cells may
+        change again while another thread writes these."""
         encoded: Encoded = []
         for projection, tables in changes:
-            rows = [
-                (
-                    projection.table_named(name),
-                    self._tuples(projection.table_named(name), cells.values()),
-                )
-                for name, cells in tables.items()
-                if cells
-            ]
+            new_keys = (created or {}).get(projection.name, {})
+            rows = []
+            for name, cells in tables.items():
+                if not cells:
+                    continue
+                table = projection.table_named(name)
+                new = new_keys.get(name, set())
+                if len(new) == len(cells):
+                    inserts, upserts = list(cells.values()), []
+                elif not new:
+                    inserts, upserts = [], list(cells.values())
+                else:
+                    inserts = [cell for key, cell in cells.items() if key in new]
+                    upserts = [cell for key, cell in cells.items() if key not in new]
+                rows.append((table, self._tuples(table, inserts), self._tuples(table, upserts)))
             encoded.append((projection, rows))
         return encoded
 
@@ -294,14 +306,26 @@ class ProjectionStore(ABC):
             for projection, tables in encoded:
                 if expected is not None:
                     self._check_position(cur, projection, expected[projection.name])
-                for table, rows in tables:
-                    self._write(cur, projection, table, rows)
+                for table, inserts, upserts in tables:
+                    if inserts:
+                        self._insert(cur, projection, table, inserts)
+                    if upserts:
+                        self._write(cur, projection, table, upserts)
                 cur.execute(
                     f"UPDATE {TRACKING} SET position = {self.placeholder}"
                     f" WHERE projection = {self.placeholder} AND version = {self.placeholder}",
                     (position, projection.name, projection.version),
                 )
             self.count_transaction()
+
+    def _insert(self, cur: Any, projection: Projection, table: Table, rows: list[Any]) -> None:
+        names = list(table.columns)
+        cur.executemany(
+            f"INSERT INTO {self._q(table_name(projection, table))}"
+            f" ({', '.join(self._q(n) for n in names)})"
+            f" VALUES ({', '.join([self.placeholder] * len(names))})",
+            self._in_key_order(table, rows),
+        )
 
     def _write(self, cur: Any, projection: Projection, table: Table, rows: list[Any]) -> None:
         cur.executemany(self._upsert(projection, table), self._in_key_order(table, rows))
@@ -507,6 +531,17 @@ class PostgresProjectionStore(ProjectionStore):
             for row in rows:
                 copy.write_row(row)
         cur.execute(self._upsert(projection, table, source=scratch))
+
+    def _insert(self, cur: Any, projection: Projection, table: Table, rows: list[Any]) -> None:
+        """New rows: COPY straight into the table."""
+        if len(rows) < 20:
+            super()._insert(cur, projection, table, rows)
+            return
+        columns = ", ".join(self._q(n) for n in table.columns)
+        target = self._q(table_name(projection, table))
+        with cur.copy(f"COPY {target} ({columns}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
 
     def __init__(self, conninfo: str, schema: str) -> None:
         import psycopg

@@ -171,3 +171,32 @@ def test_audit_details_leave_out_the_hash_chain(ledger: OrderLedger) -> None:
     for event in ledger.iter_log():
         assert event.event_hash is not None  # the log has the chain...
         assert not {"hash", "previous_hash"} & set(details_of(event))  # ...details do not
+
+
+def test_new_rows_are_inserted_once_and_later_changes_upserted(
+    ledger: OrderLedger, store: ProjectionStore
+) -> None:
+    late_fill_after_others(ledger)
+    projections = all_projections()
+    runner = ProjectionRunner(LedgerLog(ledger), store, projections, batch_size=5, cached_orders=0)
+    inserted: dict[str, int] = {}
+    upserted: dict[str, int] = {}
+    real_insert, real_write = store._insert, store._write
+
+    def counting_insert(cur: Any, projection: Any, table: Any, rows: list[Any]) -> None:
+        inserted[table.name] = inserted.get(table.name, 0) + len(rows)
+        real_insert(cur, projection, table, rows)
+
+    def counting_write(cur: Any, projection: Any, table: Any, rows: list[Any]) -> None:
+        upserted[table.name] = upserted.get(table.name, 0) + len(rows)
+        real_write(cur, projection, table, rows)
+
+    store._insert = counting_insert  # type: ignore[method-assign]
+    store._write = counting_write  # type: ignore[method-assign]
+    runner.catch_up()
+    orders = len(ledger.all_orders())
+    assert inserted["execution_reports"] == inserted["stats_orders"] == orders
+    assert inserted["audit_trail"] == ledger.count_events()
+    assert "audit_trail" not in upserted  # append-only: never written twice
+    assert upserted["execution_reports"] > 0  # orders whose events span batches
+    assert tables(store, projections) == folded(ledger, projections)
