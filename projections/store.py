@@ -301,22 +301,31 @@ class ProjectionStore(ABC):
     def write(
         self, encoded: Encoded, position: int, expected: Mapping[str, int] | None = None
     ) -> None:
-        """`commit` of rows `encode_changes` made."""
+        """`commit` of rows `encode_changes` made: the position check and the move of
+        every projection each in one statement."""
+        if not encoded:
+            return
+        mark = self.placeholder
+        which = ", ".join([f"({mark}, {mark})"] * len(encoded))
+        keys = [value for p, _ in encoded for value in (p.name, p.version)]
         with self.transaction() as cur:
+            if expected is not None:
+                self._check_positions(cur, [p for p, _ in encoded], expected)
             for projection, tables in encoded:
-                if expected is not None:
-                    self._check_position(cur, projection, expected[projection.name])
                 for table, inserts, upserts in tables:
                     if inserts:
                         self._insert(cur, projection, table, inserts)
                     if upserts:
                         self._write(cur, projection, table, upserts)
-                cur.execute(
-                    f"UPDATE {TRACKING} SET position = {self.placeholder}"
-                    f" WHERE projection = {self.placeholder} AND version = {self.placeholder}",
-                    (position, projection.name, projection.version),
-                )
+            cur.execute(
+                f"UPDATE {TRACKING} SET position = {mark} WHERE (projection, version) IN ({which})",
+                (position, *keys),
+            )
             self.count_transaction()
+        self._committed()
+
+    def _committed(self) -> None:  # noqa: B027 - a hook; most stores need nothing here
+        """After a commit went through."""
 
     def _insert(self, cur: Any, projection: Projection, table: Table, rows: list[Any]) -> None:
         names = list(table.columns)
@@ -343,15 +352,25 @@ class ProjectionStore(ABC):
     lock_clause = ""
 
     def _check_position(self, cur: Any, projection: Projection, expected: int) -> None:
+        self._check_positions(cur, [projection], {projection.name: expected})
+
+    def _check_positions(
+        self, cur: Any, projections: Sequence[Projection], expected: Mapping[str, int]
+    ) -> None:
+        """Every projection still where the caller folded from (rows held, in one order,
+        until the transaction ends), or `ProjectionConflict`."""
+        mark = self.placeholder
+        which = ", ".join([f"({mark}, {mark})"] * len(projections))
         cur.execute(
-            f"SELECT position FROM {TRACKING} WHERE projection = {self.placeholder}"
-            f" AND version = {self.placeholder}{self.lock_clause}",
-            (projection.name, projection.version),
+            f"SELECT projection, position FROM {TRACKING} WHERE (projection, version)"
+            f" IN ({which}) ORDER BY projection, version{self.lock_clause}",
+            [value for p in projections for value in (p.name, p.version)],
         )
-        row = cur.fetchone()
-        actual = int(row[0]) if row else 0
-        if actual != expected:
-            raise ProjectionConflict(projection.name, expected, actual)
+        actual = {name: int(position) for name, position in cur.fetchall()}
+        for projection in projections:
+            found = actual.get(projection.name, 0)
+            if found != expected[projection.name]:
+                raise ProjectionConflict(projection.name, expected[projection.name], found)
 
     transactions_committed = 0
 
@@ -522,10 +541,12 @@ class PostgresProjectionStore(ProjectionStore):
             super()._write(cur, projection, table, rows)
             return
         scratch = self._q(f"scratch_{table_name(projection, table)}")
-        cur.execute(
-            f"CREATE TEMP TABLE IF NOT EXISTS {scratch}"
-            f" (LIKE {self._q(table_name(projection, table))}) ON COMMIT DELETE ROWS"
-        )
+        if scratch not in self._scratch:  # made once per connection (kept if committed)
+            cur.execute(
+                f"CREATE TEMP TABLE IF NOT EXISTS {scratch}"
+                f" (LIKE {self._q(table_name(projection, table))}) ON COMMIT DELETE ROWS"
+            )
+            self._scratch_pending.add(scratch)
         columns = ", ".join(self._q(n) for n in table.columns)
         with cur.copy(f"COPY {scratch} ({columns}) FROM STDIN") as copy:
             for row in rows:
@@ -548,14 +569,25 @@ class PostgresProjectionStore(ProjectionStore):
         from psycopg import sql
 
         self.schema = schema
+        self._scratch: set[str] = set()
+        self._scratch_pending: set[str] = set()
         self._conn = psycopg.connect(conninfo, autocommit=True)
         self._conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
         self._conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(schema)))
 
     @contextmanager
     def transaction(self) -> Iterator[Any]:
+        self._scratch_pending = set()
         with self._conn.transaction(), self._conn.cursor() as cur:
             yield cur
+
+    def _committed(self) -> None:
+        self._scratch |= self._scratch_pending
+        self._scratch_pending = set()
+
+    def drop(self, projection: Projection) -> None:
+        super().drop(projection)
+        self._scratch = set()  # scratch tables are LIKE the dropped ones: make them again
 
     def close(self) -> None:
         self._conn.close()
