@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import json
+import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -54,6 +55,9 @@ from projections.store import ProjectionConflict, ProjectionStore
 DEFAULT_BATCH_SIZE = 2000
 #: Per-order rows kept in memory per table before the written ones are let go.
 DEFAULT_CACHED_ORDERS = 5_000
+
+
+log = logging.getLogger(__name__)
 
 
 class EventSource(Protocol):
@@ -211,6 +215,25 @@ def order_kind(topic: str, position: int) -> str | None:
     if kind is None and topic.startswith(ORDER_TOPIC_PREFIX):
         raise ValueError(f"unknown order event topic {topic!r} at position {position}")
     return kind
+
+
+def _transient_errors() -> tuple[type[BaseException], ...]:
+    import sqlite3
+
+    import psycopg
+    from eventsourcing.persistence import InterfaceError, OperationalError
+
+    return (
+        psycopg.OperationalError,
+        psycopg.InterfaceError,
+        sqlite3.OperationalError,
+        OperationalError,
+        InterfaceError,
+    )
+
+
+#: Errors after which the runner reconnects and resumes instead of stopping.
+TRANSIENT_ERRORS: Final = _transient_errors()
 
 
 class ProjectionRunner:
@@ -410,10 +433,25 @@ class ProjectionRunner:
                 in_flight[0].result()
 
     def run_forever(self, stop: threading.Event, poll_interval: float = 0.2) -> None:
-        """Follow the log until `stop` is set."""
+        """Follow the log until `stop` is set.
+
+        A lost database connection (a restart, a cut, a locked SQLite file) does not stop
+        it: the batch in hand was rolled back with its positions, so the runner reconnects,
+        starts again from what the store holds, and retries with a growing pause."""
+        failures = 0
         while not stop.is_set():
-            if self.run_once() == 0:
-                stop.wait(poll_interval)
+            try:
+                if self.run_once() == 0:
+                    stop.wait(poll_interval)
+                failures = 0
+            except TRANSIENT_ERRORS as error:
+                failures += 1
+                log.warning("projection runner: %s; resuming (attempt %d)", error, failures)
+                stop.wait(min(0.05 * 2**failures, 5.0))
+                with contextlib.suppress(*TRANSIENT_ERRORS):
+                    self._settle()
+                    self.store.reconnect()
+                    self._load()
 
 
 @contextmanager

@@ -16,6 +16,7 @@ projections' own.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import types
 import typing
@@ -76,6 +77,9 @@ class ProjectionStore(ABC):
 
     @abstractmethod
     def close(self) -> None: ...
+
+    def reconnect(self) -> None:  # noqa: B027 - most stores have nothing to do
+        """After a lost connection: a fresh one (a no-op where connections do not die)."""
 
     def encode(self, value: Any, kind: type[Any]) -> Any:
         return value
@@ -565,15 +569,25 @@ class PostgresProjectionStore(ProjectionStore):
                 copy.write_row(row)
 
     def __init__(self, conninfo: str, schema: str) -> None:
+        self.schema = schema
+        self._conninfo = conninfo
+        self._connect()
+
+    def _connect(self) -> None:
         import psycopg
         from psycopg import sql
 
-        self.schema = schema
-        self._scratch: set[str] = set()
+        self._scratch: set[str] = set()  # scratch tables belong to a connection
         self._scratch_pending: set[str] = set()
-        self._conn = psycopg.connect(conninfo, autocommit=True)
-        self._conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
-        self._conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(schema)))
+        self._conn = psycopg.connect(self._conninfo, autocommit=True)
+        schema = sql.Identifier(self.schema)
+        self._conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(schema))
+        self._conn.execute(sql.SQL("SET search_path TO {}").format(schema))
+
+    def reconnect(self) -> None:
+        with contextlib.suppress(Exception):
+            self._conn.close()
+        self._connect()
 
     @contextmanager
     def transaction(self) -> Iterator[Any]:

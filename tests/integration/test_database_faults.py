@@ -61,8 +61,10 @@ def _drive(
 
 
 @pytest.mark.postgres
-def test_connections_cut_mid_run_lose_nothing_and_double_nothing(postgres_database: str) -> None:
-    url = f"{postgres_database}?schema=faults"
+def test_connections_cut_mid_run_lose_nothing_and_double_nothing(
+    postgres_database: str, postgres_url: str
+) -> None:
+    url = postgres_url
     ledger = open_ledger(url, clock=FakeClock())
     stop = threading.Event()
     cuts: list[int] = []
@@ -177,3 +179,65 @@ def test_sqlite_locked_past_the_bound_fails_clearly_and_writes_nothing(tmp_path:
     assert again.version == 2
     assert ledger.count_events() == 2
     ledger.close()
+
+
+@pytest.mark.postgres
+def test_the_projection_runner_resumes_after_its_connections_are_cut(
+    postgres_database: str, postgres_url: str
+) -> None:
+    from projections import all_projections
+    from projections.runner import LedgerLog, ProjectionRunner
+    from projections.store import store_for_ledger_url
+    from projections.verify import verify
+
+    url = postgres_url
+    ledger = open_ledger(url, clock=FakeClock())
+    store = store_for_ledger_url(ledger.storage)
+    runner = ProjectionRunner(LedgerLog(ledger), store, all_projections(), batch_size=50)
+    stop, done = threading.Event(), threading.Event()
+    crashed: list[BaseException] = []
+    cuts: list[int] = []
+    dbname = postgres_database.rsplit("/", 1)[1]
+
+    def follow() -> None:
+        try:
+            runner.run_forever(stop, poll_interval=0.02)
+        except BaseException as error:  # reported below: the runner must not die
+            crashed.append(error)
+
+    def cut_connections() -> None:
+        with psycopg.connect(postgres_admin_url(), autocommit=True) as admin:
+            while not done.is_set():
+                rows = admin.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                    " WHERE datname = %s AND pid <> pg_backend_pid()",
+                    (dbname,),
+                ).fetchall()
+                if any(killed for (killed,) in rows):
+                    cuts.append(len(rows))
+                done.wait(random.uniform(0.3, 0.6))
+
+    follower, cutter = threading.Thread(target=follow), threading.Thread(target=cut_connections)
+    follower.start()
+    cutter.start()
+    failures: list[str] = []
+    try:
+        _drive(ledger, scaled(40, 400), "proj", failures, until=lambda: len(cuts) >= scaled(5, 30))
+    finally:
+        done.set()
+        cutter.join()
+    try:
+        deadline = time.monotonic() + 30
+        while runner.position < LedgerLog(ledger).last_position() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        stop.set()
+        follower.join(30)
+        assert crashed == []
+        assert runner.position == LedgerLog(ledger).last_position()
+        checked = verify(ledger, store, all_projections())
+        assert checked.ok, checked.problems
+        report("database_faults", backend="postgres", suite_part="runner", outages=len(cuts))
+    finally:
+        stop.set()
+        store.close()
+        ledger.close()
