@@ -19,6 +19,8 @@ projections exactly, because the same folds run over the same events.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -393,11 +395,49 @@ def offline_rebuild(
     on_batch: Callable[[int, int], None] | None = None,
 ) -> int:
     """Rebuild `projections` from an export into a DuckDB (`.duckdb`) or SQLite file.
-    Returns the records folded."""
-    store = store_for_file(into)
+    Returns the records folded.
+
+    All or nothing: the rebuild is made in a file beside `into` (a copy of it, if it
+    exists) and moved over it only when every record has folded; a damaged export raises
+    `ExportError` and leaves `into` as it was."""
+    target = Path(into)
+    partial = target.with_name(f"{target.stem}.partial-{os.getpid()}{target.suffix}")
+    _remove(partial)
+    if target.exists():
+        shutil.copyfile(target, partial)
+    folded = [0]
+
+    def progress(done: int, total: int) -> None:
+        folded[0] = done
+        if on_batch is not None:
+            on_batch(done, total)
+
+    store = store_for_file(partial)
     try:
-        return rebuild(
-            ExportLog(export), store, projections, batch_size=batch_size, on_batch=on_batch
+        count = rebuild(
+            ExportLog(export), store, projections, batch_size=batch_size, on_batch=progress
         )
-    finally:
+    except ExportError:
         store.close()
+        _remove(partial)
+        raise
+    except Exception as error:  # damaged data fails in the folds or in the store's writes
+        store.close()
+        _remove(partial)
+        raise ExportError(
+            f"export {export}: a record after the first {folded[0]} does not fold into the"
+            f" projections ({type(error).__name__}: {error}); {target} was left as it was"
+        ) from None
+    except BaseException:  # an interrupt: leave no partial file behind
+        store.close()
+        _remove(partial)
+        raise
+    store.close()
+    os.replace(partial, target)
+    return count
+
+
+def _remove(path: Path) -> None:
+    for leftover in (path, path.with_name(path.name + ".wal"), path.with_name(path.name + "-wal")):
+        leftover.unlink(missing_ok=True)
+    path.with_name(path.name + "-shm").unlink(missing_ok=True)

@@ -194,7 +194,7 @@ def damaged_bytes(draw: st.DrawFn, body: bytes) -> bytes:
     if action == "bom":
         return b"\xef\xbb\xbf" + body
     if action == "latin1":
-        return body.decode("utf-8", errors="surrogatepass").encode("latin-1", errors="replace")
+        return body.decode("utf-8", errors="surrogateescape").encode("latin-1", errors="replace")
     at = draw(st.integers(min_value=0, max_value=len(body)))
     junk = draw(st.sampled_from([b"\xff", b"\xc3\x28", b"\x00", b"\xed\xa0\x80", b"}", b'"']))
     if action == "insert" or at == len(body):

@@ -93,12 +93,19 @@ def _write_parquet(path: Path, records: list[Any]) -> None:
 
     try:
         table = pa.Table.from_pylist([r if isinstance(r, dict) else {"x": r} for r in records])
-    except (pa.ArrowException, TypeError, ValueError, OverflowError):
-        # Types arrow cannot hold in one column: write them as text.
-        table = pa.Table.from_pylist(
-            [{k: str(v) for k, v in r.items()} if isinstance(r, dict) else {} for r in records]
-        )
-    pq.write_table(table, str(path))
+        pq.write_table(table, str(path))
+        return
+    except (pa.ArrowException, TypeError, ValueError, OverflowError, UnicodeError):
+        pass
+    # Types arrow cannot hold in one column, or text it cannot encode: write them as text
+    # (with lone surrogates escaped), one column per key, at least one column.
+    rows = [
+        {str(k): str(v).encode("utf-8", "backslashreplace").decode() for k, v in r.items()}
+        if isinstance(r, dict)
+        else {"x": str(r)}
+        for r in records
+    ]
+    pq.write_table(pa.Table.from_pylist([row or {"x": ""} for row in rows]), str(path))
 
 
 def _rebuild(exports: Exports, export: Path) -> None:
