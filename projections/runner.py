@@ -372,10 +372,7 @@ class ProjectionRunner:
         the writer are copies, so folding on cannot change what a commit writes; a failed
         commit throws away what was folded after it and starts again from the store."""
         total = 0
-        with (
-            without_cycle_collection(),
-            ThreadPoolExecutor(max_workers=1, thread_name_prefix="projections") as writer,
-        ):
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="projections") as writer:
             folded = dict(self.positions)
             while True:
                 try:

@@ -450,8 +450,9 @@ class SQLiteProjectionStore(ProjectionStore):
         date: "TEXT",
     }
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, cache_mb: int | None = 32) -> None:
         self.path = str(path)
+        self.cache_mb = cache_mb
         self._conn = sqlite3.connect(
             self.path, isolation_level=None, timeout=30, check_same_thread=False
         )
@@ -460,8 +461,10 @@ class SQLiteProjectionStore(ProjectionStore):
         # OS crash may lose the last few, which the runner then folds again.
         self._conn.execute("PRAGMA synchronous=NORMAL")
         # Rows keyed by order id land all over their tables: a page cache that holds the
-        # tables' upper levels keeps an upsert from reading pages back (bounded: 32 MB).
-        self._conn.execute("PRAGMA cache_size=-32768")
+        # tables' upper levels keeps an upsert of a long-lived store from reading pages
+        # back (bounded; None leaves SQLite's 2 MB, for files rebuilt in one go).
+        if cache_mb is not None:
+            self._conn.execute(f"PRAGMA cache_size={-1024 * int(cache_mb)}")
         # A batch writes thousands of pages: checkpoint the WAL every 32 MB of it, not
         # every 4 MB (each checkpoint ends in an fsync of the database file).
         self._conn.execute("PRAGMA wal_autocheckpoint=8000")
@@ -660,5 +663,5 @@ def store_for_file(path: str | Path) -> ProjectionStore:
     return (
         DuckDBProjectionStore(path)
         if str(path).endswith(".duckdb")
-        else SQLiteProjectionStore(path)
+        else SQLiteProjectionStore(path, cache_mb=None)
     )
