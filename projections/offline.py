@@ -267,7 +267,8 @@ def _read_parquet(path: str | Path) -> Iterator[tuple[str, Any]]:
     import pyarrow.parquet as pq
 
     try:
-        parquet = pq.ParquetFile(str(path))
+        # pre_buffer off: with it, the reader keeps what it read (memory grows with the file)
+        parquet = pq.ParquetFile(str(path), pre_buffer=False)
     except (OSError, pa.ArrowException) as error:
         raise ExportError(f"{path}: cannot read Parquet export: {error}") from None
     index = 0
@@ -329,7 +330,8 @@ def _parquet_rows(path: str | Path, chunk: int) -> Iterator[tuple[str, list[Stor
     import pyarrow.parquet as pq
 
     try:
-        parquet = pq.ParquetFile(str(path))
+        # pre_buffer off: with it, the reader keeps what it read (memory grows with the file)
+        parquet = pq.ParquetFile(str(path), pre_buffer=False)
     except (OSError, pa.ArrowException) as error:
         raise ExportError(f"{path}: cannot read Parquet export: {error}") from None
     missing = [

@@ -465,9 +465,9 @@ class SQLiteProjectionStore(ProjectionStore):
         # back (bounded; None leaves SQLite's 2 MB, for files rebuilt in one go).
         if cache_mb is not None:
             self._conn.execute(f"PRAGMA cache_size={-1024 * int(cache_mb)}")
-        # A batch writes thousands of pages: checkpoint the WAL every 32 MB of it, not
-        # every 4 MB (each checkpoint ends in an fsync of the database file).
-        self._conn.execute("PRAGMA wal_autocheckpoint=8000")
+            # A batch writes thousands of pages: checkpoint the WAL every 32 MB of it, not
+            # every 4 MB (each checkpoint ends in an fsync of the database file).
+            self._conn.execute("PRAGMA wal_autocheckpoint=8000")
 
     @contextmanager
     def transaction(self) -> Iterator[Any]:
