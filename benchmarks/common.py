@@ -4,6 +4,7 @@ the order mix the ledger is driven with."""
 from __future__ import annotations
 
 import os
+import shutil
 import sqlite3
 import tempfile
 import time
@@ -58,7 +59,10 @@ def places(backend: str) -> Iterator[tuple[str, dict[str, str], Callable[[], Any
             conn.execute("PRAGMA journal_mode=WAL")
             return conn
 
-        yield str(folder / "ledger.db"), plain_env, raw
+        try:
+            yield str(folder / "ledger.db"), plain_env, raw
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
         return
     name = f"bench_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(POSTGRES_URL, autocommit=True) as admin:

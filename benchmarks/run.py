@@ -35,7 +35,7 @@ from eventsourcing.application import Application
 from eventsourcing.domain import Aggregate, event
 
 from benchmarks.common import Figure, ledger_commands, places, sbin_buy
-from benchmarks.projection_cases import offline_rebuild, projection_catchup
+from benchmarks.projection_cases import offline_rebuild, projection_catchup, rebuild_memory
 from ledger.application import open_ledger
 from ledger.commands import RecordAccepted, RecordFill
 from ledger.domain.values import Exchange
@@ -235,19 +235,21 @@ def load_long_order(backend: str) -> Figure:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="smaller runs (about a minute)")
+    parser.add_argument("--quick", action="store_true", help="smaller runs (under 3 minutes)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--backends", default="sqlite,postgres")
     args = parser.parse_args(argv)
-    orders, rounds, events = (100, 3, 20_000) if args.quick else (500, 5, 200_000)
+    orders, rounds = (100, 3) if args.quick else (500, 5)
+    projected, memory_n = (200_000, 50_000) if args.quick else (1_000_000, 250_000)
     figures: list[Figure] = []
     for backend in args.backends.split(","):
         figures += append_one_writer(backend, orders, rounds)
         if backend == "postgres":
             figures.append(append_8_writers(backend, orders * 2, rounds))
         figures.append(load_long_order(backend))
-        figures.append(projection_catchup(backend, events))
-    figures.append(offline_rebuild(events))
+        figures.append(projection_catchup(backend, projected))
+    figures.append(offline_rebuild(projected))
+    figures.append(rebuild_memory(memory_n))
     print(
         f"{'case':<22}{'backend':<10}{'unit':<12}{'ledger':>12}{'baseline':>12}{'ratio':>8}{'ceiling':>12}"
     )
