@@ -19,6 +19,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Final
 
 MAX_POSTBACK_BYTES: Final = 64 * 1024
+BODY_TIMEOUT_SECONDS: Final = 2.0
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,9 @@ class PostbackServer:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            #: Seconds a client may take to send what it declared (and to keep an idle
+            #: connection): a body shorter than its Content-Length is answered, not awaited.
+            timeout = BODY_TIMEOUT_SECONDS
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass
@@ -108,7 +112,17 @@ class PostbackServer:
                     self.close_connection = True
                     self._reply(413, f"postback larger than {MAX_POSTBACK_BYTES} bytes")
                     return
-                body = self.rfile.read(length)
+                try:
+                    body = self.rfile.read(length)
+                except TimeoutError:
+                    body = None
+                if body is None or len(body) < length:
+                    self.close_connection = True
+                    self._reply(
+                        408 if body is None else 400,
+                        f"the body is shorter than its Content-Length ({length} bytes)",
+                    )
+                    return
                 status, message = server.accept(body)
                 self._reply(status, message)
 
