@@ -353,25 +353,31 @@ class OrderLedger(Application[UUID]):
 
     def _execute(self, order_id: UUID, decide: Callable[[Order, datetime], object]) -> Order:
         """Decide on the order's latest known state and save; on a version conflict (or a
-        refusal or no-op decided on a remembered state) load it afresh and decide again."""
-        for attempt in range(self.max_attempts):
-            remembered = self._recalled(order_id) if attempt == 0 else None
+        refusal or no-op decided on a remembered state) load it afresh and decide again.
+        Only conflicts count against `max_attempts`."""
+        remembered = self._recalled(order_id)
+        conflicts = 0
+        while conflicts < self.max_attempts:
             order = remembered if remembered is not None else self.get_order(order_id)
             try:
                 decide(order, self._now())
             except LedgerError:
                 if remembered is not None:
-                    continue  # perhaps refused only because the remembered state is old
+                    remembered = None  # perhaps refused only because that state is old
+                    continue
                 raise
             if not order.pending_events:
                 if remembered is not None:
-                    continue  # confirm the no-op against the log
+                    remembered = None  # confirm the no-op against the log
+                    continue
                 self._remember(order)
                 return order
             try:
                 self.save(order)
             except IntegrityError:
                 self._forget(order_id)
+                remembered = None
+                conflicts += 1
                 continue
             self._remember(order)
             return order

@@ -527,3 +527,15 @@ def test_long_orders_load_from_snapshots_equal_to_a_full_replay(make_ledger: Led
         assert folded is not None
         assert state(reader.get_order(order.id, at_version=version)) == state(folded)
     assert reader.get_order(order.id).filled_quantity == 248
+
+
+def test_a_refusal_on_a_remembered_state_is_the_refusal_even_with_one_attempt(
+    make_ledger: LedgerFactory,
+) -> None:
+    ledger = make_ledger(max_attempts=1)
+    order = ledger.submit(submit_command())
+    ledger.record(accepted(order))
+    ledger.record(fill(order, "T1", 100))
+    with pytest.raises(TransitionRefused):  # not ConcurrencyConflict
+        ledger.request_cancel(CancelOrder(order_id=order.id))
+    assert ledger.record(fill(order, "T1", 100)).version == 3  # a no-op, confirmed
