@@ -306,8 +306,7 @@ class _RangeCheck:
         fold = self._fold
         assert fold is not None
         if fold.digest != expected.digest:
-            difference = describe_difference(expected, fold.positions, fold.count)
-            position = _first_position_named(expected, fold.positions)
+            position, difference = describe_difference(expected, fold.positions, fold.count)
             self.findings.append(
                 Finding(
                     position,
@@ -322,14 +321,6 @@ class _RangeCheck:
     def finish(self) -> None:
         while self._index < len(self.reference):
             self._close()
-
-
-def _first_position_named(expected: Checkpoint, found: Sequence[tuple[int, int]]) -> int | None:
-    from ledger.integrity import positions_in
-
-    had, has = set(positions_in(expected.positions)), set(positions_in(found))
-    changed = sorted(had ^ has)
-    return changed[0] if changed else None
 
 
 @dataclass

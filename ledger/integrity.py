@@ -327,8 +327,10 @@ def positions_in(runs: Sequence[tuple[int, int]]) -> Iterator[int]:
 
 def describe_difference(
     expected: Checkpoint, found_runs: Sequence[tuple[int, int]], found_count: int
-) -> str:
-    """Name what differs between a checkpoint and the records found in its range now."""
+) -> tuple[int | None, str]:
+    """Name what differs between a checkpoint and the records found in its range now: the
+    first log position that was deleted or inserted (None if only content changed), and
+    what happened."""
     if tuple(found_runs) != expected.positions:
         had, has = set(positions_in(expected.positions)), set(positions_in(found_runs))
         gone, new = sorted(had - has), sorted(has - had)
@@ -337,8 +339,8 @@ def describe_difference(
             parts.append(f"log position {gone[0]} was deleted" + _more(gone))
         if new:
             parts.append(f"log position {new[0]} was inserted" + _more(new))
-        return "; ".join(parts)
-    return (
+        return min(gone[:1] + new[:1]), "; ".join(parts)
+    return None, (
         f"the {found_count} stored records at log positions {expected.first_position}.."
         f"{expected.last_position} differ from what was recorded (altered)"
     )
