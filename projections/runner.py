@@ -269,14 +269,18 @@ class ProjectionRunner:
 
     def _load(self) -> None:
         """Start from what the store holds: positions, and the bounded tables."""
-        self.working: dict[str, Working] = {}
+        # Built aside and assigned together: a load that fails half way (a lost connection)
+        # leaves the runner as it was, to be loaded again, never half loaded.
+        loaded: dict[str, Working] = {}
         for projection in self.projections:
             working = projection.working(self._loader(projection))
             for table in projection.tables:
                 if table.kind == "bounded":
                     working.load(table.name, self.store.load_cells(projection, table))
-            self.working[projection.name] = working
-        self.positions: dict[str, int] = {p.name: self.store.position(p) for p in self.projections}
+            loaded[projection.name] = working
+        positions = {p.name: self.store.position(p) for p in self.projections}
+        self.working: dict[str, Working] = loaded
+        self.positions: dict[str, int] = positions
 
     def _loader(self, projection: Projection) -> Loader:
         def load(table: Table, keys: list[Key]) -> dict[Key, Any]:
