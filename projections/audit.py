@@ -10,14 +10,12 @@ import io
 import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from datetime import date, datetime
-from decimal import Decimal
-from enum import Enum
+from datetime import datetime
 from typing import Any, ClassVar, Final
 from uuid import UUID
 
 from ledger.domain.order import Order
-from ledger.domain.values import InstrumentRef, OrderChanges
+from ledger.domain.values import InstrumentRef
 from projections.base import Projection, Record, Table, View, Working
 
 _COMMON = {"originator_id", "originator_version", "timestamp", "originator_topic"}
@@ -50,38 +48,15 @@ class AuditOrder:
     tradingsymbol: str
 
 
-def _plain(value: Any) -> Any:
-    if isinstance(value, Enum):
-        return value.value
-    if isinstance(value, Decimal | UUID):
-        return str(value)
-    if isinstance(value, datetime | date):
-        return value.isoformat()
-    if isinstance(value, InstrumentRef):
-        return str(value)
-    if isinstance(value, OrderChanges):
-        return {k: _plain(v) for k, v in _fields(value).items() if v is not None}
-    return value
-
-
-def _fields(obj: Any) -> dict[str, Any]:
-    names = getattr(type(obj), "__dataclass_fields__", {})
-    return {name: getattr(obj, name) for name in names}
-
-
 #: State keys that are not the event's own details: identity, record time, the hash chain.
 _NOT_DETAILS: Final = frozenset(
     {*_COMMON, "class_version", "hash", "previous_hash", "originator_id", "originator_version"}
 )
 
 
-def details_of(event: Order.Event) -> dict[str, Any]:
-    """The event's own fields as JSON-ready values (not its hash chain links)."""
-    return {k: _plain(v) for k, v in vars(event).items() if k not in _NOT_DETAILS}
-
-
 def _plain_stored(value: Any) -> Any:
-    """`_plain` of a value as the log stores it (the transcoder's wrapped form)."""
+    """A value as the log stores it (the transcoder's wrapped form), made plain: enums and
+    amounts as their text, an instrument as EXCHANGE:SYMBOL."""
     data = value["_data_"]
     kind = value["_type_"]
     if kind == "instrument_ref":
@@ -94,7 +69,7 @@ def _plain_stored(value: Any) -> Any:
         }
     if kind == "uuid_hex":
         return str(UUID(data))
-    return data  # decimals, times, dates and enums are stored as the text _plain gives
+    return data  # decimals, times, dates and enums are stored as plain text already
 
 
 def details_json(state: dict[str, Any], kind: str = "") -> str:
