@@ -13,6 +13,7 @@ import hmac
 import json
 import socket
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -84,8 +85,7 @@ class PostbackServer:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
-            #: Seconds a client may take to send what it declared (and to keep an idle
-            #: connection): a body shorter than its Content-Length is answered, not awaited.
+            #: Seconds an idle connection is kept (the body has its own deadline).
             timeout = BODY_TIMEOUT_SECONDS
 
             def log_message(self, format: str, *args: Any) -> None:
@@ -112,19 +112,37 @@ class PostbackServer:
                     self.close_connection = True
                     self._reply(413, f"postback larger than {MAX_POSTBACK_BYTES} bytes")
                     return
-                try:
-                    body = self.rfile.read(length)
-                except TimeoutError:
-                    body = None
-                if body is None or len(body) < length:
+                body, complete = self._read_body(length)
+                if not complete:
                     self.close_connection = True
                     self._reply(
                         408 if body is None else 400,
                         f"the body is shorter than its Content-Length ({length} bytes)",
                     )
                     return
+                assert body is not None
                 status, message = server.accept(body)
                 self._reply(status, message)
+
+            def _read_body(self, length: int) -> tuple[bytes | None, bool]:
+                """The declared body, read against one deadline for all of it (a client
+                trickling a byte at a time cannot hold the handler longer). (None, False):
+                the deadline passed; (bytes, False): the client closed early."""
+                deadline = time.monotonic() + BODY_TIMEOUT_SECONDS
+                received = bytearray()
+                while len(received) < length:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        return None, False
+                    self.connection.settimeout(remaining)
+                    try:
+                        chunk = self.rfile.read1(length - len(received))
+                    except TimeoutError:
+                        return None, False
+                    if not chunk:
+                        return bytes(received), False
+                    received += chunk
+                return bytes(received), True
 
             def do_GET(self) -> None:
                 self._reply(405, "postbacks are POSTed")

@@ -3,8 +3,12 @@ PostgreSQL: exactly-once placement, converging updates, reconciliation, charges.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
+import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from decimal import Decimal
@@ -115,6 +119,14 @@ def test_postbacks_drive_the_ledger_and_bad_ones_change_nothing(
         assert post(json.dumps(not_ours).encode())[0] == 404
         status, answer = post(b"x" * 70000)
         assert status == 413
+        for pieces, pause in (([b'{"order'], 0.0), ([b"{", b"x", b"y", b"z"], 0.8)):
+            # Declared 200 bytes; sent a few and stopped, or trickled them slowly: answered
+            # within the body's 2 s deadline, not awaited.
+            started = time.monotonic()
+            status, answer = _raw_post(service.postback_url, 200, pieces, pause)
+            assert status == 408
+            assert "shorter than its Content-Length" in answer["message"]
+            assert time.monotonic() - started < 4
         service.worker.drain()
         assert ledger.count_events() == before
 
@@ -271,3 +283,23 @@ def test_charges_compare_with_the_virtual_contract_note(
     assert ours.total == sum((f.charges or Decimal(0) for f in order.fills), Decimal(0))
     note = client(sandbox).get_virtual_contract_note([{"order_id": order.broker_order_id}])
     assert compare_contract_note({order.broker_order_id or "": ours}, note) == []
+
+
+def _raw_post(
+    url: str, declared: int, pieces: list[bytes], pause: float
+) -> tuple[int, dict[str, Any]]:
+    """POST with a Content-Length of `declared`, sending `pieces` `pause` seconds apart."""
+    parts = urllib.parse.urlsplit(url)
+    with socket.create_connection((parts.hostname, parts.port), timeout=10) as conn:
+        conn.sendall(
+            f"POST {parts.path} HTTP/1.1\r\nHost: x\r\nContent-Length: {declared}\r\n\r\n".encode()
+        )
+        for piece in pieces:
+            with contextlib.suppress(OSError):  # the server may answer and close first
+                conn.sendall(piece)
+            time.sleep(pause)
+        reply = b""
+        while chunk := conn.recv(65536):
+            reply += chunk
+    head, _, body = reply.partition(b"\r\n\r\n")
+    return int(head.split()[1]), json.loads(body)
