@@ -513,8 +513,12 @@ class Projection:
         self._publish(view, working)
 
     def fold(self, events: Iterable[tuple[int, Order.Event]], view: View | None = None) -> View:
-        """Fold many events into a (new) view: the offline and point-in-time path."""
-        return self.fold_records((record_of(p, e) for p, e in events), view)
+        """Fold many events into a (new) view (events made in memory; from the log,
+        `fold_records` of stored records is the fast path)."""
+        kinds = self.kinds
+        return self.fold_records(
+            (record_of(p, e) for p, e in events if type(e).__name__ in kinds), view
+        )
 
     def fold_records(self, records: Iterable[Record], view: View | None = None) -> View:
         view = view if view is not None else View()

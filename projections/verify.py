@@ -18,7 +18,7 @@ from uuid import UUID
 
 from ledger.application import OrderLedger
 from ledger.domain.order import Order
-from projections.base import Projection
+from projections.base import Projection, Record, record_of
 from projections.runner import decode
 from projections.store import ProjectionStore
 
@@ -65,8 +65,9 @@ def verify(
     report.events = len(events)
     _verify_orders(events, report)
     _verify_snapshots(ledger, events, report)
+    records = [record_of(p, e) for p, e in events]  # once, not once per projection
     for projection in projections:
-        _verify_projection(projection, store, events, report, max_rows_listed)
+        _verify_projection(projection, store, records, report, max_rows_listed)
     return report
 
 
@@ -139,13 +140,13 @@ def _state(order: Any) -> dict[str, Any]:
 def _verify_projection(
     projection: Projection,
     store: ProjectionStore,
-    events: list[tuple[int, Order.Event]],
+    records: list[Record],
     report: VerifyReport,
     max_rows_listed: int,
 ) -> None:
     store.ensure([projection])
     position = store.position(projection)
-    expected = projection.fold([(p, e) for p, e in events if p <= position]).contents()
+    expected = projection.fold_records(r for r in records if r.position <= position).contents()
     stored = store.load_view(projection).contents()
     report.projections += 1
     listed = 0
