@@ -86,16 +86,12 @@ def money(value: Decimal) -> Decimal:
     return _normal(value)
 
 
-def trading_day(event_time: datetime | None, recorded_at: datetime) -> date:
-    """The Indian trading day of a fill: its exchange time if known, else its record time."""
-    return (event_time or recorded_at).astimezone(IST).date()
-
-
 _DAYS: dict[str, date] = {}
 
 
 def trading_day_of(exchange_timestamp: Any, timestamp: Any) -> date:
-    """`trading_day` for wrapped ISO times as records hold them. The day depends only on
+    """The Indian trading day of a fill, from wrapped ISO times as records hold them: its
+    exchange time if known, else its record time. The day depends only on
     the minute and the UTC offset, so it is remembered by those (a few entries a day)."""
     text: str = (exchange_timestamp or timestamp)["_data_"]
     if len(text) > 22 and text[-6] in "+-" and text[-3] == ":":
@@ -447,7 +443,6 @@ class View:
     """A projection's tables as frozen rows: what readers get."""
 
     tables: dict[str, dict[Key, Any]] = field(default_factory=dict)
-    dirty: dict[str, set[Key]] = field(default_factory=dict)
     working: Working | None = field(default=None, repr=False, compare=False)
 
     def table(self, name: str) -> dict[Key, Any]:
@@ -456,27 +451,12 @@ class View:
     def get(self, table: str, key: Key) -> Any:
         return self.tables.get(table, {}).get(key)
 
-    def put(self, table: str, key: Key, row: Any) -> None:
-        self.table(table)[key] = row
-        self.dirty.setdefault(table, set()).add(key)
-        self.working = None  # rows changed behind the fold's back: start it again
-
     def rows(self, table: str) -> Iterator[Any]:
         return iter(self.tables.get(table, {}).values())
 
     def contents(self) -> dict[str, dict[Key, Any]]:
         """The non-empty tables: what two views are compared by."""
         return {name: dict(rows) for name, rows in self.tables.items() if rows}
-
-    def take_dirty(self) -> dict[str, dict[Key, Any]]:
-        """The changed rows, by table; clears the record of changes."""
-        changed = {
-            name: {key: self.tables[name][key] for key in keys}
-            for name, keys in self.dirty.items()
-            if keys
-        }
-        self.dirty = {}
-        return changed
 
 
 # --------------------------------------------------------------------------- projection
@@ -549,7 +529,6 @@ class Projection:
             rows = view.table(name)
             for key, cell in cells.items():
                 rows[key] = table.row_of(cell)
-                view.dirty.setdefault(name, set()).add(key)
 
     def table_named(self, name: str) -> Table:
         for table in self.tables:

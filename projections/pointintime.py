@@ -14,22 +14,6 @@ from projections.base import Projection, Record, View, record_of
 from projections.runner import EventSource, records_of
 
 
-def events_until(
-    source: EventSource, instant: datetime, batch_size: int = 5000
-) -> Iterator[tuple[int, Order.Event]]:
-    """Every event recorded at or before `instant`, in log order."""
-    _check(instant)
-    after = 0
-    while True:
-        batch = source.read(after, batch_size)
-        if not batch:
-            return
-        for position, event in batch:
-            if event.timestamp <= instant:
-                yield position, event
-        after = batch[-1][0]
-
-
 def records_until(
     source: EventSource, instant: datetime, batch_size: int = 5000
 ) -> Iterator[Record]:

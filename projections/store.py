@@ -355,9 +355,6 @@ class ProjectionStore(ABC):
 
     lock_clause = ""
 
-    def _check_position(self, cur: Any, projection: Projection, expected: int) -> None:
-        self._check_positions(cur, [projection], {projection.name: expected})
-
     def _check_positions(
         self, cur: Any, projections: Sequence[Projection], expected: Mapping[str, int]
     ) -> None:
