@@ -29,19 +29,13 @@ from typing import Any, Final, Literal
 from uuid import UUID
 
 from eventsourcing.persistence import (
-    DatetimeAsISO,
-    DecimalAsStr,
-    JSONTranscoder,
-    Mapper,
     StoredEvent,
-    UUIDAsHex,
 )
 
 from ledger.application import OrderLedger
 from ledger.domain.errors import LedgerError
 from ledger.domain.order import Order
-from ledger.persistence import register_ledger_transcodings
-from projections.base import Projection, Record
+from projections.base import Projection, Record, ledger_mapper
 from projections.rebuild import rebuild
 from projections.runner import (
     DEFAULT_BATCH_SIZE,
@@ -60,16 +54,6 @@ COLUMNS: Final = ("position", "order_id", "version", "topic", "event_type", "rec
 
 class ExportError(LedgerError, ValueError):
     """An export file is unreadable or malformed; the message names the file and record."""
-
-
-def offline_mapper() -> Mapper[UUID]:
-    """A mapper that decodes stored events with no database: the ledger's transcodings."""
-    transcoder = JSONTranscoder()
-    transcoder.register(UUIDAsHex())
-    transcoder.register(DecimalAsStr())
-    transcoder.register(DatetimeAsISO())
-    register_ledger_transcodings(transcoder)
-    return Mapper(transcoder=transcoder)
 
 
 def format_of(path: str | Path) -> Format:
@@ -216,7 +200,7 @@ def _stored(record: Any, where: str) -> tuple[int, StoredEvent]:
 def read_export(path: str | Path, *, chunk: int = 5000) -> Iterator[list[tuple[int, Order.Event]]]:
     """The events of an export, in chunks, checked: positions must increase and each
     record must decode to an order event, or `ExportError` names the record."""
-    mapper = offline_mapper()
+    mapper = ledger_mapper()
     fmt = format_of(path)
     raw = _read_parquet(path) if fmt == "parquet" else _read_jsonl(path)
     last = 0
