@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields, is_dataclass
 from datetime import date, datetime
 from decimal import Decimal
@@ -30,36 +30,91 @@ from enum import Enum
 from typing import Any, Final
 from uuid import UUID
 
+import orjson
+
 #: The fields that are the event's identity and are hashed under fixed names.
 _IDENTITY: Final = frozenset({"originator_id", "originator_version", "hash", "class_version"})
 
 
 def _canonical(value: Any) -> Any:
     """A JSON-ready form of a stored value that does not depend on the Python objects'
-    identity or on dict order: the same event always gives the same bytes."""
-    if value is None or isinstance(value, bool | int | str):
+    identity or on dict order: the same event always gives the same bytes.
+
+    Runs for every field of every event a command makes, so each type's conversion is
+    looked up once and kept (`_CONVERTERS`), not found by a chain of isinstance checks."""
+    kind = type(value)
+    if kind is str or kind is int or value is None or kind is bool:
         return value
-    if isinstance(value, Decimal):
-        return {"$d": str(value)}
-    if isinstance(value, datetime):
-        return {"$t": value.isoformat()}
-    if isinstance(value, date):
-        return {"$date": value.isoformat()}
-    if isinstance(value, UUID):
-        return {"$u": str(value)}
-    if isinstance(value, Enum):
-        return _canonical(value.value)
-    if is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _canonical(getattr(value, f.name)) for f in fields(value)}
-    if isinstance(value, Mapping):
-        return {str(k): _canonical(v) for k, v in value.items()}
-    if isinstance(value, set | frozenset):
-        return sorted(_canonical(v) for v in value)
-    if isinstance(value, list | tuple):
-        return [_canonical(v) for v in value]
-    if isinstance(value, float):
-        raise TypeError("floats are not hashed: money and quantities are Decimal or int")
-    raise TypeError(f"cannot hash a {type(value).__name__}")
+    convert = _CONVERTERS.get(kind)
+    if convert is None:
+        convert = _CONVERTERS[kind] = _converter_for(kind)
+    return convert(value)
+
+
+def _as_is(value: Any) -> Any:
+    # str and int subclasses (StrEnum, IntEnum members) encode as their plain value.
+    return value
+
+
+def _dataclass_converter(kind: type) -> Callable[[Any], Any]:
+    names = tuple(f.name for f in fields(kind))
+
+    def convert(value: Any) -> Any:
+        return {name: _canonical(getattr(value, name)) for name in names}
+
+    return convert
+
+
+def _refuse_float(value: Any) -> Any:
+    raise TypeError("floats are not hashed: money and quantities are Decimal or int")
+
+
+def _converter_for(kind: type) -> Callable[[Any], Any]:
+    """The conversion of one type, in the order the canonical form has always used."""
+    if issubclass(kind, bool | int | str):
+        return _as_is
+    if issubclass(kind, Decimal):
+        return lambda value: {"$d": str(value)}
+    if issubclass(kind, datetime):
+        return lambda value: {"$t": value.isoformat()}
+    if issubclass(kind, date):
+        return lambda value: {"$date": value.isoformat()}
+    if issubclass(kind, UUID):
+        return lambda value: {"$u": str(value)}
+    if issubclass(kind, Enum):
+        return lambda value: _canonical(value.value)
+    if is_dataclass(kind):
+        return _dataclass_converter(kind)
+    if issubclass(kind, Mapping):
+        return lambda value: {str(k): _canonical(v) for k, v in value.items()}
+    if issubclass(kind, set | frozenset):
+        return lambda value: sorted(_canonical(v) for v in value)
+    if issubclass(kind, list | tuple):
+        return lambda value: [_canonical(v) for v in value]
+    if issubclass(kind, float):
+        return _refuse_float
+    name = kind.__name__
+
+    def refuse(value: Any) -> Any:
+        raise TypeError(f"cannot hash a {name}")
+
+    return refuse
+
+
+_CONVERTERS: dict[type, Callable[[Any], Any]] = {}
+
+
+def canonical_bytes(document: Any) -> bytes:
+    """`document` as compact JSON with sorted keys, UTF-8, nothing escaped that need not
+    be: the bytes `json.dumps(sort_keys=True, separators=(",", ":"), ensure_ascii=False)`
+    gives, made by orjson (a tenth of the time). orjson refuses integers wider than 64
+    bits and text that is not valid Unicode; those go through `json` (which encodes the
+    first and refuses the second), so the result never depends on which one ran."""
+    try:
+        return orjson.dumps(document, option=orjson.OPT_SORT_KEYS)
+    except orjson.JSONEncodeError:
+        text = json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        return text.encode("utf-8")
 
 
 def content_hash(
@@ -80,8 +135,7 @@ def content_hash(
         "version": originator_version,
         "state": body,
     }
-    text = json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+    return hashlib.sha256(canonical_bytes(document)).hexdigest()
 
 
 # --------------------------------------------------------------------------- chain checks
