@@ -61,6 +61,7 @@ from ledger.domain.values import InstrumentRef
 from ledger.groupcommit import GroupCommitter
 from ledger.instruments import InstrumentCatalog
 from ledger.persistence import (
+    LedgerTranscoder,
     StorageSettings,
     StorageUnavailable,
     guard_environment,
@@ -152,6 +153,11 @@ class OrderLedger(Application[UUID]):
         with self._latest_lock:
             order = self._latest.get(order_id)
             return order.fork() if order is not None else None
+
+    def construct_transcoder(self) -> LedgerTranscoder:
+        transcoder = LedgerTranscoder()
+        self.register_transcodings(transcoder)
+        return transcoder
 
     def register_transcodings(self, transcoder: JSONTranscoder) -> None:
         super().register_transcodings(transcoder)
