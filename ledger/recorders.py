@@ -49,6 +49,8 @@ class OneTripPostgresRecorder(PostgresApplicationRecorder):
         )
         self._tail = sql.SQL(" RETURNING notification_id; COMMIT")
         self._row = sql.SQL("(%s, %s, %s, %s)")
+        #: The statement for n events, as bytes: composed once, not on every append.
+        self._statements: dict[int, bytes] = {}
 
     @retry((InterfaceError, OperationalError), max_attempts=10, wait=0.2)
     def insert_events(
@@ -56,11 +58,16 @@ class OneTripPostgresRecorder(PostgresApplicationRecorder):
     ) -> Sequence[int] | None:
         if not stored_events:
             return []
-        query = self._head + sql.SQL(", ").join([self._row] * len(stored_events)) + self._tail
         params: list[Any] = []
         for e in stored_events:
             params += (e.originator_id, e.originator_version, e.topic, e.state)
         with self.datastore.get_connection() as conn:
+            query = self._statements.get(len(stored_events))
+            if query is None:
+                rows = sql.SQL(", ").join([self._row] * len(stored_events))
+                query = (self._head + rows + self._tail).as_bytes(conn)
+                if len(self._statements) < 64:
+                    self._statements[len(stored_events)] = query
             cursor = ClientCursor(conn)
             try:
                 cursor.execute(query, params)

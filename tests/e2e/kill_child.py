@@ -225,15 +225,14 @@ def install_write_points(ledger: OrderLedger, switch: KillSwitch) -> None:
         return result
 
     setattr(recorder, name, in_transaction)
-    save = ledger.save
+    save = ledger._save_order
 
-    def saved(*objs: Any, **kwargs: Any) -> Any:
-        events = [e for o in objs for e in getattr(o, "pending_events", ())]
-        result = save(*objs, **kwargs)
+    def saved(order: Any) -> None:
+        events = list(order.pending_events)
+        save(order)
         switch.point(f"write-committed:{type(events[-1]).__name__ if events else 'nothing'}")
-        return result
 
-    ledger.save = saved  # type: ignore[method-assign]
+    ledger._save_order = saved  # type: ignore[method-assign]
 
 
 def install_gateway_points(gateway: KiteGateway, outbox: Outbox, switch: KillSwitch) -> None:

@@ -289,7 +289,7 @@ def test_a_lost_race_is_retried_and_loses_no_update(make_ledger: LedgerFactory) 
     first, second = make_ledger(), make_ledger()
     order = first.submit(submit_command())
     first.record(accepted(order))
-    real_save = first.save
+    real_save = first._save_order
     interfered: list[bool] = []
 
     def interfere_then_save(*aggregates: Any, **kwargs: Any) -> Any:
@@ -298,7 +298,7 @@ def test_a_lost_race_is_retried_and_loses_no_update(make_ledger: LedgerFactory) 
             second.record(fill(order, "T-second", 30))  # saved between decision and save
         return real_save(*aggregates, **kwargs)
 
-    first.save = interfere_then_save  # type: ignore[method-assign]
+    first._save_order = interfere_then_save  # type: ignore[method-assign]
     first.record(fill(order, "T-first", 20))
     final = second.get_order(order.id)
     assert final.trade_ids == {"T-first", "T-second"}
@@ -328,14 +328,14 @@ def test_endless_conflicts_give_up_with_a_clear_error(make_ledger: LedgerFactory
     first, second = make_ledger(max_attempts=3), make_ledger()
     order = first.submit(submit_command(quantity=1000))
     first.record(accepted(order))
-    real_save = first.save
+    real_save = first._save_order
     counter = iter(range(100))
 
     def interfere_then_save(*aggregates: Any, **kwargs: Any) -> Any:
         second.record(fill(order, f"T-{next(counter)}", 1))
         return real_save(*aggregates, **kwargs)
 
-    first.save = interfere_then_save  # type: ignore[method-assign]
+    first._save_order = interfere_then_save  # type: ignore[method-assign]
     with pytest.raises(ConcurrencyConflict, match="gave up after 3 attempts"):
         first.record(fill(order, "T-first", 20))
     assert "T-first" not in second.get_order(order.id).trade_ids
