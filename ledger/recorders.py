@@ -3,10 +3,10 @@
 The library's recorder appends in a pipeline that still waits for the server several
 times per transaction (the lock, the insert, the ids, the commit). Here the whole
 transaction is one message: BEGIN, the same `LOCK TABLE ... IN EXCLUSIVE MODE` (so log
-order stays commit order), NOTIFY, the insert with its RETURNING, COMMIT. Parameters are
-bound on the client (psycopg's `ClientCursor`, which quotes every value; nothing is
-interpolated by hand), because the server only accepts several statements in one message
-without server-side parameters.
+order stays commit order), NOTIFY, the insert with its RETURNING, COMMIT. The server only
+accepts several statements in one message without server-side parameters, so the values
+are written as literals: text quoted by libpq (`PQescapeLiteral`), everything else in a form
+that cannot hold a quote (a UUID's canonical form, a decimal integer, bytes as hex).
 
 A command is still durable when this returns: the reply arrives after COMMIT. If the
 insert conflicts (a second event at the same order version) the server skips the rest,
@@ -20,13 +20,14 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
+from uuid import UUID
 
 import psycopg
 from eventsourcing.persistence import IntegrityError, InterfaceError, OperationalError, StoredEvent
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
 from eventsourcing.utils import retry
 from psycopg import ClientCursor, sql
-from psycopg.pq import TransactionStatus
+from psycopg.pq import Escaping, TransactionStatus
 
 _IN_A_TRANSACTION = (TransactionStatus.INTRANS, TransactionStatus.INERROR)
 
@@ -47,10 +48,41 @@ class OneTripPostgresRecorder(PostgresApplicationRecorder):
             table=table,
             channel=sql.Identifier(self.channel_name),
         )
-        self._tail = sql.SQL(" RETURNING notification_id; COMMIT")
-        self._row = sql.SQL("(%s, %s, %s, %s)")
-        #: The statement for n events, as bytes: composed once, not on every append.
-        self._statements: dict[int, bytes] = {}
+        self._tail_bytes = b" RETURNING notification_id; COMMIT"
+        self._head_statement: bytes | None = None
+        self._topics: dict[str, bytes] = {}
+
+    def _head_bytes(self, conn: psycopg.Connection[Any]) -> bytes:
+        if self._head_statement is None:
+            self._head_statement = self._head.as_bytes(conn)
+        return self._head_statement
+
+    def _row_literal(self, conn: psycopg.Connection[Any], event: StoredEvent) -> bytes:
+        """One event as `(id, version, topic, state)` literals. Text goes through libpq's
+        own quoting (`PQescapeLiteral`); the rest is written in forms that cannot hold a
+        quote: a UUID's canonical form, a decimal integer, bytes as hex. psycopg's
+        per-value quoting did the same, at a tenth of a command's time."""
+        ident = event.originator_id
+        if type(ident) is UUID:
+            ident_literal = b"'%s'::uuid" % str(ident).encode("ascii")
+        else:
+            ident_literal = _escape(conn, str(ident)) + b"::uuid"
+        version = event.originator_version
+        if type(version) is not int:
+            raise TypeError(f"an event version must be an int, not {type(version).__name__}")
+        topic = self._topics.get(event.topic)
+        if topic is None:
+            topic = self._topics[event.topic] = _escape(conn, event.topic)
+        state = event.state
+        if not isinstance(state, bytes):
+            raise TypeError(f"a stored state must be bytes, not {type(state).__name__}")
+        # E'' so the backslash means the same whatever standard_conforming_strings says.
+        return b"(%s, %d, %s, E'\\\\x%s'::bytea)" % (
+            ident_literal,
+            version,
+            topic,
+            state.hex().encode("ascii"),
+        )
 
     @retry((InterfaceError, OperationalError), max_attempts=10, wait=0.2)
     def insert_events(
@@ -58,19 +90,12 @@ class OneTripPostgresRecorder(PostgresApplicationRecorder):
     ) -> Sequence[int] | None:
         if not stored_events:
             return []
-        params: list[Any] = []
-        for e in stored_events:
-            params += (e.originator_id, e.originator_version, e.topic, e.state)
         with self.datastore.get_connection() as conn:
-            query = self._statements.get(len(stored_events))
-            if query is None:
-                rows = sql.SQL(", ").join([self._row] * len(stored_events))
-                query = (self._head + rows + self._tail).as_bytes(conn)
-                if len(self._statements) < 64:
-                    self._statements[len(stored_events)] = query
+            rows = b", ".join([self._row_literal(conn, event) for event in stored_events])
+            query = self._head_bytes(conn) + rows + self._tail_bytes
             cursor = ClientCursor(conn)
             try:
-                cursor.execute(query, params)
+                cursor.execute(query)
             except psycopg.errors.UniqueViolation as error:
                 conn.execute("ROLLBACK")
                 raise IntegrityError(str(error)) from error
@@ -90,6 +115,10 @@ class OneTripPostgresRecorder(PostgresApplicationRecorder):
                 if not cursor.nextset():
                     break
         return ids
+
+
+def _escape(conn: psycopg.Connection[Any], text: str) -> bytes:
+    return Escaping(conn.pgconn).escape_literal(text.encode(conn.info.encoding))
 
 
 def _discard_dead_connections_after_a_failure(datastore: PostgresDatastore) -> None:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import sqlite3
+import uuid
 from pathlib import Path
 
 import psycopg
+import pytest
+from eventsourcing.persistence import StoredEvent
 
 from ledger.application import open_ledger
 from tests.support import submit_command
@@ -46,3 +49,28 @@ def test_postgres_keeps_the_table_lock(postgres_database: str) -> None:
         assert recorder.datastore.enable_db_functions is False  # type: ignore[attr-defined]
         statement = recorder.lock_table_statements  # type: ignore[attr-defined]
         assert any("EXCLUSIVE MODE" in s.as_string(None) for s in statement)
+
+
+def test_postgres_append_writes_any_text_and_bytes_as_values(postgres_url: str) -> None:
+    """The one-trip append writes its values as literals: quotes, backslashes, percent
+    signs, NUL bytes and SQL in a topic or a state come back exactly as they went in."""
+    ledger = open_ledger(postgres_url)
+    try:
+        nasty = "x'); DROP TABLE stored_events; -- \\ %s %% \u00e9 $$"
+        events = [
+            StoredEvent(uuid.uuid4(), 1, f"t.{nasty}", b"\x00'\\\"" + nasty.encode()),
+            StoredEvent(str(uuid.uuid4()), 1, "t.plain", bytes(range(256))),
+        ]
+        ids = ledger.recorder.insert_events(events)
+        assert ids is not None
+        assert len(ids) == 2
+        stored = ledger.recorder.select_notifications(start=ids[0], limit=2)
+        assert [(n.topic, n.state) for n in stored] == [(e.topic, e.state) for e in events]
+        expected_ids = [uuid.UUID(str(e.originator_id)) for e in events]
+        assert [n.originator_id for n in stored] == expected_ids
+        bad = StoredEvent(uuid.uuid4(), "1", "t", b"")  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="version must be an int"):
+            ledger.recorder.insert_events([bad])
+        assert ledger.recorder.max_notification_id() == ids[1]
+    finally:
+        ledger.close()
