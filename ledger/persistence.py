@@ -339,7 +339,7 @@ class _NotPlain(Exception):
 
 
 class LedgerTranscoder(JSONTranscoder):
-    """The library's JSON transcoder, writing the same JSON in a fifth of the time.
+    """The library's JSON transcoder, writing the same JSON in about a third of the time.
 
     Every command encodes its events, so `encode` turns the state into plain values in one
     pass (each registered type becomes the library's `{"_type_": name, "_data_": ...}`)
