@@ -14,6 +14,8 @@ from datetime import datetime
 from typing import Any, ClassVar, Final
 from uuid import UUID
 
+import orjson
+
 from ledger.domain.order import Order
 from ledger.domain.values import InstrumentRef
 from projections.base import Projection, Record, Table, View, Working
@@ -92,9 +94,27 @@ def details_json(state: dict[str, Any], kind: str = "") -> str:
                 if k not in _NOT_DETAILS
             }
         )
+    return encode_details(details)
+
+
+def encode_details(details: dict[str, Any]) -> str:
+    """`json.dumps(details, separators=(",", ":"))`, the same text, by orjson where that
+    is certain to give it: flat values of plain types (no floats, which the two format
+    differently, nothing nested) and printable ASCII out (`json` escapes the rest as
+    \\uXXXX, orjson writes UTF-8); anything else, and integers beyond 64 bits (which orjson
+    refuses), by `json` as before."""
+    if _FLAT.issuperset(map(type, details.values())):
+        try:
+            out = orjson.dumps(details)
+        except TypeError:
+            pass
+        else:
+            if out.isascii() and b"\x7f" not in out:
+                return out.decode("ascii")
     return _dumps(details)
 
 
+_FLAT: Final = frozenset({str, int, bool, type(None)})
 _DETAIL_KEYS: dict[tuple[str, Any, int], list[str]] = {}
 _dumps: Final = json.JSONEncoder(separators=(",", ":")).encode
 _dumps_sorted: Final = json.JSONEncoder(sort_keys=True, separators=(",", ":")).encode

@@ -35,7 +35,7 @@ from eventsourcing.persistence import (
 from ledger.application import OrderLedger
 from ledger.domain.errors import LedgerError
 from ledger.domain.order import Order
-from projections.base import Projection, Record, ledger_mapper
+from projections.base import Projection, Record, ledger_mapper, parse_state
 from projections.rebuild import rebuild
 from projections.runner import (
     DEFAULT_BATCH_SIZE,
@@ -43,7 +43,6 @@ from projections.runner import (
     canonical_id,
     decode,
     order_kind,
-    parse_state,
     stored_records,
 )
 from projections.store import store_for_file
@@ -282,7 +281,11 @@ def read_export_records(path: str | Path, *, chunk: int = 5000) -> Iterator[list
                     f"{where}: position {record.position} is not after {last} (log order broken)"
                 )
             last = record.position
-        yield records
+        # Handed over without keeping a reference while suspended: the runner frees a
+        # batch's records (and their states) before the cyclic collector runs again.
+        handed = [records]
+        del records, batch
+        yield handed.pop()
 
 
 StoredRow = tuple[int, str, int, str, str]

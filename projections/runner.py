@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import json
 import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -48,6 +47,7 @@ from projections.base import (
     Table,
     View,
     Working,
+    parse_state,
     record_of,
 )
 from projections.store import ProjectionConflict, ProjectionStore
@@ -153,25 +153,6 @@ def decode(
         if isinstance(event, Order.Event):
             events.append((position, event))
     return events
-
-
-_scan: Final[Callable[[str, int], tuple[Any, int]]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
-
-
-def parse_state(state: bytes | str) -> dict[str, Any]:
-    """A stored state, parsed (what `json.loads` gives, for less)."""
-    text = state if isinstance(state, str) else str(state, "utf-8")
-    parsed: Any = None
-    try:
-        parsed, end = _scan(text, 0)
-    except StopIteration:
-        end = -1
-    if end != len(text) or type(parsed) is not dict:
-        parsed = json.loads(text)  # raises the usual error for a corrupt state
-        if type(parsed) is not dict:
-            raise ValueError(f"a stored state must be a JSON object, not {text[:40]!r}")
-    result: dict[str, Any] = parsed
-    return result
 
 
 _MAX_CLASS_VERSION: Final = max(cls.class_version for cls in EVENT_CLASSES.values())
@@ -410,13 +391,17 @@ class ProjectionRunner:
                 [(p, changes[p.name][0]) for p in behind],
                 created={name: created for name, (_, created) in changes.items()},
             )
+            # Freed here, by reference counting: when the collector runs again its first
+            # pass would otherwise walk every record, state and cell of the batch.
+            count = len(batch)
+            del batch, changes
         expected = {p.name: folded[p.name] for p in behind}
         self._land()
         future = writer.submit(self.store.write, encoded, last, expected)
-        self._in_flight = (future, behind, last, len(batch))
+        self._in_flight = (future, behind, last, count)
         for projection in behind:
             folded[projection.name] = last
-        return len(batch)
+        return count
 
     def _land(self) -> None:
         """Wait for the commit in flight, if any (raising what it raised)."""
