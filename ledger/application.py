@@ -26,8 +26,10 @@ from eventsourcing.application import AggregateNotFoundError, Application, Proce
 from eventsourcing.persistence import (
     IntegrityError,
     JSONTranscoder,
+    Notification,
     PersistenceError,
     Recording,
+    StoredEvent,
 )
 from eventsourcing.utils import EnvType
 
@@ -114,8 +116,8 @@ class OrderLedger(Application[UUID]):
         self._latest: OrderedDict[UUID, Order] = OrderedDict()
         self._latest_lock = threading.Lock()
         super().__init__(env)
-        self._committer: GroupCommitter[Any, Recording[UUID]] = GroupCommitter(
-            lambda events: self.events.put(events)
+        self._committer: GroupCommitter[StoredEvent, int] = GroupCommitter(
+            lambda stored: list(self.recorder.insert_events(stored) or ())
         )
 
     def construct_env(self, name: str, env: EnvType | None = None) -> Any:
@@ -124,15 +126,35 @@ class OrderLedger(Application[UUID]):
         return environment
 
     def _record(self, processing_event: ProcessingEvent[UUID]) -> list[Recording[UUID]]:
-        """Through the group committer: concurrent commands share one transaction."""
+        """What `EventStore.put` does, through the group committer: concurrent commands
+        share one transaction. Each caller encodes its own events before it joins the
+        queue, so the transaction's writer only writes (and other threads encode while
+        the database commits)."""
         assert processing_event.tracking is None
         assert not processing_event.saved_kwargs
+        events = processing_event.events
+        stored = [self.mapper.to_stored_event(event) for event in events]
         try:
-            return self._committer.put(processing_event.events)
+            ids = self._committer.put(stored)
         except IntegrityError:
             raise
         except PersistenceError as error:
             raise StorageUnavailable(self._where, "writing", error) from error
+        if len(ids) != len(stored):
+            return []  # a recorder that gives no ids (the library makes no recordings)
+        return [
+            Recording(
+                event,
+                Notification(
+                    originator_id=row.originator_id,
+                    originator_version=row.originator_version,
+                    topic=row.topic,
+                    state=row.state,
+                    id=notification_id,
+                ),
+            )
+            for event, row, notification_id in zip(events, stored, ids, strict=True)
+        ]
 
     def _save_order(self, order: Order) -> None:
         """`save(order)` as the library does it (record, snapshot every 100 events,
