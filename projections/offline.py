@@ -45,7 +45,7 @@ from projections.runner import (
     order_kind,
     stored_records,
 )
-from projections.store import store_for_file
+from projections.store import store_for_file, sync_directory, sync_file
 
 Format = Literal["jsonl", "parquet"]
 COLUMNS: Final = ("position", "order_id", "version", "topic", "event_type", "recorded_at", "state")
@@ -401,7 +401,7 @@ def offline_rebuild(
         if on_batch is not None:
             on_batch(done, total)
 
-    store = store_for_file(partial)
+    store = store_for_file(partial, scratch=True)
     try:
         count = rebuild(
             ExportLog(export), store, projections, batch_size=batch_size, on_batch=progress
@@ -422,7 +422,10 @@ def offline_rebuild(
         _remove(partial)
         raise
     store.close()
+    if target.suffix != ".duckdb":  # built with no syncs: durable before it is moved
+        sync_file(partial)
     os.replace(partial, target)
+    sync_directory(target.parent)
     return count
 
 
