@@ -245,18 +245,36 @@ def _read_jsonl(path: str | Path) -> Iterator[tuple[str, Any]]:
         raise ExportError(f"{path}: not a UTF-8 text file") from None
 
 
-def _read_parquet(path: str | Path) -> Iterator[tuple[str, Any]]:
-    import pyarrow as pa
+def _open_parquet(path: str | Path) -> Any:
+    """A Parquet reader that keeps nothing it has handed out (pre_buffer off: with it, the
+    reader keeps what it read, and memory grows with the file)."""
     import pyarrow.parquet as pq
 
+    return pq.ParquetFile(str(path), pre_buffer=False)
+
+
+def _release_arrow_memory() -> None:
+    """Give back the decode buffers Arrow's allocator (mimalloc) keeps once freed: about
+    60 MB for the rest of the process otherwise (reading a 100,000-event export took the
+    process from 49 to 110 MB; releasing after each batch, 81)."""
+    import pyarrow as pa
+
+    pa.default_memory_pool().release_unused()
+
+
+def _read_parquet(path: str | Path) -> Iterator[tuple[str, Any]]:
+    import pyarrow as pa
+
     try:
-        # pre_buffer off: with it, the reader keeps what it read (memory grows with the file)
-        parquet = pq.ParquetFile(str(path), pre_buffer=False)
+        parquet = _open_parquet(path)
     except (OSError, pa.ArrowException) as error:
         raise ExportError(f"{path}: cannot read Parquet export: {error}") from None
     index = 0
-    for batch in parquet.iter_batches(batch_size=5000):
-        for record in batch.to_pylist():
+    for batch in parquet.iter_batches(batch_size=5000, use_threads=False):
+        records = batch.to_pylist()
+        del batch
+        _release_arrow_memory()
+        for record in records:
             index += 1
             yield f"{path} record {index}", record
 
@@ -314,11 +332,9 @@ def _jsonl_rows(path: str | Path, chunk: int) -> Iterator[tuple[str, list[Stored
 
 def _parquet_rows(path: str | Path, chunk: int) -> Iterator[tuple[str, list[StoredRow]]]:
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     try:
-        # pre_buffer off: with it, the reader keeps what it read (memory grows with the file)
-        parquet = pq.ParquetFile(str(path), pre_buffer=False)
+        parquet = _open_parquet(path)
     except (OSError, pa.ArrowException) as error:
         raise ExportError(f"{path}: cannot read Parquet export: {error}") from None
     missing = [
@@ -330,12 +346,17 @@ def _parquet_rows(path: str | Path, chunk: int) -> Iterator[tuple[str, list[Stor
         raise ExportError(f"{path}: missing column(s) {', '.join(missing)}")
     index = 0
     for batch in parquet.iter_batches(
-        batch_size=chunk, columns=["position", "order_id", "version", "topic", "state"]
+        batch_size=chunk,
+        columns=["position", "order_id", "version", "topic", "state"],
+        use_threads=False,  # decoding is a few % of the rebuild; each thread keeps buffers
     ):
         columns = [batch.column(i).to_pylist() for i in range(5)]
+        rows = batch.num_rows
+        del batch
+        _release_arrow_memory()
         if any(None in column for column in columns):
-            raise ExportError(f"{path} records {index + 1}-{index + batch.num_rows}: empty field")
-        index += batch.num_rows
+            raise ExportError(f"{path} records {index + 1}-{index + rows}: empty field")
+        index += rows
         yield f"{path} record {index}", list(zip(*columns, strict=True))
 
 
