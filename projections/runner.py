@@ -110,8 +110,8 @@ class LedgerLog:
         recorder = self.ledger.recorder
         if isinstance(recorder, SQLiteApplicationRecorder):
             with recorder.datastore.transaction(commit=False) as cursor:
-                cursor.execute(  # the state as text: SQLite decodes it, not Python
-                    "SELECT rowid, originator_id, originator_version, topic, CAST(state AS TEXT)"
+                cursor.execute(  # the state as stored (bytes): orjson parses UTF-8 itself
+                    "SELECT rowid, originator_id, originator_version, topic, state"
                     f" FROM {recorder.events_table_name} WHERE rowid>? ORDER BY rowid LIMIT ?",
                     (after, limit),
                 )
