@@ -45,7 +45,7 @@ from projections.runner import (
     order_kind,
     stored_records,
 )
-from projections.store import store_for_file, sync_directory, sync_file
+from projections.store import WriterProcessStore, store_for_file, sync_directory, sync_file
 
 Format = Literal["jsonl", "parquet"]
 COLUMNS: Final = ("position", "order_id", "version", "topic", "event_type", "recorded_at", "state")
@@ -403,9 +403,14 @@ def offline_rebuild(
     *,
     batch_size: int = DEFAULT_BATCH_SIZE,
     on_batch: Callable[[int, int], None] | None = None,
+    stats: dict[str, int] | None = None,
 ) -> int:
     """Rebuild `projections` from an export into a DuckDB (`.duckdb`) or SQLite file.
     Returns the records folded.
+
+    A SQLite file is rebuilt by two processes: this one reads and folds, a writer process
+    (`projections/sqlite_writer.py`) commits the batches, so the SQLite work runs on
+    another core. `stats`, if given, gets the writer's peak RSS (`writer_peak_kb`).
 
     All or nothing: the rebuild is made in a file beside `into` (a copy of it, if it
     exists) and moved over it only when every record has folded; a damaged export raises
@@ -422,28 +427,36 @@ def offline_rebuild(
         if on_batch is not None:
             on_batch(done, total)
 
-    store = store_for_file(partial, scratch=True)
+    duckdb = target.suffix == ".duckdb"
+    store = store_for_file(partial) if duckdb else WriterProcessStore(partial)
+
+    def abandon() -> None:
+        if isinstance(store, WriterProcessStore):
+            store.kill()
+        else:
+            store.close()
+        _remove(partial)
+
     try:
         count = rebuild(
             ExportLog(export), store, projections, batch_size=batch_size, on_batch=progress
         )
-    except ExportError:
         store.close()
-        _remove(partial)
+    except ExportError:
+        abandon()
         raise
     except Exception as error:  # damaged data fails in the folds or in the store's writes
-        store.close()
-        _remove(partial)
+        abandon()
         raise ExportError(
             f"export {export}: a record after the first {folded[0]} does not fold into the"
             f" projections ({type(error).__name__}: {error}); {target} was left as it was"
         ) from None
     except BaseException:  # an interrupt: leave no partial file behind
-        store.close()
-        _remove(partial)
+        abandon()
         raise
-    store.close()
-    if target.suffix != ".duckdb":  # built with no syncs: durable before it is moved
+    if isinstance(store, WriterProcessStore) and stats is not None:
+        stats["writer_peak_kb"] = store.writer_peak_kb
+    if not duckdb:  # built with no syncs: durable before it is moved
         sync_file(partial)
     os.replace(partial, target)
     sync_directory(target.parent)

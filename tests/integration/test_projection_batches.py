@@ -15,9 +15,14 @@ from ledger.commands import CancelOrder, RecordCancelled
 from ledger.demo import run_session
 from projections import all_projections
 from projections.base import Projection
-from projections.offline import export_log, offline_rebuild
+from projections.offline import ExportError, export_log, offline_rebuild
 from projections.runner import LedgerLog, ProjectionRunner
-from projections.store import ProjectionStore, store_for_file, store_for_ledger_url
+from projections.store import (
+    ProjectionStore,
+    WriterProcessStore,
+    store_for_file,
+    store_for_ledger_url,
+)
 from tests.support import accepted, fill, submit_command
 
 PER_ORDER_TABLES = 3  # execution reports, statistics tallies, audit labels
@@ -207,3 +212,67 @@ def test_new_rows_are_inserted_once_and_later_changes_upserted(
     assert "audit_trail" not in upserted  # append-only: never written twice
     assert upserted["execution_reports"] > 0  # orders whose events span batches
     assert tables(store, projections) == folded(ledger, projections)
+
+
+def test_offline_rebuild_commits_each_batch_once_through_its_writer_process(
+    ledger: OrderLedger, store: ProjectionStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One message, one transaction per batch in the writer process; the same rows as live."""
+    late_fill_after_others(ledger)
+    projections = all_projections()
+    ProjectionRunner(LedgerLog(ledger), store, projections).catch_up()
+    export = tmp_path / "log.parquet"
+    export_log(ledger, export)
+    messages: list[str] = []
+    real_call = WriterProcessStore._call
+
+    def counting_call(self: WriterProcessStore, message: Any) -> tuple[Any, ...]:
+        messages.append("close" if message is None else message[0])
+        return real_call(self, message)
+
+    monkeypatch.setattr(WriterProcessStore, "_call", counting_call)
+    batches: list[int] = []
+    stats: dict[str, int] = {}
+    into = tmp_path / "rebuilt.sqlite"
+    offline_rebuild(
+        export,
+        into,
+        projections,
+        batch_size=4,
+        on_batch=lambda n, _: batches.append(n),
+        stats=stats,
+    )
+    assert messages == ["write"] * len(batches) + ["close"]
+    assert stats["writer_peak_kb"] > 0
+    rebuilt = store_for_file(into)
+    try:
+        assert tables(rebuilt, projections) == tables(store, projections)
+    finally:
+        rebuilt.close()
+
+
+def test_a_writer_process_that_dies_leaves_the_target_as_it_was(
+    ledger: OrderLedger, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run_session(ledger)
+    export = tmp_path / "log.parquet"
+    export_log(ledger, export)
+    into = tmp_path / "rebuilt.sqlite"
+    offline_rebuild(export, into, all_projections())
+    before = into.read_bytes()
+    real_call = WriterProcessStore._call
+    calls = 0
+
+    def dying_call(self: WriterProcessStore, message: Any) -> tuple[Any, ...]:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            self._process.kill()
+            self._process.wait()
+        return real_call(self, message)
+
+    monkeypatch.setattr(WriterProcessStore, "_call", dying_call)
+    with pytest.raises(ExportError, match="writer process ended"):
+        offline_rebuild(export, into, all_projections(), batch_size=5)
+    assert into.read_bytes() == before
+    assert not [p.name for p in tmp_path.iterdir() if "partial" in p.name]
