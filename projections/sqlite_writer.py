@@ -19,6 +19,7 @@ SQLite work runs on the other core while the fold goes on.
 
 from __future__ import annotations
 
+import contextlib
 import pickle
 import sqlite3
 import sys
@@ -38,9 +39,13 @@ def serve(path: str, requests: BinaryIO, answers: BinaryIO) -> None:
             break
         if message is None:
             break
-        _answer(answers, _write(conn, *message[1:]))
+        try:
+            _answer(answers, _write(conn, *message[1:]))
+        except OSError:  # the rebuild is gone (killed): its partial file is thrown away
+            break
     conn.close()
-    _answer(answers, ("closed", _peak_kb()))
+    with contextlib.suppress(OSError):  # the rebuild is gone (killed): nobody to tell
+        _answer(answers, ("closed", _peak_kb()))
 
 
 def _write(conn: sqlite3.Connection, check: Any, statements: Any, update: Any) -> tuple[Any, ...]:
@@ -77,8 +82,12 @@ def _answer(answers: BinaryIO, answer: tuple[Any, ...]) -> None:
 
 
 def _peak_kb() -> int:
-    with open("/proc/self/status") as status:
-        return next((int(line.split()[1]) for line in status if line.startswith("VmHWM:")), 0)
+    """This process's peak RSS in kB (0 where there is no /proc)."""
+    try:
+        with open("/proc/self/status") as status:
+            return next((int(line.split()[1]) for line in status if line.startswith("VmHWM:")), 0)
+    except OSError:
+        return 0
 
 
 if __name__ == "__main__":
