@@ -78,22 +78,19 @@ def details_json(state: dict[str, Any], kind: str = "") -> str:
     """The audit trail's details column for a stored state: its own fields, plain, in
     key order (the order is worked out once per kind of event and shape of state)."""
     signature = (kind, state.get("class_version"), len(state))
-    keys = _DETAIL_KEYS.get(signature)
-    if keys is None:
-        keys = _DETAIL_KEYS[signature] = [k for k in sorted(state) if k not in _NOT_DETAILS]
-    details = {}
-    try:
-        for k in keys:
-            value = state[k]
-            details[k] = _plain_stored(value) if type(value) is dict else value
-    except KeyError:  # a state of another shape: sort it on its own
-        return _dumps_sorted(
-            {
-                k: (_plain_stored(v) if type(v) is dict else v)
-                for k, v in state.items()
-                if k not in _NOT_DETAILS
-            }
+    shape = _DETAIL_KEYS.get(signature)
+    if shape is None:
+        shape = _DETAIL_KEYS[signature] = (
+            frozenset(state),
+            [k for k in sorted(state) if k not in _NOT_DETAILS],
         )
+    names, keys = shape
+    if state.keys() != names:  # a state of another shape (foreign or damaged): on its own
+        keys = [k for k in sorted(state) if k not in _NOT_DETAILS]
+    details = {}
+    for k in keys:
+        value = state[k]
+        details[k] = _plain_stored(value) if type(value) is dict else value
     return encode_details(details)
 
 
@@ -115,9 +112,8 @@ def encode_details(details: dict[str, Any]) -> str:
 
 
 _FLAT: Final = frozenset({str, int, bool, type(None)})
-_DETAIL_KEYS: dict[tuple[str, Any, int], list[str]] = {}
+_DETAIL_KEYS: dict[tuple[str, Any, int], tuple[frozenset[str], list[str]]] = {}
 _dumps: Final = json.JSONEncoder(separators=(",", ":")).encode
-_dumps_sorted: Final = json.JSONEncoder(sort_keys=True, separators=(",", ":")).encode
 
 
 class AuditTrailProjection(Projection):

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from ledger.domain.values import Exchange, InstrumentRef, Side
-from projections.audit import AuditTrailProjection, to_csv, to_jsonl, trail
+from projections.audit import AuditTrailProjection, details_json, to_csv, to_jsonl, trail
 from projections.positions import PositionsProjection, positions_of
 from projections.reconciliation import BrokerPayloadError, reconcile
 from tests.unit.dsl import accepted, at, cancel_requested, cancelled, filled, submitted
@@ -170,3 +170,17 @@ def test_kite_sample_positions_shape_parses() -> None:
     ]
     report = reconcile("AB1234", [], {"net": net})
     assert report.differences
+
+
+def test_audit_details_of_a_state_of_another_shape_keep_every_field() -> None:
+    """Details are laid out once per kind and shape of state; a state of the same kind
+    and size with other fields (foreign or damaged data) must not borrow that layout."""
+    common = {"timestamp": "2026-11-24T04:00:00+00:00", "class_version": 2}
+    first = {**common, "reason": "r", "hash": "h1", "source": "broker"}
+    second = {**common, "reason": "r", "note": "kept", "source": "broker"}
+    assert json.loads(details_json(first, "Rejected")) == {"reason": "r", "source": "broker"}
+    assert json.loads(details_json(second, "Rejected")) == {
+        "note": "kept",
+        "reason": "r",
+        "source": "broker",
+    }
