@@ -138,6 +138,7 @@ class StorageSettings:
             "PERSISTENCE_MODULE": "eventsourcing.sqlite",
             "SQLITE_DBNAME": str(path),
             "SQLITE_LOCK_TIMEOUT": "10",
+            "APPLICATION_RECORDER_TOPIC": "ledger.recorders:LeanSQLiteRecorder",
         }
         return cls(backend="sqlite", display=str(path), env=env, sqlite_path=path)
 

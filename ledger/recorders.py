@@ -1,4 +1,5 @@
-"""A PostgreSQL recorder that appends in one round trip.
+"""Recorders that append with less than the library's: PostgreSQL in one round trip, SQLite
+without re-preparing its insert.
 
 The library's recorder appends in a pipeline that still waits for the server several
 times per transaction (the lock, the insert, the ids, the commit). Here the whole
@@ -17,14 +18,27 @@ the retry conflicts and the command is decided again on the log, which finds it 
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 from uuid import UUID
 
 import psycopg
-from eventsourcing.persistence import IntegrityError, InterfaceError, OperationalError, StoredEvent
+from eventsourcing.persistence import (
+    DatabaseError,
+    DataError,
+    IntegrityError,
+    InterfaceError,
+    InternalError,
+    NotSupportedError,
+    OperationalError,
+    PersistenceError,
+    ProgrammingError,
+    StoredEvent,
+)
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
+from eventsourcing.sqlite import SQLiteApplicationRecorder
 from eventsourcing.utils import retry
 from psycopg import ClientCursor, sql
 from psycopg.pq import Escaping, TransactionStatus
@@ -117,6 +131,78 @@ class OneTripPostgresRecorder(PostgresApplicationRecorder):
                 if not cursor.nextset():
                     break
         return ids
+
+
+class LeanSQLiteRecorder(SQLiteApplicationRecorder):
+    """`SQLiteApplicationRecorder` whose append is the same transaction with less around it.
+
+    The library opens each write with an explicit `BEGIN` statement, and its connections
+    keep one prepared statement: `BEGIN` and the insert evicted each other, so every
+    append prepared its insert again, inside two context managers and three wrapper
+    objects. Here the connection's own deferred transaction begins it (sqlite3 issues the
+    BEGIN itself, outside the statement cache), the insert stays prepared, and the
+    commit is the same: durable when this returns (`synchronous=FULL`, WAL). Errors are
+    the library's, mapped as it maps them, and a failed append is rolled back."""
+
+    def insert_events(
+        self, stored_events: Sequence[StoredEvent], **kwargs: Any
+    ) -> Sequence[int] | None:
+        pool = self.datastore.pool
+        connection = pool.get_connection(is_writer=True)
+        try:
+            conn: sqlite3.Connection = connection._sqlite_conn
+            conn.isolation_level = "DEFERRED"
+            try:
+                ids = self._insert_rows(conn.cursor(), stored_events)
+                conn.commit()
+            except BaseException as error:
+                if conn.in_transaction:
+                    conn.rollback()
+                if isinstance(error, sqlite3.Error):
+                    raise _library_error(error) from error
+                raise
+            finally:
+                conn.isolation_level = None  # back to autocommit, as the library uses it
+        finally:
+            pool.put_connection(connection)
+        return ids
+
+    def _insert_rows(
+        self, cursor: sqlite3.Cursor, stored_events: Sequence[StoredEvent]
+    ) -> list[int]:
+        """The rows, inserted in the open transaction; their notification ids."""
+        ids: list[int] = []
+        for event in stored_events:
+            ident = event.originator_id
+            cursor.execute(
+                self.insert_events_statement,
+                (
+                    ident.hex if isinstance(ident, UUID) else ident,
+                    event.originator_version,
+                    event.topic,
+                    event.state,
+                ),
+            )
+            assert cursor.lastrowid is not None
+            ids.append(cursor.lastrowid)
+        return ids
+
+
+def _library_error(error: sqlite3.Error) -> PersistenceError:
+    """The library's exception for a sqlite3 one (as its SQLite transaction maps them)."""
+    for sqlite_class, library_class in (
+        (sqlite3.InterfaceError, InterfaceError),
+        (sqlite3.DataError, DataError),
+        (sqlite3.OperationalError, OperationalError),
+        (sqlite3.IntegrityError, IntegrityError),
+        (sqlite3.InternalError, InternalError),
+        (sqlite3.ProgrammingError, ProgrammingError),
+        (sqlite3.NotSupportedError, NotSupportedError),
+        (sqlite3.DatabaseError, DatabaseError),
+    ):
+        if isinstance(error, sqlite_class):
+            return library_class(error)
+    return PersistenceError(error)
 
 
 def _escape(conn: psycopg.Connection[Any], text: str) -> bytes:

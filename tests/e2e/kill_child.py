@@ -211,10 +211,10 @@ def install_write_points(ledger: OrderLedger, switch: KillSwitch) -> None:
     """Kill points inside every write transaction of the log (rows inserted, not yet
     committed) and just after it commits."""
     recorder: Any = ledger.recorder
-    name = (
-        "_fetch_ids_after_insert_events"
-        if hasattr(recorder, "_fetch_ids_after_insert_events")
-        else "_insert_events"
+    name = next(
+        name
+        for name in ("_insert_rows", "_fetch_ids_after_insert_events", "_insert_events")
+        if hasattr(recorder, name)
     )
     inner = getattr(recorder, name)
 
