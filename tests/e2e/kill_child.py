@@ -16,7 +16,8 @@ A worker runs the whole workload in one loop, each pass:
 * the dispatcher, placing orders, modifications and cancellations at the sandbox;
 * polling (reconciliation): converges orders and fills, and adopts orders placed at the
   sandbox from outside the ledger;
-* the projection runner, one small batch.
+* the projection runner: one small batch, or every third pass a pipelined catch-up (as
+  `kite-ledger rebuild` folds).
 
 Kill points: a life is armed for one kind (command, projection, placement, reconciliation)
 and, at every kill point of that kind it passes, kills itself (SIGKILL) with a probability
@@ -418,13 +419,16 @@ def run_life(life: Life) -> None:
     install_gateway_points(gateway, outbox, switch)
     store = store_for_ledger_url(life.url)
     inner_transaction = store.transaction
+    # Which way the runner is folding: batch by batch (run_once), or pipelined (catch_up,
+    # as `kite-ledger rebuild` does: one batch written on a thread while the next folds).
+    way = {"name": "batch"}
 
     @contextmanager
     def transaction() -> Iterator[Any]:
         with inner_transaction() as cursor:
             yield cursor
             if switch.context == "projection":  # rows and position written, not committed
-                switch.point("inside-batch-transaction")
+                switch.point(f"inside-{way['name']}-transaction")
 
     store.transaction = transaction  # type: ignore[method-assign]
     runner = ProjectionRunner(
@@ -432,7 +436,7 @@ def run_life(life: Life) -> None:
         store,
         all_projections(),
         batch_size=life.batch_size,
-        on_batch=lambda _count, _last: switch.point("batch-committed", "projection"),
+        on_batch=lambda _count, _last: switch.point(f"{way['name']}-committed", "projection"),
     )
     strategy = Strategy(
         ledger, build_plan(life.plan_seed, life.plan_steps), Path(life.acks), switch
@@ -459,7 +463,12 @@ def run_life(life: Life) -> None:
         with switch.within("reconciliation"):
             polled = gateway.poll() if passes % 2 == 0 or life.mode == "finish" else None
         with switch.within("projection"):
-            runner.run_once()
+            if passes % 3 == 0:
+                way["name"] = "catch-up"
+                runner.catch_up()
+                way["name"] = "batch"
+            else:
+                runner.run_once()
         if life.mode != "finish":
             continue
         busy = any(vars(dispatched).values()) or polled is None or polled.recorded > 0
