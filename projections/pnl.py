@@ -30,7 +30,7 @@ from projections.base import (
     money,
     trading_day_of,
 )
-from projections.positions import Position, fill_cell
+from projections.positions import NO_FILLS, Position, fill_cell
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,14 +93,7 @@ class PnlProjection(Projection):
                 fill.exchange,
                 fill.tradingsymbol,
                 fill.product,
-                0,
-                ZERO,
-                ZERO,
-                0,
-                ZERO,
-                0,
-                ZERO,
-                ZERO,
+                *NO_FILLS,
                 self._multipliers.get((fill.exchange, fill.tradingsymbol), 1),
                 fill.strategy,
             )

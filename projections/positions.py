@@ -65,6 +65,11 @@ class Position:
         return money((mark - self.average_price) * self.net_quantity * self.multiplier)
 
 
+#: A position's figures before any fill, in `Position`'s field order (net_quantity through
+#: charges): where the folds make a row for a new position or book.
+NO_FILLS: Final = (0, ZERO, ZERO, 0, ZERO, 0, ZERO, ZERO)
+
+
 def open_position(
     account: str, exchange: str, tradingsymbol: str, product: str, multiplier: int = 1
 ) -> Position:
@@ -169,14 +174,7 @@ class PositionsProjection(Projection):
         if cell is None:
             cell = working.cells["positions"][key] = _POSITIONS.cell(
                 *key,
-                0,
-                ZERO,
-                ZERO,
-                0,
-                ZERO,
-                0,
-                ZERO,
-                ZERO,
+                *NO_FILLS,
                 self._multipliers.get((fill.exchange, fill.tradingsymbol), 1),
             )
         fill_cell(cell, fill.sign, fill.quantity, fill.price, fill.value, fill.charges)
