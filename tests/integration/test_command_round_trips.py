@@ -1,0 +1,88 @@
+"""What one command costs the database, counted (never timed): the guard for the command
+path's levers. A command decides on the state it saved last (no read), and its append is
+one transaction: on SQLite BEGIN, one INSERT per event, COMMIT; on PostgreSQL one message
+(one execute) holding BEGIN, the table lock, NOTIFY, the INSERT and COMMIT."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from eventsourcing.sqlite import SQLiteConnectionPool
+
+from ledger.application import OrderLedger, open_ledger
+from tests.support import accepted, fill, submit_command
+
+ORDERS = 5
+COMMANDS_PER_ORDER = 4  # submit, accept, two fills: one event each
+
+
+def drive(ledger: OrderLedger) -> None:
+    for i in range(ORDERS):
+        order = ledger.submit(submit_command(client_order_id=f"rt-{i}", quantity=10))
+        ledger.record(accepted(order, f"B-{i}"))
+        ledger.record(fill(order, f"T-{i}-1", 4))
+        ledger.record(fill(order, f"T-{i}-2", 6))
+
+
+@pytest.fixture
+def sqlite_statements(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every statement SQLite runs on the ledger's connections (its trace callback)."""
+    statements: list[str] = []
+    create = SQLiteConnectionPool._create_connection
+
+    def traced(pool: SQLiteConnectionPool) -> Any:
+        connection = create(pool)
+        connection._sqlite_conn.set_trace_callback(statements.append)
+        return connection
+
+    monkeypatch.setattr(SQLiteConnectionPool, "_create_connection", traced)
+    return statements
+
+
+def test_a_sqlite_command_is_one_transaction_with_no_read(
+    tmp_path: Path, sqlite_statements: list[str]
+) -> None:
+    ledger = open_ledger(tmp_path / "ledger.db")
+    try:
+        ledger.submit(submit_command(client_order_id="warm-up"))
+        sqlite_statements.clear()
+        drive(ledger)
+    finally:
+        ledger.close()
+    commands = ORDERS * COMMANDS_PER_ORDER
+    kinds = [statement.split()[0].upper() for statement in sqlite_statements]
+    assert kinds.count("BEGIN") == commands, sqlite_statements
+    assert kinds.count("INSERT") == commands
+    assert kinds.count("COMMIT") == commands
+    assert "SELECT" not in kinds  # decided on the remembered state, nothing loaded
+    assert len(kinds) == 3 * commands  # nothing else: no pragma, no re-check per command
+
+
+def test_a_postgres_command_is_one_message(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ledger = open_ledger(postgres_url)
+    sent: list[str] = []
+    execute = psycopg.Cursor.execute
+
+    def counted(cursor: Any, query: Any, *args: Any, **kwargs: Any) -> Any:
+        sent.append(query.decode() if isinstance(query, bytes) else str(query))
+        return execute(cursor, query, *args, **kwargs)
+
+    try:
+        ledger.submit(submit_command(client_order_id="warm-up"))
+        monkeypatch.setattr(psycopg.Cursor, "execute", counted)
+        drive(ledger)
+    finally:
+        monkeypatch.undo()
+        ledger.close()
+    commands = ORDERS * COMMANDS_PER_ORDER
+    assert len(sent) == commands, sent[:3]
+    for message in sent:
+        assert message.startswith("BEGIN;")
+        assert "LOCK TABLE" in message
+        assert "INSERT INTO" in message
+        assert message.rstrip().endswith("COMMIT")
