@@ -312,24 +312,46 @@ class ProjectionStore(ABC):
         every projection each in one statement."""
         if not encoded:
             return
-        mark = self.placeholder
-        which = ", ".join([f"({mark}, {mark})"] * len(encoded))
-        keys = [value for p, _ in encoded for value in (p.name, p.version)]
+        projections = [p for p, _ in encoded]
+        check, move = self._tracking_statements(projections, position)
         with self.transaction() as cur:
             if expected is not None:
-                self._check_positions(cur, [p for p, _ in encoded], expected)
-            for projection, tables in encoded:
-                for table, inserts, upserts in tables:
-                    if inserts:
-                        self._insert(cur, projection, table, inserts)
-                    if upserts:
-                        self._write(cur, projection, table, upserts)
-            cur.execute(
-                f"UPDATE {TRACKING} SET position = {mark} WHERE (projection, version) IN ({which})",
-                (position, *keys),
-            )
+                cur.execute(*check)
+                conflict = _conflict(cur.fetchall(), projections, expected)
+                if conflict is not None:
+                    raise conflict
+            self._write_rows(cur, encoded)
+            cur.execute(*move)
             self.count_transaction()
         self._committed()
+
+    def _write_rows(self, cur: Any, encoded: Encoded) -> None:
+        """Every table's new rows inserted and changed rows upserted, through `cur`."""
+        for projection, tables in encoded:
+            for table, inserts, upserts in tables:
+                if inserts:
+                    self._insert(cur, projection, table, inserts)
+                if upserts:
+                    self._write(cur, projection, table, upserts)
+
+    def _tracking_statements(
+        self, projections: Sequence[Projection], position: int
+    ) -> tuple[tuple[str, list[Any]], tuple[str, tuple[Any, ...]]]:
+        """(the check: the projections' stored positions, rows held in one order until the
+        transaction ends; the move: every one of them to `position`), each in one statement."""
+        mark = self.placeholder
+        which = ", ".join([f"({mark}, {mark})"] * len(projections))
+        keys = [value for p in projections for value in (p.name, p.version)]
+        check = (
+            f"SELECT projection, position FROM {TRACKING} WHERE (projection, version)"
+            f" IN ({which}) ORDER BY projection, version{self.lock_clause}",
+            keys,
+        )
+        move = (
+            f"UPDATE {TRACKING} SET position = {mark} WHERE (projection, version) IN ({which})",
+            (position, *keys),
+        )
+        return check, move
 
     def _committed(self) -> None:  # noqa: B027 - a hook; most stores need nothing here
         """After a commit went through."""
@@ -357,24 +379,6 @@ class ProjectionStore(ABC):
         return sorted(rows, key=itemgetter(*key_at))
 
     lock_clause = ""
-
-    def _check_positions(
-        self, cur: Any, projections: Sequence[Projection], expected: Mapping[str, int]
-    ) -> None:
-        """Every projection still where the caller folded from (rows held, in one order,
-        until the transaction ends), or `ProjectionConflict`."""
-        mark = self.placeholder
-        which = ", ".join([f"({mark}, {mark})"] * len(projections))
-        cur.execute(
-            f"SELECT projection, position FROM {TRACKING} WHERE (projection, version)"
-            f" IN ({which}) ORDER BY projection, version{self.lock_clause}",
-            [value for p in projections for value in (p.name, p.version)],
-        )
-        actual = {name: int(position) for name, position in cur.fetchall()}
-        for projection in projections:
-            found = actual.get(projection.name, 0)
-            if found != expected[projection.name]:
-                raise ProjectionConflict(projection.name, expected[projection.name], found)
 
     transactions_committed = 0
 
@@ -605,6 +609,18 @@ class SQLiteProjectionStore(ProjectionStore):
         self._conn.close()
 
 
+def _conflict(
+    found: Iterable[tuple[str, Any]], projections: Sequence[Projection], expected: Mapping[str, int]
+) -> ProjectionConflict | None:
+    """The first projection not where the caller folded from, as the error to raise."""
+    actual = {name: int(position) for name, position in found}
+    for projection in projections:
+        position = actual.get(projection.name, 0)
+        if position != expected[projection.name]:
+            return ProjectionConflict(projection.name, expected[projection.name], position)
+    return None
+
+
 class _Statements:
     """A stand-in cursor that keeps the statements a write would execute."""
 
@@ -646,28 +662,13 @@ class WriterProcessStore(SQLiteProjectionStore):
         if not encoded:
             return
         cur = _Statements()
-        for projection, tables in encoded:
-            for table, inserts, upserts in tables:
-                if inserts:
-                    self._insert(cur, projection, table, inserts)
-                if upserts:
-                    self._write(cur, projection, table, upserts)
+        self._write_rows(cur, encoded)
         projections = [p for p, _ in encoded]
-        which = ", ".join(["(?, ?)"] * len(projections))
-        keys = [value for p in projections for value in (p.name, p.version)]
-        check = None
+        check, move = self._tracking_statements(projections, position)
+        wanted = None
         if expected is not None:
-            check = (
-                f"SELECT projection, position FROM {TRACKING} WHERE (projection, version)"
-                f" IN ({which}) ORDER BY projection, version",
-                keys,
-                {p.name: expected[p.name] for p in projections},
-            )
-        update = (
-            f"UPDATE {TRACKING} SET position = ? WHERE (projection, version) IN ({which})",
-            (position, *keys),
-        )
-        answer = self._call(("write", check, cur.statements, update))
+            wanted = (*check, {p.name: expected[p.name] for p in projections})
+        answer = self._call(("write", wanted, cur.statements, move))
         if answer[0] == "conflict":
             raise ProjectionConflict(*answer[1:])
         if answer[0] == "error":
@@ -847,13 +848,12 @@ def store_for_ledger_url(url: str | Path | StorageSettings | None) -> Projection
     return PostgresProjectionStore(settings.postgres_conninfo, settings.postgres_schema)
 
 
-def store_for_file(path: str | Path, *, scratch: bool = False) -> ProjectionStore:
-    """An analyst's file: `.duckdb` for DuckDB, anything else SQLite. `scratch`: a SQLite
-    file being built aside, made durable by the caller (`sync_file`) before it is used."""
+def store_for_file(path: str | Path) -> ProjectionStore:
+    """An analyst's file: `.duckdb` for DuckDB, anything else SQLite."""
     return (
         DuckDBProjectionStore(path)
         if str(path).endswith(".duckdb")
-        else SQLiteProjectionStore(path, cache_mb=None, scratch=scratch)
+        else SQLiteProjectionStore(path, cache_mb=None)
     )
 
 
