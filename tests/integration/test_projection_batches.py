@@ -32,6 +32,15 @@ def tables(store: ProjectionStore, projections: list[Projection]) -> dict[str, A
     return {p.name: store.load_view(p).contents() for p in projections}
 
 
+def tables_in_file(path: Path, projections: list[Projection]) -> dict[str, Any]:
+    """The tables of a rebuilt file (its store closed after reading)."""
+    rebuilt = store_for_file(path)
+    try:
+        return tables(rebuilt, projections)
+    finally:
+        rebuilt.close()
+
+
 def folded(ledger: OrderLedger, projections: list[Projection]) -> dict[str, Any]:
     log, after, events = LedgerLog(ledger), 0, []
     while batch := log.read(after, 1000):
@@ -164,11 +173,7 @@ def test_offline_rebuild_with_rows_let_go_equals_live(
     export_log(ledger, export)
     into = tmp_path / "rebuilt.sqlite"
     offline_rebuild(export, into, projections, batch_size=3)
-    rebuilt = store_for_file(into)
-    try:
-        assert tables(rebuilt, projections) == tables(store, projections)
-    finally:
-        rebuilt.close()
+    assert tables_in_file(into, projections) == tables(store, projections)
 
 
 def test_audit_details_leave_out_the_hash_chain(
@@ -244,11 +249,7 @@ def test_offline_rebuild_commits_each_batch_once_through_its_writer_process(
     )
     assert messages == ["write"] * len(batches) + ["close"]
     assert stats["writer_peak_kb"] > 0
-    rebuilt = store_for_file(into)
-    try:
-        assert tables(rebuilt, projections) == tables(store, projections)
-    finally:
-        rebuilt.close()
+    assert tables_in_file(into, projections) == tables(store, projections)
 
 
 def test_a_writer_process_that_dies_leaves_the_target_as_it_was(
@@ -276,3 +277,34 @@ def test_a_writer_process_that_dies_leaves_the_target_as_it_was(
         offline_rebuild(export, into, all_projections(), batch_size=5)
     assert into.read_bytes() == before
     assert not [p.name for p in tmp_path.iterdir() if "partial" in p.name]
+
+
+def _two_runners_race(ledger: OrderLedger, store: ProjectionStore) -> None:
+    """Two runners load the same positions; the first commits a batch; the second's batch,
+    folded from the old position, must be refused (not added on top), and it carries on
+    from where the first got to."""
+    run_session(ledger)
+    projections = all_projections()
+    first = ProjectionRunner(LedgerLog(ledger), store, projections, batch_size=5)
+    second = ProjectionRunner(LedgerLog(ledger), store, all_projections(), batch_size=5)
+    assert first.run_once() == 5
+    committed = store.transactions_committed
+    assert second.run_once() == 5  # read and folded, then refused at commit
+    assert store.transactions_committed == committed  # nothing of it was written
+    second.catch_up()
+    first.catch_up()
+    assert tables(store, projections) == folded(ledger, projections)
+
+
+def test_a_batch_folded_from_a_stale_position_is_refused(
+    ledger: OrderLedger, store: ProjectionStore
+) -> None:
+    _two_runners_race(ledger, store)
+
+
+def test_the_writer_process_refuses_a_stale_batch_too(ledger: OrderLedger, tmp_path: Path) -> None:
+    store = WriterProcessStore(tmp_path / "scratch.sqlite")
+    try:
+        _two_runners_race(ledger, store)
+    finally:
+        store.close()
