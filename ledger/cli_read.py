@@ -38,7 +38,7 @@ from projections.rebuild import rebuild
 from projections.reports import fills_for, report_for
 from projections.runner import LedgerLog, ProjectionRunner
 from projections.statistics import statistics
-from projections.store import ProjectionStore, store_for_ledger_url
+from projections.store import ProjectionStore, store_at, store_for_ledger_url
 
 FormatOption = Annotated[str, typer.Option("--format", help="table, json or csv.")]
 AsOfOption = Annotated[
@@ -391,7 +391,7 @@ ProjectionsDbOption = Annotated[
 
 def _store(ledger: OrderLedger, projections_db: str | None) -> ProjectionStore:
     if projections_db:
-        return store_for_ledger_url(projections_db)
+        return store_at(projections_db)
     return store_for_ledger_url(ledger.storage)
 
 

@@ -448,7 +448,8 @@ _MAX_VARIABLES: Final = 32766
 
 
 class SQLiteProjectionStore(ProjectionStore):
-    """Projection tables in a SQLite file (by default the ledger's own file)."""
+    """Projection tables in a SQLite file (by default one beside the ledger's:
+    `projections_path_for`)."""
 
     sql_types = {
         str: "TEXT",
@@ -837,8 +838,34 @@ class DuckDBProjectionStore(ProjectionStore):
         self._conn.close()
 
 
+def projections_path_for(ledger_path: str | Path) -> Path:
+    """Where a SQLite ledger's projections live: a file of their own beside the ledger's
+    (`ledger.db` -> `ledger.projections.db`).
+
+    Not the ledger's own file: SQLite lets one writer at a time into a file, so while a
+    projection batch's transaction was open (tens of milliseconds for 2,000 events) every
+    command waited for the lock, in the busy handler's steps of up to 100 ms. Measured
+    with a runner process catching up 200,000 events in the same file: commands ran at a
+    third of the rate, with a maximum of 453 ms; beside it, 58 ms (the two processes
+    sharing two cores)."""
+    path = Path(ledger_path)
+    return path.with_name(f"{path.stem}.projections{path.suffix}")
+
+
 def store_for_ledger_url(url: str | Path | StorageSettings | None) -> ProjectionStore:
-    """The store that keeps projections beside the ledger's log (same file or schema)."""
+    """The ledger's own projection store: on SQLite a file beside the ledger's
+    (`projections_path_for`), on PostgreSQL the ledger's schema (where rows are locked, not
+    the database, so a batch does not hold commands up)."""
+    settings = url if isinstance(url, StorageSettings) else StorageSettings.from_url(url)
+    if settings.backend == "sqlite":
+        assert settings.sqlite_path is not None
+        return SQLiteProjectionStore(projections_path_for(settings.sqlite_path))
+    return store_at(settings)
+
+
+def store_at(url: str | Path | StorageSettings) -> ProjectionStore:
+    """Projections kept in exactly this database: a SQLite file, or a PostgreSQL URL
+    (`?schema=` names the schema), as `--projections-db` gives it."""
     settings = url if isinstance(url, StorageSettings) else StorageSettings.from_url(url)
     if settings.backend == "sqlite":
         assert settings.sqlite_path is not None

@@ -18,9 +18,14 @@ from projections.pointintime import as_of
 from projections.positions import PositionsProjection, positions_of
 from projections.rebuild import build_beside, read_active, rebuild, retire
 from projections.runner import LedgerLog, ProjectionRunner
-from projections.store import ProjectionStore, store_for_file, store_for_ledger_url
+from projections.store import (
+    ProjectionStore,
+    projections_path_for,
+    store_for_file,
+    store_for_ledger_url,
+)
 from tests.conftest import LedgerFactory
-from tests.support import FakeClock
+from tests.support import FakeClock, submit_command
 
 
 def tables(store: ProjectionStore, projections: list[Projection]) -> dict[str, Any]:
@@ -276,3 +281,41 @@ def test_two_runners_on_one_store_never_double_count(
     finally:
         for store in stores:
             store.close()
+
+
+def test_a_command_goes_through_while_a_projection_batch_is_being_written(
+    make_ledger: LedgerFactory, database_url: str
+) -> None:
+    """The ledger's projection store never holds the log's writers up: a command completes
+    while a projection transaction holds its write locks. On SQLite, one writer at a time
+    per file, so the projections live in a file of their own (in the ledger's file the
+    command waited for the lock and, past `lock_timeout`, failed); on PostgreSQL a batch
+    locks projection rows, not the events table."""
+    ledger = make_ledger(lock_timeout=1)  # a regression fails in a second, not ten
+    projections = all_projections()
+    store = store_for_ledger_url(database_url)
+    try:
+        store.ensure(projections)
+        with store.transaction() as cur:  # a batch in flight: its write locks held
+            cur.execute(
+                "UPDATE proj_tracking SET position = position WHERE projection = 'positions'"
+            )
+            order = ledger.submit(submit_command(client_order_id="while-a-batch-writes"))
+            assert ledger.get_order(order.id).version == 1
+        ProjectionRunner(LedgerLog(ledger), store, projections).catch_up()
+        assert tables(store, projections) == folded(ledger, projections)
+    finally:
+        store.close()
+
+
+def test_sqlite_projections_live_in_a_file_beside_the_ledger(tmp_path: Path) -> None:
+    ledger_file = tmp_path / "books.db"
+    assert projections_path_for(ledger_file) == tmp_path / "books.projections.db"
+    assert projections_path_for(tmp_path / "books") == tmp_path / "books.projections"
+    store = store_for_ledger_url(ledger_file)
+    try:
+        store.ensure(all_projections())
+    finally:
+        store.close()
+    assert (tmp_path / "books.projections.db").exists()
+    assert not ledger_file.exists()  # nothing of the projections went into the ledger's file
