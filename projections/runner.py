@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import hashlib
 import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -50,7 +51,7 @@ from projections.base import (
     parse_state,
     record_of,
 )
-from projections.store import ProjectionConflict, ProjectionStore
+from projections.store import ProjectionConflict, ProjectionSourceMismatch, ProjectionStore
 
 DEFAULT_BATCH_SIZE = 2000
 #: Per-order rows kept in memory per table before the written ones are let go.
@@ -140,6 +141,17 @@ class LedgerLog:
 
     def last_position(self) -> int:
         return self.ledger.recorder.max_notification_id() or 0
+
+    def first_event(self) -> str | None:
+        """The log's identity for a projection store: its first stored row's position, order,
+        version and a digest of its state exactly as stored (None for an empty log)."""
+        rows = self.stored_rows(0, 1)
+        if not rows:
+            return None
+        position, order_id, version, _topic, state = rows[0]
+        data = state.encode("utf-8") if isinstance(state, str) else bytes(state)
+        digest = hashlib.sha256(data).hexdigest()[:32]
+        return f"{position}:{canonical_id(order_id)}:{version}:{digest}"
 
 
 def decode(
@@ -247,6 +259,8 @@ class ProjectionRunner:
         self.cached_orders = cached_orders
         store.ensure(self.projections)
         self._load()
+        self._source_checked = False
+        self._check_source()
 
     def _load(self) -> None:
         """Start from what the store holds: positions, and the bounded tables."""
@@ -262,6 +276,26 @@ class ProjectionRunner:
         positions = {p.name: self.store.position(p) for p in self.projections}
         self.working: dict[str, Working] = loaded
         self.positions: dict[str, int] = positions
+
+    def _check_source(self) -> None:
+        """Refuse to fold a log into projections folded from another one
+        (`ProjectionSourceMismatch`), for sources that can name themselves (the live log;
+        an export is read once, into a file of its own). An empty log is checked again
+        when it has events; projections past position 0 and an empty log do not match."""
+        first_event: Callable[[], str | None] | None = getattr(self.source, "first_event", None)
+        if first_event is None:
+            self._source_checked = True
+            return
+        mine = first_event()
+        if mine is None:
+            folded = max(self.positions.values(), default=0)
+            if folded:
+                raise ProjectionSourceMismatch(
+                    self.store.where, f"(folded up to position {folded})", "(the log is empty)"
+                )
+            return
+        self.store.claim_source(mine)
+        self._source_checked = True
 
     def _loader(self, projection: Projection) -> Loader:
         def load(table: Table, keys: list[Key]) -> dict[Key, Any]:
@@ -285,6 +319,8 @@ class ProjectionRunner:
             return self._run_once()
 
     def _run_once(self) -> int:
+        if not self._source_checked:
+            self._check_source()
         after = self.position
         batch = records_of(self.source, after, self.batch_size)
         if not batch:
@@ -376,6 +412,9 @@ class ProjectionRunner:
                 total += count
 
     def _pipeline_once(self, writer: ThreadPoolExecutor, folded: dict[str, int]) -> int:
+        if not self._source_checked:
+            self._land()
+            self._check_source()
         with without_cycle_collection():
             batch = records_of(self.source, min(folded.values(), default=0), self.batch_size)
             if not batch:

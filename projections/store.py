@@ -32,6 +32,7 @@ from operator import itemgetter
 from pathlib import Path
 from typing import Any, Final
 
+from ledger.domain.errors import LedgerError
 from ledger.persistence import StorageSettings
 from projections.base import PRICE_PLACES, Key, Projection, Table, View, _normal
 
@@ -39,6 +40,7 @@ TRACKING: Final = "proj_tracking"
 #: Rows to write, by projection and table, as parameter tuples: (inserts, upserts).
 Encoded = list[tuple[Projection, list[tuple[Table, list[Any], list[Any]]]]]
 ACTIVE: Final = "proj_active"
+SOURCE: Final = "proj_source"
 
 
 def table_name(
@@ -62,6 +64,24 @@ class ProjectionConflict(RuntimeError):
         super().__init__(
             f"projection {name}: expected position {expected}, found {actual}"
             " (another runner is folding it)"
+        )
+
+
+class ProjectionSourceMismatch(LedgerError):
+    """The store holds projections folded from another log than the one being read.
+
+    A SQLite ledger's projections live in a file of their own beside the ledger's: a
+    ledger file deleted and started again, or another ledger pointed at the same
+    projections database, would otherwise fold its events on top of another log's rows
+    (positions that do not match, events skipped or counted twice). A log is known by its
+    first event, record time and hash included: two logs whose first events are byte for
+    byte the same (a replay with the same clock readings) are not told apart."""
+
+    def __init__(self, where: str, recorded: str, found: str) -> None:
+        super().__init__(
+            f"the projections in {where} were folded from another log (its first event"
+            f" {recorded}; this log's first event {found}): delete them (the file, or the"
+            " proj_ tables) and they are folded again from this log"
         )
 
 
@@ -117,6 +137,11 @@ class ProjectionStore(ABC):
                     (projection.name, projection.version),
                 )
 
+    @property
+    def where(self) -> str:
+        """The database, for messages."""
+        return type(self).__name__
+
     @staticmethod
     def _ensure_bookkeeping(cur: Any) -> None:
         cur.execute(
@@ -127,6 +152,10 @@ class ProjectionStore(ABC):
         cur.execute(
             f"CREATE TABLE IF NOT EXISTS {ACTIVE} (projection TEXT PRIMARY KEY,"
             " version INTEGER NOT NULL)"
+        )
+        cur.execute(
+            f"CREATE TABLE IF NOT EXISTS {SOURCE} (id INTEGER PRIMARY KEY,"
+            " first_event TEXT NOT NULL)"
         )
 
     def _create_statement(self, projection: Projection, table: Table) -> str:
@@ -172,6 +201,29 @@ class ProjectionStore(ABC):
             )
             row = cur.fetchone()
         return int(row[0]) if row else None
+
+    def claim_source(self, first_event: str) -> None:
+        """Record the log these projections are folded from, by its first event, or check
+        it is the one recorded. Another log's first event is refused
+        (`ProjectionSourceMismatch`) while anything folded from the recorded one is left;
+        once every projection is back at position 0 (dropped to be rebuilt), the new log
+        is recorded in its place."""
+        mark = self.placeholder
+        with self.transaction() as cur:
+            # Two runners starting together: the second insert waits and does nothing.
+            cur.execute(
+                f"INSERT INTO {SOURCE} (id, first_event) VALUES (1, {mark}) ON CONFLICT DO NOTHING",
+                (first_event,),
+            )
+            cur.execute(f"SELECT first_event FROM {SOURCE} WHERE id = 1")
+            recorded = str(cur.fetchone()[0])
+            if recorded == first_event:
+                return
+            cur.execute(f"SELECT MAX(position) FROM {TRACKING}")
+            folded = cur.fetchone()
+            if folded is not None and folded[0]:
+                raise ProjectionSourceMismatch(self.where, recorded, first_event)
+            cur.execute(f"UPDATE {SOURCE} SET first_event = {mark} WHERE id = 1", (first_event,))
 
     def activate(self, projection: Projection) -> None:
         """Point readers at this projection version (one statement: no reader sees half)."""
@@ -500,6 +552,10 @@ class SQLiteProjectionStore(ProjectionStore):
             # every 4 MB (each checkpoint ends in an fsync of the database file).
             self._conn.execute("PRAGMA wal_autocheckpoint=8000")
 
+    @property
+    def where(self) -> str:
+        return self.path
+
     def _insert(self, cur: Any, projection: Projection, table: Table, rows: list[Any]) -> None:
         self._many(cur, projection, table, self._in_key_order(table, rows), upsert=False)
 
@@ -762,6 +818,10 @@ class PostgresProjectionStore(ProjectionStore):
             for row in rows:
                 copy.write_row(row)
 
+    @property
+    def where(self) -> str:
+        return f"PostgreSQL schema {self.schema}"
+
     def __init__(self, conninfo: str, schema: str) -> None:
         self.schema = schema
         self._conninfo = conninfo
@@ -812,6 +872,10 @@ class DuckDBProjectionStore(ProjectionStore):
         datetime: "TIMESTAMPTZ",
         date: "DATE",
     }
+
+    @property
+    def where(self) -> str:
+        return self.path
 
     def __init__(self, path: str | Path) -> None:
         import duckdb

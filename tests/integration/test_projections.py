@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 
 import pytest
 
-from ledger.application import OrderLedger
+from ledger.application import OrderLedger, open_ledger
 from ledger.demo import run_session
 from projections import all_projections
 from projections.base import Projection
@@ -19,13 +19,15 @@ from projections.positions import PositionsProjection, positions_of
 from projections.rebuild import build_beside, read_active, rebuild, retire
 from projections.runner import LedgerLog, ProjectionRunner
 from projections.store import (
+    ProjectionSourceMismatch,
     ProjectionStore,
     projections_path_for,
+    store_at,
     store_for_file,
     store_for_ledger_url,
 )
 from tests.conftest import LedgerFactory
-from tests.support import FakeClock, submit_command
+from tests.support import START, FakeClock, submit_command
 
 
 def tables(store: ProjectionStore, projections: list[Projection]) -> dict[str, Any]:
@@ -319,3 +321,66 @@ def test_sqlite_projections_live_in_a_file_beside_the_ledger(tmp_path: Path) -> 
         store.close()
     assert (tmp_path / "books.projections.db").exists()
     assert not ledger_file.exists()  # nothing of the projections went into the ledger's file
+
+
+def _remove_sqlite(path: Path) -> None:
+    for leftover in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        leftover.unlink(missing_ok=True)
+
+
+def test_projections_of_a_ledger_started_again_are_refused_not_folded_on(tmp_path: Path) -> None:
+    """A ledger file deleted and started again finds the old projections file beside it:
+    folding the new log on top of them would skip its first events (positions from the
+    old log), so the runner refuses, naming the file; deleting the file rebuilds them."""
+    path = tmp_path / "ledger.db"
+    projections = all_projections()
+    first = open_ledger(path, clock=FakeClock())
+    run_session(first)
+    store = store_for_ledger_url(path)
+    ProjectionRunner(LedgerLog(first), store, projections).catch_up()
+    store.close()
+    first.close()
+    _remove_sqlite(path)
+
+    again = open_ledger(path, clock=FakeClock(START + timedelta(days=1)))  # the next day
+    try:
+        store = store_for_ledger_url(path)
+        with pytest.raises(ProjectionSourceMismatch, match=r"ledger\.projections\.db"):
+            ProjectionRunner(LedgerLog(again), store, projections)  # the log is empty
+        run_session(again)
+        run_session(again)  # longer than the first log: its positions would all exist
+        with pytest.raises(ProjectionSourceMismatch, match="folded from another log"):
+            ProjectionRunner(LedgerLog(again), store, projections)
+        store.close()
+        _remove_sqlite(tmp_path / "ledger.projections.db")
+        store = store_for_ledger_url(path)
+        ProjectionRunner(LedgerLog(again), store, projections).catch_up()
+        assert tables(store, projections) == folded(again, projections)
+        store.close()
+    finally:
+        again.close()
+
+
+def test_a_store_takes_another_log_once_every_projection_is_dropped(
+    ledger: OrderLedger, tmp_path: Path
+) -> None:
+    """One projections database (`--projections-db`), two ledgers: the second is refused
+    while the first one's rows are there, and folded once they are all dropped."""
+    projections = all_projections()
+    run_session(ledger)
+    other = open_ledger(tmp_path / "other.db", clock=FakeClock(START + timedelta(hours=1)))
+    store = store_at(tmp_path / "shared-projections.db")
+    try:
+        run_session(other)
+        ProjectionRunner(LedgerLog(ledger), store, projections).catch_up()
+        with pytest.raises(ProjectionSourceMismatch):
+            ProjectionRunner(LedgerLog(other), store, projections)
+        assert tables(store, projections) == folded(ledger, projections)  # untouched
+        for projection in projections:
+            store.drop(projection)
+        ProjectionRunner(LedgerLog(other), store, projections).catch_up()
+        assert tables(store, projections) == folded(other, projections)
+        ProjectionRunner(LedgerLog(other), store, projections).catch_up()  # and again
+    finally:
+        store.close()
+        other.close()
