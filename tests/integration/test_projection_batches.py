@@ -163,14 +163,21 @@ def test_a_failed_commit_in_a_pipelined_catch_up_loses_nothing(
     assert tables(store, projections) == folded(ledger, projections)
 
 
+def _live_then_exported(ledger: OrderLedger, store: ProjectionStore, tmp_path: Path) -> Path:
+    """A log with a fill long after its order's rows were let go, folded live into
+    `store` and exported to Parquet; the export's path."""
+    late_fill_after_others(ledger)
+    ProjectionRunner(LedgerLog(ledger), store, all_projections()).catch_up()
+    export = tmp_path / "log.parquet"
+    export_log(ledger, export)
+    return export
+
+
 def test_offline_rebuild_with_rows_let_go_equals_live(
     ledger: OrderLedger, store: ProjectionStore, tmp_path: Path
 ) -> None:
-    late_fill_after_others(ledger)
     projections = all_projections()
-    ProjectionRunner(LedgerLog(ledger), store, projections).catch_up()
-    export = tmp_path / "log.parquet"
-    export_log(ledger, export)
+    export = _live_then_exported(ledger, store, tmp_path)
     into = tmp_path / "rebuilt.sqlite"
     offline_rebuild(export, into, projections, batch_size=3)
     assert tables_in_file(into, projections) == tables(store, projections)
@@ -223,11 +230,8 @@ def test_offline_rebuild_commits_each_batch_once_through_its_writer_process(
     ledger: OrderLedger, store: ProjectionStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """One message, one transaction per batch in the writer process; the same rows as live."""
-    late_fill_after_others(ledger)
     projections = all_projections()
-    ProjectionRunner(LedgerLog(ledger), store, projections).catch_up()
-    export = tmp_path / "log.parquet"
-    export_log(ledger, export)
+    export = _live_then_exported(ledger, store, tmp_path)
     messages: list[str] = []
     real_call = WriterProcessStore._call
 
