@@ -1,4 +1,5 @@
-"""Strategies shared by the fuzz tests: wrong values, mutated records and junk bytes.
+"""Strategies shared by the property tests: values an event state holds, wrong values,
+mutated records and junk bytes.
 
 Two kinds of bad input: structured-but-wrong (a real record with a field of the wrong type,
 missing, extra, huge, negative, NaN, a float where money goes, an unknown enum value, a
@@ -8,11 +9,32 @@ timestamp in the wrong zone) and random junk (any JSON value, any bytes).
 from __future__ import annotations
 
 import json
+from datetime import UTC, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 from hypothesis import strategies as st
+
+from ledger.domain.values import Exchange, InstrumentRef
+
+
+def state_leaves(text: st.SearchStrategy[str]) -> list[st.SearchStrategy[Any]]:
+    """The plain values an event state holds, for the encoding tests to combine with their
+    own extras: None, booleans, integers beyond 64 bits, `text`, decimals, aware times (UTC
+    and IST), dates, UUIDs and instruments."""
+    return [
+        st.none(),
+        st.booleans(),
+        st.integers(min_value=-(2**70), max_value=2**70),
+        text,
+        st.decimals(allow_nan=False, allow_infinity=False),
+        st.datetimes(timezones=st.sampled_from([UTC, timezone(timedelta(hours=5, minutes=30))])),
+        st.dates(),
+        st.uuids(),
+        st.builds(InstrumentRef, st.sampled_from(list(Exchange)), st.text(min_size=1, max_size=8)),
+    ]
+
 
 #: Real Kite Connect payloads (orders, order history, trades, postback).
 KITE_SAMPLES = Path(__file__).resolve().parents[3] / "shared" / "kite"

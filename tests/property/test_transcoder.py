@@ -6,7 +6,7 @@ else either the same bytes or the library's own behaviour (it hands those to the
 
 from __future__ import annotations
 
-from datetime import UTC, date, timedelta, timezone
+from datetime import date
 from decimal import Decimal
 from typing import Any
 
@@ -17,10 +17,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ledger.domain.identity import order_id_for
-from ledger.domain.values import Exchange, Fill, InstrumentRef, OrderChanges, Side, Source
+from ledger.domain.values import Exchange, Fill, OrderChanges, Side, Source
 from ledger.persistence import LedgerTranscoder, register_ledger_transcodings
 from tests.conftest import LedgerFactory
 from tests.flows import Intent, drive
+from tests.property.fuzz import state_leaves
 from tests.scale import scaled
 from tests.support import START
 
@@ -37,16 +38,8 @@ REFERENCE, FAST = _both()
 
 _text = st.text(st.characters(codec="utf-8"), max_size=10)
 _leaves = st.one_of(
-    st.none(),
-    st.booleans(),
-    st.integers(min_value=-(2**70), max_value=2**70),
-    _text,
-    st.decimals(allow_nan=False, allow_infinity=False),
-    st.datetimes(timezones=st.sampled_from([UTC, timezone(timedelta(hours=5, minutes=30))])),
-    st.dates(),
-    st.uuids(),
+    *state_leaves(_text),
     st.sampled_from(list(Side) + list(Exchange) + list(Source)),
-    st.builds(InstrumentRef, st.sampled_from(list(Exchange)), st.text(min_size=1, max_size=8)),
     st.builds(
         OrderChanges,
         quantity=st.none() | st.integers(min_value=1, max_value=10**6),
