@@ -40,10 +40,19 @@ from eventsourcing.persistence import (
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
 from eventsourcing.sqlite import SQLiteApplicationRecorder
 from eventsourcing.utils import retry
-from psycopg import ClientCursor, sql
-from psycopg.pq import Escaping, TransactionStatus
+from psycopg import sql
+from psycopg.generators import execute
+from psycopg.pq import Escaping, ExecStatus, TransactionStatus
+from psycopg.pq.abc import PGresult
 
 _IN_A_TRANSACTION = (TransactionStatus.INTRANS, TransactionStatus.INERROR)
+_SUCCEEDED = (ExecStatus.COMMAND_OK, ExecStatus.TUPLES_OK)
+
+
+def _text(value: bytes | None) -> bytes:
+    if value is None:
+        raise psycopg.DataError("the insert returned a null notification id")
+    return value
 
 
 class OneTripPostgresRecorder(PostgresApplicationRecorder):
@@ -109,27 +118,24 @@ class OneTripPostgresRecorder(PostgresApplicationRecorder):
         with self.datastore.get_connection() as conn:
             rows = b", ".join([self._row_literal(conn, event) for event in stored_events])
             query = self._head_bytes(conn) + rows + self._tail_bytes
-            cursor = ClientCursor(conn)
             try:
-                cursor.execute(query)
-            except psycopg.errors.UniqueViolation as error:
-                conn.execute("ROLLBACK")
-                raise IntegrityError(str(error)) from error
-            except psycopg.errors.LockNotAvailable as error:
-                conn.execute("ROLLBACK")
-                raise OperationalError(str(error)) from error
+                results = _exec_message(conn, query)
             except psycopg.Error:
                 if not conn.closed and conn.info.transaction_status in _IN_A_TRANSACTION:
                     conn.execute("ROLLBACK")
                 raise
-            ids: list[int] = []
-            while True:
-                if cursor.description is not None and cursor.description[0].name == (
-                    "notification_id"
-                ):
-                    ids = [row["notification_id"] for row in cursor.fetchall()]
-                if not cursor.nextset():
-                    break
+            failed = next((r for r in results if r.status not in _SUCCEEDED), None)
+            if failed is not None:
+                error = psycopg.errors.error_from_result(failed, encoding=conn.info.encoding)
+                if conn.info.transaction_status in _IN_A_TRANSACTION:
+                    conn.execute("ROLLBACK")
+                if isinstance(error, psycopg.errors.UniqueViolation):
+                    raise IntegrityError(str(error)) from error
+                if isinstance(error, psycopg.errors.LockNotAvailable):
+                    raise OperationalError(str(error)) from error
+                raise error
+            inserted = next(r for r in results if r.status == ExecStatus.TUPLES_OK)
+            ids = [int(_text(inserted.get_value(row, 0))) for row in range(inserted.ntuples)]
         return ids
 
 
@@ -203,6 +209,18 @@ def _library_error(error: sqlite3.Error) -> PersistenceError:
         if isinstance(error, sqlite_class):
             return library_class(error)
     return PersistenceError(error)
+
+
+def _exec_message(conn: psycopg.Connection[Any], query: bytes) -> list[PGresult]:
+    """Send `query` (several statements, simple query protocol) and return every result,
+    errors included, as libpq gives them: what `cursor.execute` does, without a cursor,
+    its row maker and its description of each of the six results (a fifth of a
+    command's time under the GIL with eight writers)."""
+    with conn.lock:
+        if conn.closed:
+            raise psycopg.OperationalError("the connection is closed")
+        conn.pgconn.send_query(query)
+        return conn.wait(execute(conn.pgconn))
 
 
 def _escape(conn: psycopg.Connection[Any], text: str) -> bytes:

@@ -12,6 +12,7 @@ import psycopg
 import pytest
 from eventsourcing.sqlite import SQLiteConnectionPool
 
+from ledger import recorders
 from ledger.application import OrderLedger, open_ledger
 from tests.support import accepted, fill, submit_command
 
@@ -64,16 +65,26 @@ def test_a_sqlite_command_is_one_transaction_with_no_read(
 def test_a_postgres_command_is_one_message(
     postgres_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Each command sends one message (`_exec_message`, straight to libpq) and nothing
+    through psycopg's cursors, which every other statement (`conn.execute` included) goes
+    through."""
     ledger = open_ledger(postgres_url)
     sent: list[str] = []
+    others: list[str] = []
     execute = psycopg.Cursor.execute
+    exec_message = recorders._exec_message
+
+    def counted_message(conn: Any, query: bytes) -> Any:
+        sent.append(query.decode())
+        return exec_message(conn, query)
 
     def counted(cursor: Any, query: Any, *args: Any, **kwargs: Any) -> Any:
-        sent.append(query.decode() if isinstance(query, bytes) else str(query))
+        others.append(query.decode() if isinstance(query, bytes) else str(query))
         return execute(cursor, query, *args, **kwargs)
 
     try:
         ledger.submit(submit_command(client_order_id="warm-up"))
+        monkeypatch.setattr(recorders, "_exec_message", counted_message)
         monkeypatch.setattr(psycopg.Cursor, "execute", counted)
         drive(ledger)
     finally:
@@ -81,6 +92,7 @@ def test_a_postgres_command_is_one_message(
         ledger.close()
     commands = ORDERS * COMMANDS_PER_ORDER
     assert len(sent) == commands, sent[:3]
+    assert others == []
     for message in sent:
         assert message.startswith("BEGIN;")
         assert "LOCK TABLE" in message
