@@ -112,7 +112,7 @@ class LedgerLog:
         if isinstance(recorder, SQLiteApplicationRecorder):
             with recorder.datastore.transaction(commit=False) as cursor:
                 cursor.execute(  # the state as stored (bytes): orjson parses UTF-8 itself
-                    "SELECT rowid, originator_id, originator_version, topic, state"
+                    f"SELECT rowid, {_SQLITE_CANONICAL_ID}, originator_version, topic, state"
                     f" FROM {recorder.events_table_name} WHERE rowid>? ORDER BY rowid LIMIT ?",
                     (after, limit),
                 )
@@ -190,6 +190,17 @@ def stored_records(rows: Iterable[tuple[int, str, int, str, bytes | str]]) -> li
             order_id = canonical_id(order_id)
         records.append(Record(position, order_id, version, kind, parsed))
     return records
+
+
+#: SQLite keeps an order id as its 32 hex digits: the canonical (dashed) text made by the
+#: database as it reads (what `canonical_id` does, a tenth of a record's cost in Python);
+#: anything that is not 32 lowercase hex digits comes as it is stored, for `canonical_id`.
+_SQLITE_CANONICAL_ID: Final = (
+    f"CASE WHEN originator_id GLOB '{'[0-9a-f]' * 32}' THEN substr(originator_id, 1, 8)"
+    " || '-' || substr(originator_id, 9, 4) || '-' || substr(originator_id, 13, 4)"
+    " || '-' || substr(originator_id, 17, 4) || '-' || substr(originator_id, 21)"
+    " ELSE originator_id END"
+)
 
 
 def canonical_id(order_id: str) -> str:
