@@ -399,7 +399,13 @@ def _store(ledger: OrderLedger, projections_db: str | None) -> ProjectionStore:
 def project(
     db: DbOption = None,
     follow: Annotated[bool, typer.Option(help="Keep following the log until Ctrl-C.")] = False,
-    batch_size: Annotated[int, typer.Option(min=1)] = 2000,
+    batch_size: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Records per transaction (default: 10,000 catching up, 2,000 following).",
+        ),
+    ] = None,
     projections_db: ProjectionsDbOption = None,
 ) -> None:
     """Bring every projection up to date from the log (and follow it with --follow)."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from projections.base import Projection, View
-from projections.runner import DEFAULT_BATCH_SIZE, EventSource, ProjectionRunner
+from projections.runner import EventSource, ProjectionRunner
 from projections.store import ProjectionStore
 
 Progress = Callable[[int, int], None]
@@ -22,10 +22,11 @@ def rebuild(
     store: ProjectionStore,
     projections: Sequence[Projection],
     *,
-    batch_size: int = DEFAULT_BATCH_SIZE,
+    batch_size: int | None = None,
     on_batch: Progress | None = None,
 ) -> int:
-    """Drop and rebuild `projections` from the whole log. Returns the records folded."""
+    """Drop and rebuild `projections` from the whole log. Returns the records folded.
+    `batch_size`: records per transaction (default: the runner's catch-up batch)."""
     for projection in projections:
         store.drop(projection)
     runner = ProjectionRunner(source, store, projections, batch_size=batch_size, on_batch=on_batch)
@@ -37,7 +38,7 @@ def build_beside(
     store: ProjectionStore,
     new_version: Projection,
     *,
-    batch_size: int = DEFAULT_BATCH_SIZE,
+    batch_size: int | None = None,
     on_batch: Progress | None = None,
 ) -> int:
     """Build `new_version` beside the active version, then make it the active one."""

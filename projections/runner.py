@@ -54,6 +54,12 @@ from projections.base import (
 from projections.store import ProjectionConflict, ProjectionSourceMismatch, ProjectionStore
 
 DEFAULT_BATCH_SIZE = 2000
+#: Records per transaction while catching up (`catch_up`), where `batch_size` is not given.
+#: Far behind, a bigger transaction costs less per event: the per-order tables' random
+#: (order id) index pages a batch dirties are written once for more of its rows. Catching
+#: up 1,000,000 events on SQLite: 2,000 a batch 20,900 events/s (peak RSS about 125 MB),
+#: 5,000 22,900 (149 MB), 10,000 24,200 (183 MB), 20,000 25,600 (221 MB).
+DEFAULT_CATCH_UP_BATCH_SIZE = 10_000
 #: Per-order rows kept in memory per table before the written ones are let go.
 DEFAULT_CACHED_ORDERS = 5_000
 
@@ -248,6 +254,11 @@ class ProjectionRunner:
     rows with every projection's new position in one transaction. Per-order rows are let
     go after they are written once there are more than `cached_orders` of them, so memory
     stays bounded however long the log.
+
+    Following the log (`run_once`, `run_forever`) a batch is up to `batch_size` records
+    (default 2,000), so what has just been written is visible soon; `catch_up` reads up
+    to `catch_up_batch_size` (default `batch_size` if that is given, else 10,000), since
+    far behind a bigger transaction costs less per event.
     """
 
     def __init__(
@@ -256,16 +267,24 @@ class ProjectionRunner:
         store: ProjectionStore,
         projections: Sequence[Projection],
         *,
-        batch_size: int = DEFAULT_BATCH_SIZE,
+        batch_size: int | None = None,
         on_batch: Callable[[int, int], None] | None = None,
         cached_orders: int = DEFAULT_CACHED_ORDERS,
+        catch_up_batch_size: int | None = None,
     ) -> None:
-        if batch_size < 1:
-            raise ValueError("batch_size must be at least 1")
+        if catch_up_batch_size is None:
+            catch_up_batch_size = (
+                batch_size if batch_size is not None else DEFAULT_CATCH_UP_BATCH_SIZE
+            )
+        if batch_size is None:
+            batch_size = DEFAULT_BATCH_SIZE
+        if batch_size < 1 or catch_up_batch_size < 1:
+            raise ValueError("batch_size and catch_up_batch_size must be at least 1")
         self.source = source
         self.store = store
         self.projections = list(projections)
         self.batch_size = batch_size
+        self.catch_up_batch_size = catch_up_batch_size
         self.on_batch = on_batch
         self.cached_orders = cached_orders
         store.ensure(self.projections)
@@ -427,7 +446,9 @@ class ProjectionRunner:
             self._land()
             self._check_source()
         with without_cycle_collection():
-            batch = records_of(self.source, min(folded.values(), default=0), self.batch_size)
+            batch = records_of(
+                self.source, min(folded.values(), default=0), self.catch_up_batch_size
+            )
             if not batch:
                 self._land()
                 return 0

@@ -16,7 +16,12 @@ from ledger.demo import run_session
 from projections import all_projections
 from projections.base import Projection
 from projections.offline import ExportError, export_log, offline_rebuild
-from projections.runner import LedgerLog, ProjectionRunner
+from projections.runner import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_CATCH_UP_BATCH_SIZE,
+    LedgerLog,
+    ProjectionRunner,
+)
 from projections.store import (
     ProjectionStore,
     WriterProcessStore,
@@ -135,6 +140,33 @@ def test_catch_up_commits_one_transaction_per_batch_in_order(
     assert store.transactions_committed - before == -(-events // 7)
     assert positions == sorted(positions)
     assert runner.position == positions[-1] == LedgerLog(ledger).last_position()
+
+
+def test_catching_up_takes_bigger_batches_than_following(
+    ledger: OrderLedger, store: ProjectionStore
+) -> None:
+    """Far behind, `catch_up` commits `catch_up_batch_size` records at a time; following
+    the log, `run_once` commits at most `batch_size`. Given only `batch_size`, both use it."""
+    run_session(ledger)
+    events = ledger.count_events()
+    defaults = ProjectionRunner(LedgerLog(ledger), store, all_projections())
+    assert (defaults.batch_size, defaults.catch_up_batch_size) == (
+        DEFAULT_BATCH_SIZE,
+        DEFAULT_CATCH_UP_BATCH_SIZE,
+    )
+    given = ProjectionRunner(LedgerLog(ledger), store, all_projections(), batch_size=3)
+    assert given.catch_up_batch_size == 3
+
+    runner = ProjectionRunner(
+        LedgerLog(ledger), store, all_projections(), batch_size=4, catch_up_batch_size=10
+    )
+    before = store.transactions_committed
+    assert runner.run_once() == 4
+    assert store.transactions_committed - before == 1
+    runner.catch_up()
+    assert store.transactions_committed - before == 1 + -(-(events - 4) // 10)
+    assert runner.position == LedgerLog(ledger).last_position()
+    assert tables(store, all_projections()) == folded(ledger, all_projections())
 
 
 def test_a_failed_commit_in_a_pipelined_catch_up_loses_nothing(
