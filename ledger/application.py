@@ -522,10 +522,11 @@ def open_ledger(
         if instruments is not None
         else None
     )
-    return OrderLedger(
-        dict(storage.env),
-        instruments=catalog,
-        clock=clock,
-        max_attempts=max_attempts,
-        storage=storage,
-    )
+    with storage.creating_tables():
+        return OrderLedger(
+            dict(storage.env),
+            instruments=catalog,
+            clock=clock,
+            max_attempts=max_attempts,
+            storage=storage,
+        )

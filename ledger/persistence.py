@@ -19,8 +19,10 @@ as their frozen dataclasses.
 
 from __future__ import annotations
 
+import hashlib
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import date
 from enum import Enum
@@ -215,6 +217,37 @@ class StorageSettings:
         except psycopg.OperationalError as error:
             first_line = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
             raise StorageError(f"cannot reach PostgreSQL at {self.display}: {first_line}") from None
+
+    @contextmanager
+    def creating_tables(self) -> Iterator[None]:
+        """While the ledger's recorders create their tables (if missing), on PostgreSQL
+        hold a lock that other processes opening the same schema wait for.
+
+        `CREATE ... IF NOT EXISTS` is not safe against itself in PostgreSQL: two processes
+        opening the ledger at once (a server and a runner started together) both create,
+        and one fails ("tuple concurrently updated", or a duplicate key in the
+        catalogue): about one start in twenty with three processes. With the lock the
+        second waits, then finds the tables."""
+        if self.backend != "postgres":
+            yield
+            return
+        import psycopg
+
+        assert self.postgres_conninfo is not None
+        digest = hashlib.sha256(f"kite-ledger tables {self.postgres_schema}".encode()).digest()
+        key = int.from_bytes(digest[:8], "big", signed=True)
+        try:
+            conn = psycopg.connect(self.postgres_conninfo, autocommit=True, connect_timeout=10)
+        except psycopg.OperationalError as error:
+            first_line = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+            raise StorageError(f"cannot reach PostgreSQL at {self.display}: {first_line}") from None
+        with conn:
+            conn.execute("SELECT pg_advisory_lock(%s)", (key,))
+            try:
+                yield
+            finally:
+                if not conn.closed:
+                    conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
 
 
 def guard_environment(env: Mapping[str, str], app_name: str) -> None:

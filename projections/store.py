@@ -17,6 +17,7 @@ projections' own.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import itertools
 import os
 import sqlite3
@@ -122,6 +123,7 @@ class ProjectionStore(ABC):
     def ensure(self, projections: Sequence[Projection]) -> None:
         """Create the bookkeeping tables and every projection's tables, if missing."""
         with self.transaction() as cur:
+            self._serialise_schema_changes(cur)
             self._ensure_bookkeeping(cur)
             for projection in projections:
                 for table in projection.tables:
@@ -141,6 +143,10 @@ class ProjectionStore(ABC):
     def where(self) -> str:
         """The database, for messages."""
         return type(self).__name__
+
+    def _serialise_schema_changes(self, cur: Any) -> None:  # noqa: B027 - a hook
+        """Make concurrent creators and droppers of tables wait for each other (SQLite's
+        `BEGIN IMMEDIATE` does it already)."""
 
     @staticmethod
     def _ensure_bookkeeping(cur: Any) -> None:
@@ -173,6 +179,7 @@ class ProjectionStore(ABC):
     def drop(self, projection: Projection) -> None:
         """Drop a projection version's tables and forget its position."""
         with self.transaction() as cur:
+            self._serialise_schema_changes(cur)
             self._ensure_bookkeeping(cur)
             for table in projection.tables:
                 cur.execute(f"DROP TABLE IF EXISTS {self._q(table_name(projection, table))}")
@@ -835,8 +842,20 @@ class PostgresProjectionStore(ProjectionStore):
         self._scratch_pending: set[str] = set()
         self._conn = psycopg.connect(self._conninfo, autocommit=True)
         schema = sql.Identifier(self.schema)
-        self._conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(schema))
+        with self._conn.transaction(), self._conn.cursor() as cur:
+            self._serialise_schema_changes(cur)
+            cur.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(schema))
         self._conn.execute(sql.SQL("SET search_path TO {}").format(schema))
+
+    def _serialise_schema_changes(self, cur: Any) -> None:
+        """`CREATE ... IF NOT EXISTS` is not safe against itself in PostgreSQL: two runners
+        starting together on a new schema both create, and one fails (a duplicate key in
+        the catalogue, or "tuple concurrently updated"). A lock held to the end of the
+        transaction, one per schema, makes the second wait and then find the tables."""
+        digest = hashlib.sha256(f"kite-ledger projections {self.schema}".encode()).digest()
+        cur.execute(
+            "SELECT pg_advisory_xact_lock(%s)", (int.from_bytes(digest[:8], "big", signed=True),)
+        )
 
     def reconnect(self) -> None:
         with contextlib.suppress(Exception):

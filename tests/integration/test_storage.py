@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import threading
 import uuid
 from pathlib import Path
 
@@ -11,6 +12,9 @@ import pytest
 from eventsourcing.persistence import StoredEvent
 
 from ledger.application import open_ledger
+from projections import all_projections
+from projections.runner import LedgerLog, ProjectionRunner
+from projections.store import store_for_ledger_url
 from tests.support import submit_command
 
 
@@ -74,3 +78,46 @@ def test_postgres_append_writes_any_text_and_bytes_as_values(postgres_url: str) 
         assert ledger.recorder.max_notification_id() == ids[1]
     finally:
         ledger.close()
+
+
+def test_processes_opening_a_new_postgres_schema_together_all_start(
+    postgres_database: str,
+) -> None:
+    """A server and its runners started at once on a new schema: each opens the ledger and
+    its projections (creating what is missing). `CREATE ... IF NOT EXISTS` is not safe
+    against itself in PostgreSQL; without a lock around table creation about a third of
+    these rounds failed one opener ("tuple concurrently updated", a duplicate key)."""
+    schemas = [f"t_{uuid.uuid4().hex[:12]}" for _ in range(6)]
+    errors: list[BaseException] = []
+
+    def start(url: str, barrier: threading.Barrier) -> None:
+        try:
+            barrier.wait()
+            ledger = open_ledger(url)
+            store = store_for_ledger_url(ledger.storage)
+            try:
+                ProjectionRunner(LedgerLog(ledger), store, all_projections()).catch_up()
+            finally:
+                store.close()
+                ledger.close()
+        except BaseException as error:  # collected and reported below
+            errors.append(error)
+
+    try:
+        for schema in schemas:
+            barrier = threading.Barrier(4)
+            url = f"{postgres_database}?schema={schema}"
+            threads = [threading.Thread(target=start, args=(url, barrier)) for _ in range(4)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+        assert errors == []
+    finally:
+        with psycopg.connect(postgres_database, autocommit=True) as conn:
+            for schema in schemas:
+                conn.execute(
+                    psycopg.sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(
+                        psycopg.sql.Identifier(schema)
+                    )
+                )
