@@ -227,8 +227,9 @@ class StorageSettings:
         opening the ledger at once (a server and a runner started together) both create,
         and one fails ("tuple concurrently updated", or a duplicate key in the
         catalogue): one round in three of three processes starting on a new schema, one
-        in twenty on an existing one. With the lock the second waits, then finds the
-        tables."""
+        in twenty on an existing one. With the lock the second waits (up to the
+        ledger's lock timeout), then finds the tables. The lock is a session's: closing
+        its connection releases it, also when that connection has died meanwhile."""
         if self.backend != "postgres":
             yield
             return
@@ -237,18 +238,32 @@ class StorageSettings:
         assert self.postgres_conninfo is not None
         digest = hashlib.sha256(f"kite-ledger tables {self.postgres_schema}".encode()).digest()
         key = int.from_bytes(digest[:8], "big", signed=True)
+        timeout = int(self.env.get("POSTGRES_LOCK_TIMEOUT", "10"))
         try:
             conn = psycopg.connect(self.postgres_conninfo, autocommit=True, connect_timeout=10)
         except psycopg.OperationalError as error:
             first_line = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
             raise StorageError(f"cannot reach PostgreSQL at {self.display}: {first_line}") from None
-        with conn:
+        try:
+            self._lock_for_tables(conn, key, timeout)
+            yield
+        finally:
+            conn.close()  # releases the lock; never raises
+
+    def _lock_for_tables(self, conn: Any, key: int, timeout: int) -> None:
+        import psycopg
+
+        try:
+            conn.execute(f"SET lock_timeout = '{timeout}s'")
             conn.execute("SELECT pg_advisory_lock(%s)", (key,))
-            try:
-                yield
-            finally:
-                if not conn.closed:
-                    conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
+        except psycopg.errors.LockNotAvailable:
+            raise StorageError(
+                f"PostgreSQL at {self.display}: another process has been creating the"
+                f" ledger's tables for over {timeout} s; try again"
+            ) from None
+        except psycopg.Error as error:
+            first_line = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+            raise StorageError(f"PostgreSQL at {self.display}: {first_line}") from None
 
 
 def guard_environment(env: Mapping[str, str], app_name: str) -> None:

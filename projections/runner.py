@@ -202,7 +202,9 @@ def stored_records(rows: Iterable[tuple[int, str, int, str, bytes | str]]) -> li
 #: database as it reads (what `canonical_id` does, at 1.3 us a record in Python);
 #: anything that is not 32 lowercase hex digits comes as it is stored, for `canonical_id`.
 _SQLITE_CANONICAL_ID: Final = (
-    f"CASE WHEN originator_id GLOB '{'[0-9a-f]' * 32}' THEN substr(originator_id, 1, 8)"
+    f"CASE WHEN originator_id GLOB '{'[0-9a-f]' * 32}'"
+    # GLOB and substr stop at a NUL: the whole value must be the 32 digits.
+    " AND length(CAST(originator_id AS BLOB)) = 32 THEN substr(originator_id, 1, 8)"
     " || '-' || substr(originator_id, 9, 4) || '-' || substr(originator_id, 13, 4)"
     " || '-' || substr(originator_id, 17, 4) || '-' || substr(originator_id, 21)"
     " ELSE originator_id END"

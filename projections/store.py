@@ -842,7 +842,13 @@ class PostgresProjectionStore(ProjectionStore):
         self._scratch_pending: set[str] = set()
         self._conn = psycopg.connect(self._conninfo, autocommit=True)
         schema = sql.Identifier(self.schema)
-        with self._conn.transaction(), self._conn.cursor() as cur:
+        # The ledger's own opening (StorageSettings.prepare) may create it at the same
+        # moment, under another lock: then it exists, which is all that is wanted.
+        with (
+            contextlib.suppress(psycopg.errors.UniqueViolation),
+            self._conn.transaction(),
+            self._conn.cursor() as cur,
+        ):
             self._serialise_schema_changes(cur)
             cur.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(schema))
         self._conn.execute(sql.SQL("SET search_path TO {}").format(schema))

@@ -6,12 +6,14 @@ import sqlite3
 import threading
 import uuid
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
 from eventsourcing.persistence import StoredEvent
 
 from ledger.application import open_ledger
+from ledger.persistence import StorageError, StorageSettings
 from projections import all_projections
 from projections.runner import LedgerLog, ProjectionRunner
 from projections.store import store_for_ledger_url
@@ -121,3 +123,52 @@ def test_processes_opening_a_new_postgres_schema_together_all_start(
                         psycopg.sql.Identifier(schema)
                     )
                 )
+
+
+def _tables_lock_key(url: str) -> int:
+    """The advisory lock an opener of `url` takes while it creates the ledger's tables."""
+    taken: list[int] = []
+    original = StorageSettings._lock_for_tables
+
+    def record(settings: StorageSettings, conn: Any, key: int, timeout: int) -> None:
+        taken.append(key)
+        original(settings, conn, key, timeout)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(StorageSettings, "_lock_for_tables", record)
+        open_ledger(url).close()
+    return taken[0]
+
+
+def test_an_opener_waits_for_the_tables_lock_only_up_to_the_lock_timeout(
+    postgres_url: str,
+) -> None:
+    key = _tables_lock_key(postgres_url)
+    base = postgres_url.split("?")[0]
+    with psycopg.connect(base, autocommit=True) as holder:
+        holder.execute("SELECT pg_advisory_lock(%s)", (key,))
+        with pytest.raises(StorageError, match="another process has been creating"):
+            open_ledger(postgres_url, lock_timeout=1)
+    open_ledger(postgres_url).close()  # released with its session: opens again
+
+
+def test_a_tables_lock_connection_that_dies_does_not_fail_the_opening(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server restart or a cut while the ledger is being built: the lock went with its
+    session; the ledger opened is returned and works (nothing raised on the way out)."""
+    original = StorageSettings._lock_for_tables
+    base = postgres_url.split("?")[0]
+
+    def then_die(settings: StorageSettings, conn: Any, key: int, timeout: int) -> None:
+        original(settings, conn, key, timeout)
+        with psycopg.connect(base, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (conn.info.backend_pid,))
+
+    monkeypatch.setattr(StorageSettings, "_lock_for_tables", then_die)
+    ledger = open_ledger(postgres_url)
+    try:
+        order = ledger.submit(submit_command(client_order_id="after-the-cut"))
+        assert ledger.get_order(order.id).version == 1
+    finally:
+        ledger.close()

@@ -43,6 +43,7 @@ _STORED_IDS = st.one_of(
         lambda u: st.sampled_from([u.hex, u.hex.upper(), str(u), str(u).upper(), f"{{{u}}}"])
     ),
     st.text(alphabet="0123456789abcdefgABCDEF-", min_size=30, max_size=38),
+    st.tuples(st.uuids(), st.text(max_size=4)).map(lambda pair: f"{pair[0].hex}\x00{pair[1]}"),
     st.text(max_size=40),
 )
 
