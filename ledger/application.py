@@ -115,7 +115,15 @@ class OrderLedger(Application[UUID]):
         # fresh load, and one that refuses or writes nothing is checked on a fresh load.
         self._latest: OrderedDict[UUID, Order] = OrderedDict()
         self._latest_lock = threading.Lock()
-        super().__init__(env)
+        try:
+            super().__init__(env)
+        except BaseException:
+            # Half built (its tables could not be made, the database went away): the
+            # connection pool it opened would otherwise stay open with the process.
+            factory = getattr(self, "factory", None)
+            if factory is not None:
+                factory.close()
+            raise
         self._committer: GroupCommitter[StoredEvent, int] = GroupCommitter(
             lambda stored: list(self.recorder.insert_events(stored) or ())
         )

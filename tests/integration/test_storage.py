@@ -12,8 +12,9 @@ import psycopg
 import pytest
 from eventsourcing.persistence import StoredEvent
 
-from ledger.application import open_ledger
+from ledger.application import OrderLedger, open_ledger
 from ledger.persistence import StorageError, StorageSettings
+from ledger.recorders import OneTripPostgresRecorder
 from projections import all_projections
 from projections.runner import LedgerLog, ProjectionRunner
 from projections.store import store_for_ledger_url
@@ -172,3 +173,33 @@ def test_a_tables_lock_connection_that_dies_does_not_fail_the_opening(
         assert ledger.get_order(order.id).version == 1
     finally:
         ledger.close()
+
+
+def test_a_ledger_that_fails_to_open_leaves_no_connection_pool_open(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """If the tables cannot be made (or the server goes away) while the ledger is being
+    built, the pool it had opened is closed: a process that retries does not pile up
+    connections until the server refuses clients."""
+    made: list[Any] = []
+    construct = OrderLedger.construct_factory
+
+    def recorded(ledger: OrderLedger, env: Any) -> Any:
+        factory = construct(ledger, env)
+        made.append(factory)
+        return factory
+
+    def refuse(recorder: OneTripPostgresRecorder) -> None:
+        with recorder.datastore.get_connection():  # the pool is open and in use
+            pass
+        raise psycopg.errors.InsufficientPrivilege("permission denied for schema")
+
+    monkeypatch.setattr(OrderLedger, "construct_factory", recorded)
+    monkeypatch.setattr(OneTripPostgresRecorder, "create_table", refuse)
+    with pytest.raises(psycopg.errors.InsufficientPrivilege) as raised:
+        open_ledger(postgres_url)
+    # Kept, as a log handler or a retry loop keeps it: its traceback holds the half-built
+    # ledger, whose own finaliser would otherwise be what closes the pool.
+    assert raised.traceback
+    assert len(made) == 1
+    assert made[0].datastore.pool.closed
