@@ -215,7 +215,10 @@ def _exec_message(conn: psycopg.Connection[Any], query: bytes) -> list[PGresult]
     """Send `query` (several statements, simple query protocol) and return every result,
     errors included, as libpq gives them: what `cursor.execute` does, without a cursor,
     its row maker and its description of each of the six results (a fifth of a
-    command's time under the GIL with eight writers)."""
+    command's time under the GIL with eight writers). `psycopg.generators.execute` and
+    `Connection.wait` are the lower-level API psycopg's own cursors run on, not its
+    documented surface: every PostgreSQL test appends through here, so a psycopg that
+    changed them fails the suite, not production."""
     with conn.lock:
         if conn.closed:
             raise psycopg.OperationalError("the connection is closed")
