@@ -909,6 +909,41 @@ class DuckDBProjectionStore(ProjectionStore):
         self._conn = duckdb.connect(self.path)
         self._conn.execute("SET TimeZone = 'UTC'")
 
+    def _insert(self, cur: Any, projection: Projection, table: Table, rows: list[Any]) -> None:
+        self._bulk(cur, projection, table, rows, upsert=False)
+
+    def _write(self, cur: Any, projection: Projection, table: Table, rows: list[Any]) -> None:
+        self._bulk(cur, projection, table, rows, upsert=True)
+
+    def _bulk(
+        self, cur: Any, projection: Projection, table: Table, rows: list[Any], *, upsert: bool
+    ) -> None:
+        """The rows as one Arrow table, inserted (or upserted) by one statement. DuckDB
+        runs `executemany` a statement per row, at about 2 ms a row: an offline rebuild of
+        200,000 events into DuckDB took 405 s, against 4.8 s into SQLite."""
+        import pyarrow as pa
+
+        names = list(table.columns)
+        columns = list(zip(*rows, strict=True)) if rows else [() for _ in names]
+        batch = pa.table(
+            {
+                name: _arrow_column(values, kind)
+                for name, values, kind in zip(names, columns, table.kinds, strict=True)
+            }
+        )
+        cur.register(_BATCH, batch)
+        try:
+            if upsert:
+                cur.execute(self._upsert(projection, table, source=_BATCH))
+            else:
+                quoted = ", ".join(self._q(n) for n in names)
+                cur.execute(
+                    f"INSERT INTO {self._q(table_name(projection, table))} ({quoted})"
+                    f" SELECT {quoted} FROM {_BATCH}"
+                )
+        finally:
+            cur.unregister(_BATCH)
+
     @contextmanager
     def transaction(self) -> Iterator[Any]:
         cur = self._conn.cursor()
@@ -925,6 +960,32 @@ class DuckDBProjectionStore(ProjectionStore):
 
     def close(self) -> None:
         self._conn.close()
+
+
+_BATCH: Final = "ledger_projection_batch"
+
+
+def _arrow_column(values: Sequence[Any], kind: type[Any]) -> Any:
+    """A column of row values for DuckDB, typed by the column's kind. Amounts, times and
+    days go as text, which DuckDB casts to the column's DECIMAL, TIMESTAMPTZ or DATE as it
+    did each bound value (cells may hold a time as the log's ISO text or as a datetime)."""
+    import pyarrow as pa
+
+    if kind is int:
+        return pa.array(values, type=pa.int64())
+    if kind is bool:
+        return pa.array(values, type=pa.bool_())
+    if kind is str:
+        return pa.array(values, type=pa.string())
+    return pa.array(
+        [v if v is None or type(v) is str else _text_of(v) for v in values], type=pa.string()
+    )
+
+
+def _text_of(value: Any) -> str:
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    return str(value)
 
 
 def projections_path_for(ledger_path: str | Path) -> Path:
