@@ -18,8 +18,8 @@ from uuid import UUID
 
 from ledger.application import OrderLedger
 from ledger.domain.order import Order
-from projections.base import Projection, Record, record_of
-from projections.runner import decode
+from projections.base import Projection, Record
+from projections.runner import decode, stored_records
 from projections.store import ProjectionStore
 
 _PAGE = 5000
@@ -47,6 +47,7 @@ def verify(
 ) -> VerifyReport:
     report = VerifyReport()
     events: list[tuple[int, Order.Event]] = []
+    records: list[Record] = []  # what the projections fold: the stored states, parsed
     after = 0
     while True:
         notifications = ledger.recorder.select_notifications(
@@ -56,16 +57,29 @@ def verify(
             break
         for notification in notifications:
             try:
-                events.extend(decode(ledger.mapper, [(notification.id, notification)]))
+                decoded = decode(ledger.mapper, [(notification.id, notification)])
+                stored = stored_records(
+                    [
+                        (
+                            notification.id,
+                            str(notification.originator_id),
+                            notification.originator_version,
+                            notification.topic,
+                            notification.state,
+                        )
+                    ]
+                )
             except Exception as error:  # a record that does not decode is itself a finding
                 report.problems.append(f"log position {notification.id}: cannot decode: {error}")
+                continue
+            events.extend(decoded)
+            records.extend(stored)
         after = notifications[-1].id
         if on_events is not None:
             on_events(len(notifications))
     report.events = len(events)
     _verify_orders(events, report)
     _verify_snapshots(ledger, events, report)
-    records = [record_of(p, e) for p, e in events]  # once, not once per projection
     for projection in projections:
         _verify_projection(projection, store, records, report, max_rows_listed)
     return report
