@@ -26,7 +26,7 @@ import gc
 import hashlib
 import logging
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -335,10 +335,11 @@ class ProjectionRunner:
 
         return load
 
-    def view(self, name: str) -> View:
-        """The projection's rows as the store holds them (after the last commit)."""
+    def view(self, name: str, where: Mapping[str, Collection[str]] | None = None) -> View:
+        """The projection's rows as the store holds them (after the last commit); `where`
+        as `ProjectionStore.load_view` takes it."""
         projection = next(p for p in self.projections if p.name == name)
-        return self.store.load_view(projection)
+        return self.store.load_view(projection, where)
 
     @property
     def position(self) -> int:

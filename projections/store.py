@@ -25,7 +25,7 @@ import threading
 import types
 import typing
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import date, datetime
 from decimal import Decimal
@@ -243,16 +243,33 @@ class ProjectionStore(ABC):
 
     # ------------------------------------------------------------------ rows
 
-    def load_view(self, projection: Projection) -> View:
-        """Every row of the projection's tables."""
+    def load_view(
+        self, projection: Projection, where: Mapping[str, Collection[str]] | None = None
+    ) -> View:
+        """Every row of the projection's tables; with `where` (text column -> the values
+        wanted), only the rows of each table whose columns of those names hold one of
+        them (a table without such a column is read whole)."""
         view = View()
         with self.transaction() as cur:
             for table in projection.tables:
                 names = list(table.columns)
                 kinds = [base_type(a)[0] for a in table.columns.values()]
+                conditions: list[str] = []
+                parameters: list[str] = []
+                for column, wanted in (where or {}).items():
+                    if column not in table.columns:
+                        continue
+                    if base_type(table.columns[column])[0] is not str:
+                        raise ValueError(f"{table.name}.{column}: only text columns filter")
+                    texts = sorted(set(wanted))
+                    marks = ", ".join([self.placeholder] * len(texts))
+                    conditions.append(f"{self._q(column)} IN ({marks})" if texts else "FALSE")
+                    parameters += texts
                 cur.execute(
                     f"SELECT {', '.join(self._q(n) for n in names)}"
                     f" FROM {self._q(table_name(projection, table))}"
+                    + (f" WHERE {' AND '.join(conditions)}" if conditions else ""),
+                    parameters,
                 )
                 rows = view.table(table.name)
                 for record in cur.fetchall():

@@ -134,9 +134,9 @@ def test_a_read_command_reads_only_the_projection_it_shows(
     read: list[str] = []
     load_view = ProjectionStore.load_view
 
-    def counted(store: ProjectionStore, projection: Any) -> Any:
+    def counted(store: ProjectionStore, projection: Any, where: Any = None) -> Any:
         read.append(projection.name)
-        return load_view(store, projection)
+        return load_view(store, projection, where)
 
     monkeypatch.setattr(ProjectionStore, "load_view", counted)
     with open_ledger(demo_dir / "ledger.db") as ledger:

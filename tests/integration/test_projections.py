@@ -384,3 +384,52 @@ def test_a_store_takes_another_log_once_every_projection_is_dropped(
     finally:
         store.close()
         other.close()
+
+
+def test_a_view_read_with_where_is_the_full_view_filtered(
+    ledger: OrderLedger, store: ProjectionStore, tmp_path: Path
+) -> None:
+    """`load_view(projection, where)` (what `kite-ledger audit --order ...` and `report`
+    read) holds exactly the rows of the whole view whose columns match, in every store:
+    the ledger's own, and a DuckDB file rebuilt offline."""
+    run_session(ledger)
+    projections = all_projections()
+    ProjectionRunner(LedgerLog(ledger), store, projections).catch_up()
+    export = tmp_path / "log.parquet"
+    export_log(ledger, export)
+    offline_rebuild(export, tmp_path / "views.duckdb", projections)
+    duck = store_for_file(tmp_path / "views.duckdb")
+    audit = next(p for p in projections if p.name == "audit")
+    reports = next(p for p in projections if p.name == "reports")
+    entries = list(store.load_view(audit).rows("audit_trail"))
+    some_order = entries[len(entries) // 2].order_id
+    cases: list[tuple[Projection, dict[str, list[str]]]] = [
+        (audit, {"order_id": [some_order]}),
+        (audit, {"event_type": ["Filled", "Cancelled"], "account": [entries[0].account]}),
+        (audit, {"exchange": ["NSE"], "tradingsymbol": ["SBIN", "INFY"]}),
+        (audit, {"order_id": []}),
+        (reports, {"order_id": [some_order, "no-such-order"]}),
+    ]
+    try:
+        for projection, where in cases:
+            whole = store.load_view(projection).contents()
+            expected = {
+                name: {
+                    key: row
+                    for key, row in rows.items()
+                    if all(
+                        getattr(row, column) in values
+                        for column, values in where.items()
+                        if hasattr(row, column)
+                    )
+                }
+                for name, rows in whole.items()
+            }
+            expected = {name: rows for name, rows in expected.items() if rows}
+            assert store.load_view(projection, where).contents() == expected, where
+            assert duck.load_view(projection, where).contents() == expected, where
+        assert store.load_view(audit, {"order_id": [some_order]}).contents()  # not vacuous
+        with pytest.raises(ValueError, match="only text columns"):
+            store.load_view(audit, {"order_version": ["1"]})
+    finally:
+        duck.close()
