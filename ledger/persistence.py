@@ -226,8 +226,8 @@ class StorageSettings:
         `CREATE ... IF NOT EXISTS` is not safe against itself in PostgreSQL: two processes
         opening the ledger at once (a server and a runner started together) both create,
         and one fails ("tuple concurrently updated", or a duplicate key in the
-        catalogue): one round in three of three processes starting on a new schema, one
-        in twenty on an existing one. With the lock the second waits (up to the
+        catalogue): 5 errors in 10 rounds of three processes starting on a new schema,
+        one round in 20 on an existing one. With the lock the second waits (up to the
         ledger's lock timeout), then finds the tables. The lock is a session's: closing
         its connection releases it, also when that connection has died meanwhile."""
         if self.backend != "postgres":
