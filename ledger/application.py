@@ -522,7 +522,6 @@ def open_ledger(
     A write waits up to `lock_timeout` seconds for another writer's lock, then raises
     `StorageUnavailable`; so does a database that cannot be reached after retries."""
     storage = StorageSettings.from_url(url, lock_timeout=lock_timeout)
-    storage.prepare()
     catalog = (
         instruments
         if isinstance(instruments, InstrumentCatalog)

@@ -65,11 +65,21 @@ class StorageUnavailable(LedgerError):
     idempotent, so one that did reach the log before the failure is not written twice."""
 
     def __init__(self, where: str, what: str, cause: BaseException) -> None:
-        first_line = str(cause).strip().splitlines()[0] if str(cause).strip() else repr(cause)
         super().__init__(
-            f"{what}: the database at {where} is unavailable ({first_line}); the command was"
-            " not acknowledged and may be sent again"
+            f"{what}: the database at {where} is unavailable ({first_line(cause)}); the"
+            " command was not acknowledged and may be sent again"
         )
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message (drivers add detail lines), or its repr."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else repr(error)
+
+
+def advisory_lock_key(name: str) -> int:
+    """A PostgreSQL advisory lock key (a signed 64-bit integer) named by `name`."""
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
 
 
 def _redact(url: str) -> str:
@@ -194,34 +204,12 @@ class StorageSettings:
             postgres_conninfo=conninfo,
         )
 
-    def prepare(self) -> None:
-        """Create what the library does not: the PostgreSQL schema."""
-        if self.backend != "postgres":
-            return
-        import psycopg
-        from psycopg import sql
-
-        assert self.postgres_conninfo is not None
-        assert self.postgres_schema is not None
-        try:
-            with psycopg.connect(
-                self.postgres_conninfo, autocommit=True, connect_timeout=10
-            ) as conn:
-                conn.execute(
-                    sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(
-                        sql.Identifier(self.postgres_schema)
-                    )
-                )
-        except psycopg.errors.UniqueViolation:
-            pass  # a concurrent process created it first
-        except psycopg.OperationalError as error:
-            first_line = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
-            raise StorageError(f"cannot reach PostgreSQL at {self.display}: {first_line}") from None
-
     @contextmanager
     def creating_tables(self) -> Iterator[None]:
-        """While the ledger's recorders create their tables (if missing), on PostgreSQL
-        hold a lock that other processes opening the same schema wait for.
+        """On PostgreSQL: create the schema if missing (what the library does not; a
+        concurrent creator's duplicate is ignored), then, while the ledger's recorders
+        create their tables (if missing), hold a lock that other processes opening the
+        same schema wait for. One connection does both.
 
         `CREATE ... IF NOT EXISTS` is not safe against itself in PostgreSQL: two processes
         opening the ledger at once (a server and a runner started together) both create,
@@ -236,15 +224,16 @@ class StorageSettings:
         import psycopg
 
         assert self.postgres_conninfo is not None
-        digest = hashlib.sha256(f"kite-ledger tables {self.postgres_schema}".encode()).digest()
-        key = int.from_bytes(digest[:8], "big", signed=True)
+        key = advisory_lock_key(f"kite-ledger tables {self.postgres_schema}")
         timeout = int(self.env.get("POSTGRES_LOCK_TIMEOUT", "10"))
         try:
             conn = psycopg.connect(self.postgres_conninfo, autocommit=True, connect_timeout=10)
         except psycopg.OperationalError as error:
-            first_line = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
-            raise StorageError(f"cannot reach PostgreSQL at {self.display}: {first_line}") from None
+            raise StorageError(
+                f"cannot reach PostgreSQL at {self.display}: {first_line(error)}"
+            ) from None
         try:
+            self._create_schema(conn)
             self._lock_for_tables(conn, key, timeout)
             yield
         finally:
@@ -262,8 +251,23 @@ class StorageSettings:
                 f" ledger's tables for over {timeout} s; try again"
             ) from None
         except psycopg.Error as error:
-            first_line = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
-            raise StorageError(f"PostgreSQL at {self.display}: {first_line}") from None
+            raise StorageError(f"PostgreSQL at {self.display}: {first_line(error)}") from None
+
+    def _create_schema(self, conn: Any) -> None:
+        import psycopg
+        from psycopg import sql
+
+        assert self.postgres_schema is not None
+        try:
+            conn.execute(
+                sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(
+                    sql.Identifier(self.postgres_schema)
+                )
+            )
+        except psycopg.errors.UniqueViolation:
+            pass  # another opener or a projection store made it at this very moment
+        except psycopg.Error as error:
+            raise StorageError(f"PostgreSQL at {self.display}: {first_line(error)}") from None
 
 
 def guard_environment(env: Mapping[str, str], app_name: str) -> None:

@@ -17,7 +17,6 @@ projections' own.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import itertools
 import os
 import sqlite3
@@ -34,7 +33,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from ledger.domain.errors import LedgerError
-from ledger.persistence import StorageSettings
+from ledger.persistence import StorageSettings, advisory_lock_key
 from projections.base import PRICE_PLACES, Key, Projection, Table, View, _normal
 
 TRACKING: Final = "proj_tracking"
@@ -859,7 +858,7 @@ class PostgresProjectionStore(ProjectionStore):
         self._scratch_pending: set[str] = set()
         self._conn = psycopg.connect(self._conninfo, autocommit=True)
         schema = sql.Identifier(self.schema)
-        # The ledger's own opening (StorageSettings.prepare) may create it at the same
+        # The ledger's own opening (StorageSettings.creating_tables) may create it at the same
         # moment, under another lock: then it exists, which is all that is wanted.
         with (
             contextlib.suppress(psycopg.errors.UniqueViolation),
@@ -875,9 +874,9 @@ class PostgresProjectionStore(ProjectionStore):
         starting together on a new schema both create, and one fails (a duplicate key in
         the catalogue, or "tuple concurrently updated"). A lock held to the end of the
         transaction, one per schema, makes the second wait and then find the tables."""
-        digest = hashlib.sha256(f"kite-ledger projections {self.schema}".encode()).digest()
         cur.execute(
-            "SELECT pg_advisory_xact_lock(%s)", (int.from_bytes(digest[:8], "big", signed=True),)
+            "SELECT pg_advisory_xact_lock(%s)",
+            (advisory_lock_key(f"kite-ledger projections {self.schema}"),),
         )
 
     def reconnect(self) -> None:
