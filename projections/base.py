@@ -460,12 +460,16 @@ class Working:
             if table.kind == "per_order"
         )
 
-    def evict(self, limit: int) -> None:
-        """Forget `per_order` cells once there are more than `limit` (they are written)."""
+    def evict(self, limit: int, keep: Mapping[str, set[Key]] | None = None) -> None:
+        """Forget `per_order` cells once there are more than `limit` (they are written),
+        but those at the keys `keep` names by table (rows of a write not yet committed:
+        loaded back now, they would be read as they were before it)."""
         for name, table in self.tables.items():
             if table.kind == "per_order" and len(self.cells[name]) > limit:
-                self.cells[name] = {}
-                self.stored[name] = set()
+                kept = (keep or {}).get(name, set())
+                cells = self.cells[name]
+                self.cells[name] = {key: cells[key] for key in kept if key in cells}
+                self.stored[name] = self.stored[name] & kept
 
     def clear(self) -> None:
         self.cells = {name: {} for name in self.tables}

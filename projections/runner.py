@@ -289,6 +289,8 @@ class ProjectionRunner:
         self.catch_up_batch_size = catch_up_batch_size
         self.on_batch = on_batch
         self.cached_orders = cached_orders
+        #: The per-order keys the write in flight changes, by projection and table.
+        self._in_flight_keys: dict[str, dict[str, set[Key]]] = {}
         store.ensure(self.projections)
         self._load()
         self._source_checked = False
@@ -330,8 +332,12 @@ class ProjectionRunner:
         self._source_checked = True
 
     def _loader(self, projection: Projection) -> Loader:
+        """Rows let go, loaded back. Their last change is committed (rows of the write in
+        flight are never let go), so they are read on the store's committed-reads
+        connection without waiting for that write."""
+
         def load(table: Table, keys: list[Key]) -> dict[Key, Any]:
-            return self.store.load_cells(projection, table, keys)
+            return self.store.load_cells(projection, table, keys, beside_writes=True)
 
         return load
 
@@ -387,11 +393,11 @@ class ProjectionRunner:
             self.on_batch(count, last)
 
     def _evict_if_full(self) -> None:
-        """Let written per-order rows go (only when every change is committed)."""
+        """Let written per-order rows go, but those of the write in flight: loaded back
+        before it commits, they would be read as they were before it."""
         if any(w.over(self.cached_orders) for w in self.working.values()):
-            self._land()
-            for working in self.working.values():
-                working.evict(self.cached_orders)
+            for name, working in self.working.items():
+                working.evict(self.cached_orders, keep=self._in_flight_keys.get(name))
 
     def _fold(self, projection: Projection, batch: list[Record], seen: int) -> None:
         working = self.working[projection.name]
@@ -407,7 +413,6 @@ class ProjectionRunner:
                 cells = working.cells[name]
                 missing = [key for key in wanted if key not in cells]
                 if missing:
-                    self._land()  # the store's connection is free, and up to date
                     working.prefetch(name, missing)
         apply = projection.apply_record
         for record in records:
@@ -421,10 +426,12 @@ class ProjectionRunner:
         """Run batches until the log has nothing new. Returns the records covered.
 
         Pipelined: while one batch's transaction is written (on a writer thread, the
-        database working on the other core), the next batch is read and folded. Commits
-        stay one at a time and in order, each with its own positions; the rows handed to
-        the writer are copies, so folding on cannot change what a commit writes; a failed
-        commit throws away what was folded after it and starts again from the store."""
+        database working on the other core), the next batch is read and folded; rows it
+        needs back are read on the store's committed-reads connection without waiting for
+        that write (rows the write carries are never let go, so none is read stale).
+        Commits stay one at a time and in order, each with its own positions; the rows
+        handed to the writer are copies, so folding on cannot change what a commit writes;
+        a failed commit throws away what was folded after it and starts again from the store."""
         total = 0
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="projections") as writer:
             folded = dict(self.positions)
@@ -465,6 +472,14 @@ class ProjectionRunner:
                 [(p, changes[p.name][0]) for p in behind],
                 created={name: created for name, (_, created) in changes.items()},
             )
+            in_flight_keys = {
+                p.name: {
+                    table.name: set(changes[p.name][0].get(table.name, ()))
+                    for table in p.tables
+                    if table.kind == "per_order"
+                }
+                for p in behind
+            }
             # Freed here, by reference counting: when the collector runs again its first
             # pass would otherwise walk every record, state and cell of the batch.
             count = len(batch)
@@ -473,6 +488,7 @@ class ProjectionRunner:
         self._land()
         future = writer.submit(self.store.write, encoded, last, expected)
         self._in_flight = (future, behind, last, count)
+        self._in_flight_keys = in_flight_keys
         for projection in behind:
             folded[projection.name] = last
         return count
@@ -480,6 +496,7 @@ class ProjectionRunner:
     def _land(self) -> None:
         """Wait for the commit in flight, if any (raising what it raised)."""
         in_flight, self._in_flight = self._in_flight, None
+        self._in_flight_keys = {}
         if in_flight is not None:
             future, behind, last, count = in_flight
             future.result()
@@ -488,6 +505,7 @@ class ProjectionRunner:
     def _settle(self) -> None:
         """After a failure: let the commit in flight finish, whatever its outcome."""
         in_flight, self._in_flight = self._in_flight, None
+        self._in_flight_keys = {}
         if in_flight is not None:
             with contextlib.suppress(BaseException):
                 in_flight[0].result()

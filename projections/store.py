@@ -99,6 +99,13 @@ class ProjectionStore(ABC):
         """A cursor inside one transaction: committed on success, rolled back on error."""
 
     @abstractmethod
+    @contextmanager
+    def committed_reads(self) -> Iterator[Any]:
+        """A cursor that sees only committed rows, on a connection none of this store's
+        writes use: reads through it may run while another thread writes (the runner
+        loads rows back while the previous batch is being committed)."""
+
+    @abstractmethod
     def close(self) -> None: ...
 
     def reconnect(self) -> None:  # noqa: B027 - most stores have nothing to do
@@ -280,9 +287,16 @@ class ProjectionStore(ABC):
         return view
 
     def load_cells(
-        self, projection: Projection, table: Table, keys: Sequence[Key] | None = None
+        self,
+        projection: Projection,
+        table: Table,
+        keys: Sequence[Key] | None = None,
+        *,
+        beside_writes: bool = False,
     ) -> dict[Key, Any]:
-        """Cells (mutable rows) of one table: every row, or those at `keys`."""
+        """Cells (mutable rows) of one table: every row, or those at `keys`; with
+        `beside_writes`, read through `committed_reads` (safe while a write is in
+        flight on another thread, and blind to it)."""
         cells: dict[Key, Any] = {}
         if keys is not None and not keys:
             return cells
@@ -294,7 +308,7 @@ class ProjectionStore(ABC):
         )
         make = table.cell_type
         key_at = [names.index(k) for k in table.key_fields]
-        with self.transaction() as cur:
+        with self.committed_reads() if beside_writes else self.transaction() as cur:
             batches: list[Sequence[Key] | None] = [None]
             if keys is not None:
                 batches = [keys[i : i + 500] for i in range(0, len(keys), 500)]
@@ -645,6 +659,23 @@ class SQLiteProjectionStore(ProjectionStore):
         else:
             self._conn.commit()
 
+    _reader: sqlite3.Connection | None = None
+
+    @contextmanager
+    def committed_reads(self) -> Iterator[Any]:
+        """On a second connection, opened when first wanted (the first one may be inside
+        a write's transaction on another thread)."""
+        if self._reader is None:
+            self._reader = sqlite3.connect(
+                self.path, isolation_level=None, timeout=30, check_same_thread=False
+            )
+        cur = self._reader.cursor()
+        cur.execute("BEGIN")
+        try:
+            yield cur
+        finally:
+            self._reader.rollback()
+
     def encode(self, value: Any, kind: type[Any]) -> Any:
         if kind is Decimal:
             return str(value)
@@ -686,6 +717,9 @@ class SQLiteProjectionStore(ProjectionStore):
         return value
 
     def close(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
         self._conn.close()
 
 
@@ -754,6 +788,17 @@ class WriterProcessStore(SQLiteProjectionStore):
         if answer[0] == "error":
             raise answer[1]
         self.count_transaction()
+
+    @contextmanager
+    def committed_reads(self) -> Iterator[Any]:
+        """On this process's own connection: batches are written by the writer process,
+        so no write of this store's is ever open on it."""
+        cur = self._conn.cursor()
+        cur.execute("BEGIN")
+        try:
+            yield cur
+        finally:
+            self._conn.rollback()
 
     def _call(self, message: Any) -> tuple[Any, ...]:
         import pickle
@@ -882,6 +927,7 @@ class PostgresProjectionStore(ProjectionStore):
     def reconnect(self) -> None:
         with contextlib.suppress(Exception):
             self._conn.close()
+        self._close_reader()
         self._connect()
 
     @contextmanager
@@ -889,6 +935,29 @@ class PostgresProjectionStore(ProjectionStore):
         self._scratch_pending = set()
         with self._conn.transaction(), self._conn.cursor() as cur:
             yield cur
+
+    _reader: Any = None
+
+    @contextmanager
+    def committed_reads(self) -> Iterator[Any]:
+        """On a second connection, opened when first wanted (the first one may be inside
+        a write's transaction on another thread)."""
+        if self._reader is None or self._reader.closed:
+            import psycopg
+            from psycopg import sql
+
+            self._reader = psycopg.connect(self._conninfo, autocommit=True)
+            self._reader.execute(
+                sql.SQL("SET search_path TO {}").format(sql.Identifier(self.schema))
+            )
+        with self._reader.transaction(), self._reader.cursor() as cur:
+            yield cur
+
+    def _close_reader(self) -> None:
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            with contextlib.suppress(Exception):
+                reader.close()
 
     def _committed(self) -> None:
         self._scratch |= self._scratch_pending
@@ -899,6 +968,7 @@ class PostgresProjectionStore(ProjectionStore):
         self._scratch = set()  # scratch tables are LIKE the dropped ones: make them again
 
     def close(self) -> None:
+        self._close_reader()
         self._conn.close()
 
 
@@ -973,6 +1043,12 @@ class DuckDBProjectionStore(ProjectionStore):
             cur.execute("COMMIT")
         finally:
             cur.close()
+
+    @contextmanager
+    def committed_reads(self) -> Iterator[Any]:
+        """A cursor of its own (DuckDB gives each cursor its own transaction)."""
+        with self.transaction() as cur:
+            yield cur
 
     def close(self) -> None:
         self._conn.close()

@@ -4,6 +4,7 @@ queries (never time), on SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -104,9 +105,9 @@ def test_rows_let_go_are_loaded_in_one_query_per_table_per_batch(
     loads: list[int] = []
     real_load = store.load_cells
 
-    def counting_load(projection: Any, table: Any, keys: Any = None) -> Any:
+    def counting_load(projection: Any, table: Any, keys: Any = None, **options: Any) -> Any:
         loads.append(len(keys) if keys is not None else -1)
-        return real_load(projection, table, keys)
+        return real_load(projection, table, keys, **options)
 
     store.load_cells = counting_load  # type: ignore[method-assign]
     batches = 0
@@ -119,6 +120,41 @@ def test_rows_let_go_are_loaded_in_one_query_per_table_per_batch(
     runner.catch_up()
     assert loads, "with no rows cached, later events must load their order's rows"
     assert len(loads) <= batches * PER_ORDER_TABLES
+    assert tables(store, projections) == folded(ledger, projections)
+
+
+@pytest.mark.parametrize("cached_orders", [0, 3])
+def test_rows_are_loaded_back_while_the_previous_batch_is_written_and_none_is_stale(
+    ledger: OrderLedger, store: ProjectionStore, cached_orders: int
+) -> None:
+    """Catching up, the fold does not wait for the write in flight to load rows back: they
+    come from the store's committed-reads connection. Rows that write carries are kept in
+    memory, never loaded back (read before it commits, they would be stale): orders span
+    batches here, so a stale read would show in the result."""
+    late_fill_after_others(ledger)
+    projections = all_projections()
+    runner = ProjectionRunner(
+        LedgerLog(ledger), store, projections, batch_size=3, cached_orders=cached_orders
+    )
+    loads_during_writes = 0
+    real_write, real_load = store.write, store.load_cells
+
+    def slow_write(*args: Any, **kwargs: Any) -> None:
+        time.sleep(0.02)  # long enough for the next batch to fold meanwhile
+        real_write(*args, **kwargs)
+
+    def watched_load(projection: Any, table: Any, keys: Any = None, **options: Any) -> Any:
+        nonlocal loads_during_writes
+        in_flight = runner._in_flight  # a write handed to the writer thread, not yet landed
+        if in_flight is not None and not in_flight[0].done():
+            assert options.get("beside_writes"), "a load during a write must not share it"
+            loads_during_writes += 1
+        return real_load(projection, table, keys, **options)
+
+    store.write = slow_write  # type: ignore[method-assign]
+    store.load_cells = watched_load  # type: ignore[method-assign]
+    runner.catch_up()
+    assert loads_during_writes > 0, "no row was loaded back while a write was in flight"
     assert tables(store, projections) == folded(ledger, projections)
 
 
