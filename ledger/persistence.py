@@ -392,6 +392,29 @@ class _NotPlain(Exception):
     """A value the fast encoding leaves to the library's encoder."""
 
 
+#: Bytes that stand for a decimal digit, everything else a space: a text with a run of 19
+#: digits may hold an integer beyond 64 bits, which orjson would parse as a float.
+_DIGITS: Final = bytes(0x30 if 0x30 <= b <= 0x39 else 0x20 for b in range(256))
+_LONG_NUMBER: Final = b"0" * 19
+#: What `loads_like_json` gives for a text it leaves to `json`.
+NOT_PARSED: Final = object()
+
+
+def loads_like_json(text: bytes | str) -> Any:
+    """`json.loads(text)` by orjson (a third of the cost), or `NOT_PARSED` where orjson
+    might not give the same: a run of 19 digits anywhere (an integer beyond 64 bits, which
+    orjson would make a float, silently; a few hashes in a thousand have such a run), and
+    whatever orjson refuses (NaN, 1e400, lone surrogates, text that is not UTF-8, nesting
+    beyond 1,024), where `json` either agrees or raises its usual error."""
+    try:
+        data = text.encode() if type(text) is str else text  # lone surrogates raise
+        if _LONG_NUMBER in data.translate(_DIGITS):
+            return NOT_PARSED
+        return orjson.loads(data)
+    except (UnicodeEncodeError, orjson.JSONDecodeError):
+        return NOT_PARSED
+
+
 class LedgerTranscoder(JSONTranscoder):
     """The library's JSON transcoder, writing the same JSON in about a third of the time.
 
@@ -400,8 +423,12 @@ class LedgerTranscoder(JSONTranscoder):
     and lets orjson write the text. Anything it is not sure about (a float, a key that is
     not text, an integer wider than 64 bits, a type nobody registered, text that is not
     Unicode) goes to the library's encoder instead, which then behaves exactly as before:
-    the stored JSON always decodes to what the library would have stored. Decoding is the
-    library's."""
+    the stored JSON always decodes to what the library would have stored.
+
+    `decode` parses with orjson where that gives what `json` gives (`loads_like_json`),
+    then applies the library's own `_decode_obj` to every object, innermost first and in
+    document order, as `json`'s object hook does: the same values and the same errors, at
+    under half the cost of reading an order back. Anything else is the library's."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -420,6 +447,38 @@ class LedgerTranscoder(JSONTranscoder):
             return orjson.dumps(self._plain(obj))
         except (_NotPlain, orjson.JSONEncodeError):
             return super().encode(obj)
+
+    def decode(self, data: bytes) -> Any:
+        parsed = loads_like_json(data)
+        if parsed is NOT_PARSED:
+            return super().decode(data)
+        kind = type(parsed)
+        if kind is dict:
+            return self._decoded_object(parsed)
+        return self._decoded_array(parsed) if kind is list else parsed
+
+    def _decoded_object(self, value: dict[str, Any]) -> Any:
+        """`value` with its members decoded, then through `_decode_obj` if it is one of
+        the transcoder's `{"_type_": ..., "_data_": ...}` (the hook returns any other
+        object as it is); members changed in place."""
+        for key, item in value.items():
+            kind = type(item)
+            if kind is dict:
+                value[key] = self._decoded_object(item)
+            elif kind is list:
+                value[key] = self._decoded_array(item)
+        if len(value) == 2 and "_type_" in value and "_data_" in value:
+            return self._decode_obj(value)
+        return value
+
+    def _decoded_array(self, value: list[Any]) -> list[Any]:
+        for index, item in enumerate(value):
+            kind = type(item)
+            if kind is dict:
+                value[index] = self._decoded_object(item)
+            elif kind is list:
+                value[index] = self._decoded_array(item)
+        return value
 
     def _plain(self, value: Any) -> Any:
         kind = type(value)

@@ -40,7 +40,6 @@ from functools import cached_property
 from operator import attrgetter
 from typing import Any, ClassVar, Final, Literal, get_type_hints
 
-import orjson
 from eventsourcing.persistence import (
     DatetimeAsISO,
     DecimalAsStr,
@@ -52,7 +51,7 @@ from eventsourcing.persistence import (
 from ledger.domain.order import Order
 from ledger.domain.status import EventKind, OrderStatus, next_status
 from ledger.domain.values import IST
-from ledger.persistence import register_ledger_transcodings
+from ledger.persistence import loads_like_json, register_ledger_transcodings
 
 PRICE_PLACES: Final = 10
 _QUANTUM: Final = Decimal(1).scaleb(-PRICE_PLACES)
@@ -221,27 +220,11 @@ def ledger_mapper() -> Mapper[Any]:
 _MAPPER: Final = ledger_mapper()
 
 
-#: Bytes that stand for a decimal digit, everything else a space: a state whose text has a
-#: run of 19 digits may hold an integer beyond 64 bits, which orjson would parse as a float.
-_DIGITS: Final = bytes(0x30 if 0x30 <= b <= 0x39 else 0x20 for b in range(256))
-_LONG_NUMBER: Final = b"0" * 19
-
-
 def parse_state(state: bytes | str) -> dict[str, Any]:
-    """A stored state, parsed: exactly what `json.loads` gives, at a third of its cost.
-
-    orjson parses it (C); it agrees with `json` on everything a state can hold except
-    integers beyond 64 bits (orjson makes them floats, silently), so a text with a run of 19
-    digits anywhere (a few hashes in a thousand) is parsed by `json`, as is anything orjson
-    refuses (NaN, 1e400, lone surrogates, nesting beyond 1,024), where `json` either agrees
-    with the old behaviour or raises the usual error for a corrupt state."""
-    parsed: Any = None
-    try:
-        data = state.encode() if type(state) is str else state  # lone surrogates raise
-        if _LONG_NUMBER not in data.translate(_DIGITS):
-            parsed = orjson.loads(data)
-    except (UnicodeEncodeError, orjson.JSONDecodeError):
-        parsed = None
+    """A stored state, parsed: exactly what `json.loads` gives, at a third of its cost
+    (orjson, where `loads_like_json` says it agrees with `json`; `json` elsewhere, which
+    raises the usual error for a corrupt state)."""
+    parsed = loads_like_json(state)
     if type(parsed) is not dict:
         text = state if isinstance(state, str) else str(state, "utf-8")
         parsed = json.loads(text)  # raises the usual error for a corrupt state

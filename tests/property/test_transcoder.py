@@ -6,6 +6,7 @@ else either the same bytes or the library's own behaviour (it hands those to the
 
 from __future__ import annotations
 
+import json
 from datetime import date
 from decimal import Decimal
 from typing import Any
@@ -21,7 +22,7 @@ from ledger.domain.values import Exchange, Fill, OrderChanges, Side, Source
 from ledger.persistence import LedgerTranscoder, register_ledger_transcodings
 from tests.conftest import LedgerFactory
 from tests.flows import Intent, drive
-from tests.property.fuzz import state_leaves
+from tests.property.fuzz import json_values, state_leaves
 from tests.scale import scaled
 from tests.support import START
 
@@ -111,3 +112,60 @@ def test_every_stored_event_and_snapshot_is_what_the_library_would_store(
     assert checked > 100
     fill = Fill("T1", 1, Decimal("812.30"), None, Source.POSTBACK, START, None)
     assert FAST.encode({"fills": [fill]}) == REFERENCE.encode({"fills": [fill]})
+
+
+def _decoded(transcoder: JSONTranscoder, data: bytes) -> str:
+    """What decoding gives, type for type (repr), or the kind of error it raises."""
+    try:
+        return repr(transcoder.decode(data))
+    except Exception as error:
+        return f"raised {type(error).__name__}"
+
+
+@settings(max_examples=scaled(300, 5000))
+@given(st.dictionaries(st.text(min_size=1, max_size=10), _states, max_size=8))
+def test_fast_decoding_gives_what_the_library_gives(state: dict[str, Any]) -> None:
+    data = REFERENCE.encode(state)
+    assert _decoded(FAST, data) == _decoded(REFERENCE, data)
+
+
+_wrapped = st.fixed_dictionaries(
+    {
+        "_type_": st.sampled_from(["decimal_str", "Side", "instrument_ref", "nobody", 7]),
+        "_data_": json_values,
+    }
+)
+_json_like = st.recursive(
+    json_values | _wrapped,
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=scaled(300, 5000))
+@given(_json_like, st.booleans())
+def test_fast_decoding_of_any_json_gives_what_the_library_gives_or_its_error(
+    value: Any, ascii: bool
+) -> None:
+    """Foreign or damaged states too: unknown types, wrong data for a known type, integers
+    beyond 64 bits, NaN, lone surrogates, non-ASCII text."""
+    data = json.dumps(value, ensure_ascii=ascii).encode("utf-8", errors="surrogatepass")
+    assert _decoded(FAST, data) == _decoded(REFERENCE, data)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b'{"q": 123456789012345678901234, "p": {"_type_": "decimal_str", "_data_": "1.10"}}',
+        b'{"x": NaN}',
+        b'{"x": "\\ud800"}',
+        b'{"x": {"_type_": "nobody", "_data_": 1}}',
+        b'{"x": [{"_type_": "decimal_str", "_data_": "2"}, {"_type_": "Side", "_data_": "BUY"}]}',
+        b"\xff\xfe",
+        b"[1, 2",
+    ],
+)
+def test_fast_decoding_edge_cases(data: bytes) -> None:
+    assert _decoded(FAST, data) == _decoded(REFERENCE, data)
