@@ -128,6 +128,15 @@ class OrderLedger(Application[UUID]):
             lambda stored: list(self.recorder.insert_events(stored) or ())
         )
 
+    def close(self) -> None:
+        """Close the ledger's connections (its recorder's own, then the pool's)."""
+        close_recorder = getattr(self.recorder, "close", None)
+        try:
+            if close_recorder is not None:
+                close_recorder()
+        finally:
+            super().close()
+
     def construct_env(self, name: str, env: EnvType | None = None) -> Any:
         environment = super().construct_env(name, env)
         guard_environment(environment, name)

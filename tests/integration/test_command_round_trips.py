@@ -39,7 +39,14 @@ def sqlite_statements(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         connection._sqlite_conn.set_trace_callback(statements.append)
         return connection
 
+    def traced_appender(*args: Any) -> Any:
+        conn = make_appender(*args)
+        conn.set_trace_callback(statements.append)
+        return conn
+
+    make_appender = recorders._appending_connection
     monkeypatch.setattr(SQLiteConnectionPool, "_create_connection", traced)
+    monkeypatch.setattr(recorders, "_appending_connection", traced_appender)
     return statements
 
 
@@ -50,9 +57,22 @@ def test_a_sqlite_command_is_one_transaction_with_no_read(
     try:
         ledger.submit(submit_command(client_order_id="warm-up"))
         sqlite_statements.clear()
+        recorder = ledger.recorder
+        assert isinstance(recorder, recorders.LeanSQLiteRecorder)
+        pool = recorder.datastore.pool
+        taken = 0
+        take = pool.get_connection
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            nonlocal taken
+            taken += 1
+            return take(*args, **kwargs)
+
+        pool.get_connection = counted  # type: ignore[method-assign]
         drive(ledger)
     finally:
         ledger.close()
+    assert taken == 0, "a command appends on the recorder's own connection, not the pool's"
     commands = ORDERS * COMMANDS_PER_ORDER
     kinds = [statement.split()[0].upper() for statement in sqlite_statements]
     assert kinds.count("BEGIN") == commands, sqlite_statements

@@ -400,6 +400,38 @@ def test_eight_threads_on_one_ledger_share_transactions_and_lose_nothing(
     assert committer.transactions <= committer.commands
 
 
+def test_snapshots_taken_while_other_threads_append_all_land(make_ledger: LedgerFactory) -> None:
+    """Snapshots are written on the library's pooled connection while other threads'
+    appends go through the recorder's own (on SQLite): the two writers wait for each
+    other, and every event and snapshot lands."""
+    ledger = make_ledger(max_attempts=200)
+    errors: list[BaseException] = []
+    orders = []
+    for index in range(4):
+        order = ledger.submit(submit_command(client_order_id=f"long-{index}", quantity=1000))
+        ledger.record(accepted(order, f"B-long-{index}"))
+        orders.append(order)
+
+    def work(index: int) -> None:
+        try:
+            for n in range(105):  # a snapshot at version 100
+                ledger.record(fill(orders[index], f"L{index}-{n}", 1))
+        except BaseException as error:  # pragma: no cover - reported below
+            errors.append(error)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert ledger.count_events() == 4 * 107
+    assert ledger.snapshots is not None
+    for order in orders:
+        assert list(ledger.snapshots.get(order.id)), "a snapshot at version 100"
+        assert ledger.get_order(order.id).filled_quantity == 105
+
+
 def test_concurrent_resubmissions_make_one_order(make_ledger: LedgerFactory) -> None:
     writers = [make_ledger() for _ in range(4)]
     results: list[Order] = []
