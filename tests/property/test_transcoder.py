@@ -165,6 +165,9 @@ def test_fast_decoding_of_any_json_gives_what_the_library_gives_or_its_error(
         b'{"x": [{"_type_": "decimal_str", "_data_": "2"}, {"_type_": "Side", "_data_": "BUY"}]}',
         b"\xff\xfe",
         b"[1, 2",
+        # over 4 kB (a snapshot's fill rows): left to the library's decoder
+        json.dumps({"fill_rows": [["T", 1, "812.30", None]] * 300}).encode(),
+        json.dumps({"x": [{"_type_": "decimal_str", "_data_": "1"}] * 300}).encode(),
     ],
 )
 def test_fast_decoding_edge_cases(data: bytes) -> None:
