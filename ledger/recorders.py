@@ -175,16 +175,10 @@ class LeanSQLiteRecorder(SQLiteApplicationRecorder):
                     pool.db_name, pool.lock_timeout or SQLITE3_DEFAULT_LOCK_TIMEOUT
                 )
             cursor = conn.cursor()
-            try:
+            with _rolled_back_on_error(conn):
                 cursor.execute("BEGIN IMMEDIATE")
                 ids = self._insert_rows(cursor, stored_events)
                 cursor.execute("COMMIT")
-            except BaseException as error:
-                if conn.in_transaction:
-                    conn.rollback()
-                if isinstance(error, sqlite3.Error):
-                    raise _library_error(error) from error
-                raise
         return ids
 
     def close(self) -> None:
@@ -201,14 +195,9 @@ class LeanSQLiteRecorder(SQLiteApplicationRecorder):
             conn: sqlite3.Connection = connection._sqlite_conn
             conn.isolation_level = "DEFERRED"
             try:
-                ids = self._insert_rows(conn.cursor(), stored_events)
-                conn.commit()
-            except BaseException as error:
-                if conn.in_transaction:
-                    conn.rollback()
-                if isinstance(error, sqlite3.Error):
-                    raise _library_error(error) from error
-                raise
+                with _rolled_back_on_error(conn):
+                    ids = self._insert_rows(conn.cursor(), stored_events)
+                    conn.commit()
             finally:
                 conn.isolation_level = None  # back to autocommit, as the library uses it
         finally:
@@ -234,6 +223,19 @@ class LeanSQLiteRecorder(SQLiteApplicationRecorder):
             assert cursor.lastrowid is not None
             ids.append(cursor.lastrowid)
         return ids
+
+
+@contextmanager
+def _rolled_back_on_error(conn: sqlite3.Connection) -> Iterator[None]:
+    """An append that fails is rolled back, and a sqlite3 error raised as the library's."""
+    try:
+        yield
+    except BaseException as error:
+        if conn.in_transaction:
+            conn.rollback()
+        if isinstance(error, sqlite3.Error):
+            raise _library_error(error) from error
+        raise
 
 
 def _appending_connection(database: str, lock_timeout: float) -> sqlite3.Connection:

@@ -669,12 +669,8 @@ class SQLiteProjectionStore(ProjectionStore):
             self._reader = sqlite3.connect(
                 self.path, isolation_level=None, timeout=30, check_same_thread=False
             )
-        cur = self._reader.cursor()
-        cur.execute("BEGIN")
-        try:
+        with _read_only_transaction(self._reader) as cur:
             yield cur
-        finally:
-            self._reader.rollback()
 
     def encode(self, value: Any, kind: type[Any]) -> Any:
         if kind is Decimal:
@@ -721,6 +717,18 @@ class SQLiteProjectionStore(ProjectionStore):
             self._reader.close()
             self._reader = None
         self._conn.close()
+
+
+@contextmanager
+def _read_only_transaction(conn: sqlite3.Connection) -> Iterator[Any]:
+    """A cursor in a transaction of its own on `conn` (one snapshot of the file), ended
+    without writing anything."""
+    cur = conn.cursor()
+    cur.execute("BEGIN")
+    try:
+        yield cur
+    finally:
+        conn.rollback()
 
 
 def _conflict(
@@ -793,12 +801,8 @@ class WriterProcessStore(SQLiteProjectionStore):
     def committed_reads(self) -> Iterator[Any]:
         """On this process's own connection: batches are written by the writer process,
         so no write of this store's is ever open on it."""
-        cur = self._conn.cursor()
-        cur.execute("BEGIN")
-        try:
+        with _read_only_transaction(self._conn) as cur:
             yield cur
-        finally:
-            self._conn.rollback()
 
     def _call(self, message: Any) -> tuple[Any, ...]:
         import pickle
