@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable, Iterable
 from datetime import date, timedelta
 from decimal import Decimal
 from typing import Any
@@ -341,26 +342,38 @@ def test_endless_conflicts_give_up_with_a_clear_error(make_ledger: LedgerFactory
     assert "T-first" not in second.get_order(order.id).trade_ids
 
 
+def errors_of_threads(
+    work: Callable[..., object], arguments: Iterable[tuple[Any, ...]]
+) -> list[BaseException]:
+    """`work(*args)` for each args, each on a thread of its own, all at once; what they
+    raised (a thread's exception would otherwise only be printed)."""
+    errors: list[BaseException] = []
+
+    def guarded(*args: Any) -> None:
+        try:
+            work(*args)
+        except BaseException as error:  # reported to the caller
+            errors.append(error)
+
+    threads = [threading.Thread(target=guarded, args=args) for args in arguments]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return errors
+
+
 def test_concurrent_writers_threads(make_ledger: LedgerFactory) -> None:
     """Four writers, each with its own connections, fill one order at once: all land."""
     writers = [make_ledger(max_attempts=200) for _ in range(4)]
     order = writers[0].submit(submit_command(quantity=1000))
     writers[0].record(accepted(order))
-    errors: list[BaseException] = []
 
     def work(index: int, writer: OrderLedger) -> None:
-        try:
-            for n in range(10):
-                writer.record(fill(order, f"T-{index}-{n}", 1))
-        except BaseException as error:  # pragma: no cover - reported below
-            errors.append(error)
+        for n in range(10):
+            writer.record(fill(order, f"T-{index}-{n}", 1))
 
-    threads = [threading.Thread(target=work, args=(i, w)) for i, w in enumerate(writers)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert errors == []
+    assert errors_of_threads(work, enumerate(writers)) == []
     final = writers[0].get_order(order.id)
     assert final.filled_quantity == 40
     assert final.version == 42
@@ -374,24 +387,15 @@ def test_eight_threads_on_one_ledger_share_transactions_and_lose_nothing(
     ledger = make_ledger(max_attempts=200)
     shared = ledger.submit(submit_command(client_order_id="shared", quantity=1000))
     ledger.record(accepted(shared))
-    errors: list[BaseException] = []
 
     def work(index: int) -> None:
-        try:
-            for n in range(6):
-                own = ledger.submit(submit_command(client_order_id=f"t{index}-{n}"))
-                ledger.record(accepted(own, f"B{index}{n}"))
-                ledger.record(fill(own, f"T{index}-{n}", 100))
-                ledger.record(fill(shared, f"S{index}-{n}", 1))
-        except BaseException as error:  # pragma: no cover - reported below
-            errors.append(error)
+        for n in range(6):
+            own = ledger.submit(submit_command(client_order_id=f"t{index}-{n}"))
+            ledger.record(accepted(own, f"B{index}{n}"))
+            ledger.record(fill(own, f"T{index}-{n}", 100))
+            ledger.record(fill(shared, f"S{index}-{n}", 1))
 
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert errors == []
+    assert errors_of_threads(work, ((i,) for i in range(8))) == []
     assert ledger.count_events() == 2 + 8 * 6 * 4
     assert ledger.get_order(shared.id).filled_quantity == 48
     assert all(o.filled_quantity == o.quantity for o in ledger.all_orders() if o.id != shared.id)
@@ -405,7 +409,6 @@ def test_snapshots_taken_while_other_threads_append_all_land(make_ledger: Ledger
     appends go through the recorder's own (on SQLite): the two writers wait for each
     other, and every event and snapshot lands."""
     ledger = make_ledger(max_attempts=200)
-    errors: list[BaseException] = []
     orders = []
     for index in range(4):
         order = ledger.submit(submit_command(client_order_id=f"long-{index}", quantity=1000))
@@ -413,18 +416,10 @@ def test_snapshots_taken_while_other_threads_append_all_land(make_ledger: Ledger
         orders.append(order)
 
     def work(index: int) -> None:
-        try:
-            for n in range(105):  # a snapshot at version 100
-                ledger.record(fill(orders[index], f"L{index}-{n}", 1))
-        except BaseException as error:  # pragma: no cover - reported below
-            errors.append(error)
+        for n in range(105):  # a snapshot at version 100
+            ledger.record(fill(orders[index], f"L{index}-{n}", 1))
 
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert errors == []
+    assert errors_of_threads(work, ((i,) for i in range(4))) == []
     assert ledger.count_events() == 4 * 107
     assert ledger.snapshots is not None
     for order in orders:
@@ -441,11 +436,7 @@ def test_concurrent_resubmissions_make_one_order(make_ledger: LedgerFactory) -> 
         barrier.wait()
         results.append(writer.submit(submit_command()))
 
-    threads = [threading.Thread(target=work, args=(w,)) for w in writers]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    assert errors_of_threads(work, ((w,) for w in writers)) == []
     assert len({o.id for o in results}) == 1
     assert writers[0].count_events() == 1
 
