@@ -905,7 +905,7 @@ class PostgresProjectionStore(ProjectionStore):
 
         self._scratch: set[str] = set()  # scratch tables belong to a connection
         self._scratch_pending: set[str] = set()
-        self._conn = psycopg.connect(self._conninfo, autocommit=True)
+        self._conn = self._session()
         schema = sql.Identifier(self.schema)
         # The ledger's own opening (StorageSettings.creating_tables) may create it at the same
         # moment, under another lock: then it exists, which is all that is wanted.
@@ -916,7 +916,16 @@ class PostgresProjectionStore(ProjectionStore):
         ):
             self._serialise_schema_changes(cur)
             cur.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(schema))
-        self._conn.execute(sql.SQL("SET search_path TO {}").format(schema))
+
+    def _session(self) -> Any:
+        """A connection in autocommit whose unqualified names are the store's schema (it
+        need not exist yet: `search_path` is looked up at each statement)."""
+        import psycopg
+        from psycopg import sql
+
+        conn = psycopg.connect(self._conninfo, autocommit=True)
+        conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(self.schema)))
+        return conn
 
     def _serialise_schema_changes(self, cur: Any) -> None:
         """`CREATE ... IF NOT EXISTS` is not safe against itself in PostgreSQL: two runners
@@ -947,13 +956,7 @@ class PostgresProjectionStore(ProjectionStore):
         """On a second connection, opened when first wanted (the first one may be inside
         a write's transaction on another thread)."""
         if self._reader is None or self._reader.closed:
-            import psycopg
-            from psycopg import sql
-
-            self._reader = psycopg.connect(self._conninfo, autocommit=True)
-            self._reader.execute(
-                sql.SQL("SET search_path TO {}").format(sql.Identifier(self.schema))
-            )
+            self._reader = self._session()
         with self._reader.transaction(), self._reader.cursor() as cur:
             yield cur
 
