@@ -115,13 +115,24 @@ def serve(
     checkpoint_every: Annotated[
         float, typer.Option(help="Seconds between digest checkpoints of the log.")
     ] = 60.0,
+    projections: Annotated[
+        str,
+        typer.Option(
+            help="Keep the projections current in a child process (process), in this one"
+            " (inline: commands wait behind a catch-up), or not at all (off: run"
+            " `kite-ledger project --follow` yourself)."
+        ),
+    ] = "process",
 ) -> None:
     """Run the gateway: reconcile, dispatch orders, take postbacks at POST /postback,
     follow WebSocket updates, poll, and keep the projections current. Ctrl-C stops it."""
+    from ledger.projection_process import ProjectionProcess
     from projections import all_projections
     from projections.runner import LedgerLog, ProjectionRunner
     from projections.store import store_for_ledger_url
 
+    if projections not in ("process", "inline", "off"):
+        raise LedgerError(f"--projections: {projections!r} is not one of process, inline, off")
     gateway, outbox = _gateway(db, kite_root, account)
     ledger = gateway.ledger
     service = KiteService(
@@ -149,8 +160,6 @@ def serve(
         )
         ticker.on_order_update = service.on_websocket_update
         ticker.connect(threaded=True)
-    store = store_for_ledger_url(ledger.storage)
-    runner = ProjectionRunner(LedgerLog(ledger), store, all_projections())
     stop = threading.Event()
 
     def checkpoints() -> None:
@@ -162,16 +171,24 @@ def serve(
 
     checkpointer = threading.Thread(target=checkpoints, name="checkpoints", daemon=True)
     checkpointer.start()
-    console.print("serving; Ctrl-C to stop")
+    store = store_for_ledger_url(ledger.storage) if projections == "inline" else None
+    child = ProjectionProcess(db).start() if projections == "process" else None
+    console.print(f"serving (projections: {projections}); Ctrl-C to stop")
     try:
-        runner.run_forever(stop)
+        if store is not None:
+            ProjectionRunner(LedgerLog(ledger), store, all_projections()).run_forever(stop)
+        else:
+            stop.wait()
     except KeyboardInterrupt:
         stop.set()
     finally:
         stop.set()
+        if child is not None:
+            child.stop()
         checkpointer.join(timeout=30)
         service.stop()
-        store.close()
+        if store is not None:
+            store.close()
         outbox.close()
         ledger.close()
         if ticker is not None:

@@ -27,6 +27,7 @@ from ledger.application import OrderLedger
 from ledger.cli import DbOption, _money, _open, app, console, write_out
 from ledger.domain.errors import LedgerError
 from ledger.domain.values import IST, Exchange, InstrumentRef
+from ledger.projection_process import interrupt_when_parent_exits
 from projections import all_projections
 from projections.audit import AuditEntry, to_csv, to_jsonl, trail
 from projections.base import Projection, View
@@ -435,8 +436,14 @@ def project(
         ),
     ] = None,
     projections_db: ProjectionsDbOption = None,
+    exit_with_parent: Annotated[
+        bool,
+        typer.Option(hidden=True, help="Stop when the process that started this one is gone."),
+    ] = False,
 ) -> None:
     """Bring every projection up to date from the log (and follow it with --follow)."""
+    if exit_with_parent:
+        interrupt_when_parent_exits()
     with _open(db) as ledger:
         store = _store(ledger, projections_db)
         try:
@@ -444,9 +451,15 @@ def project(
                 LedgerLog(ledger), store, all_projections(), batch_size=batch_size
             )
             behind = LedgerLog(ledger).last_position() - runner.position
-            with _progress("projecting", behind) as advance:
-                runner.on_batch = advance
-                folded = runner.catch_up()
+            try:
+                with _progress("projecting", behind) as advance:
+                    runner.on_batch = advance
+                    folded = runner.catch_up()
+            except KeyboardInterrupt:
+                # Batches already committed stay (each with its positions); the one being
+                # folded was not written, so the next run resumes where the store stands.
+                console.print("stopped; the next run resumes from the stored positions")
+                raise typer.Exit(130) from None
             console.print(
                 f"projections at position {runner.position} ({folded} new records folded)"
             )

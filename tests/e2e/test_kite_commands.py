@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -17,6 +18,9 @@ import pytest
 from ledger.application import open_ledger
 from ledger.domain.status import OrderStatus
 from ledger.kite.sandbox import KiteSandbox
+from projections import all_projections
+from projections.runner import LedgerLog
+from projections.store import store_for_ledger_url
 from tests.kite_support import client, place_at_kite, submit
 
 CLI = [sys.executable, "-m", "ledger"]
@@ -90,6 +94,16 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _projected_to(position: int, db: Path) -> bool:
+    store = store_for_ledger_url(str(db))
+    try:
+        return all(store.position(p) >= position for p in all_projections())
+    except sqlite3.OperationalError:
+        return False  # the projection process has not made its tables yet
+    finally:
+        store.close()
+
+
 def test_serve_places_orders_and_takes_postbacks(tmp_path: Path, sandbox: KiteSandbox) -> None:
     port = free_port()
     sandbox.postback_url = f"http://127.0.0.1:{port}/postback"
@@ -118,6 +132,11 @@ def test_serve_places_orders_and_takes_postbacks(tmp_path: Path, sandbox: KiteSa
                     break
                 time.sleep(0.1)
             assert ledger.get_order(order.id).status is OrderStatus.FILLED
+            # The projections, kept by serve's child process, follow the log to its end.
+            last = LedgerLog(ledger).last_position()
+            while not _projected_to(last, tmp_path / "ledger.db"):
+                assert time.monotonic() < deadline, "the projections did not follow the log"
+                time.sleep(0.1)
         assert len(sandbox.orders) == 1
     finally:
         server.send_signal(signal.SIGINT)
@@ -193,3 +212,17 @@ def test_credentials_never_reach_output_the_log_or_exports(tmp_path: Path) -> No
     for value in (secret, token):
         assert all(value not in text for text in outputs)
         assert value.encode() not in stored
+
+
+def test_serve_refuses_an_unknown_projections_mode(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [*CLI, "serve", "--account", "ZD1234", "--projections", "thread"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "--projections: 'thread' is not one of process, inline, off" in result.stderr
+    assert not (tmp_path / "ledger.db").exists()  # refused before anything was opened
