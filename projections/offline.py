@@ -448,8 +448,8 @@ def offline_rebuild(
     except Exception as error:  # damaged data fails in the folds or in the store's writes
         abandon()
         raise ExportError(
-            f"export {export}: a record after the first {folded[0]} does not fold into the"
-            f" projections ({type(error).__name__}: {error}); {target} was left as it was"
+            f"export {export}: folding or writing a record after the first {folded[0]}"
+            f" failed ({type(error).__name__}: {error}); {target} was left as it was"
         ) from None
     except BaseException:  # an interrupt: leave no partial file behind
         abandon()

@@ -1034,8 +1034,10 @@ class DuckDBProjectionStore(ProjectionStore):
                     f"INSERT INTO {self._q(table_name(projection, table))} ({quoted})"
                     f" SELECT {quoted} FROM {_BATCH}"
                 )
-        finally:
-            cur.unregister(_BATCH)
+        except BaseException:
+            _after_a_failure(cur.unregister, _BATCH)
+            raise
+        cur.unregister(_BATCH)
 
     @contextmanager
     def transaction(self) -> Iterator[Any]:
@@ -1044,7 +1046,7 @@ class DuckDBProjectionStore(ProjectionStore):
         try:
             yield cur
         except BaseException:
-            cur.execute("ROLLBACK")
+            _after_a_failure(cur.execute, "ROLLBACK")
             raise
         else:
             cur.execute("COMMIT")
@@ -1062,6 +1064,18 @@ class DuckDBProjectionStore(ProjectionStore):
 
 
 _BATCH: Final = "ledger_projection_batch"
+
+
+def _after_a_failure(call: Callable[[str], Any], argument: str) -> None:
+    """`call(argument)` as the clean-up after a failed statement, its own error ignored:
+    once a statement fails DuckDB aborts the transaction, and a later call on the cursor
+    (unregistering the batch, say) raises "Current transaction is aborted", which would
+    replace the cause (out of memory, a full disk, a broken constraint) in the traceback
+    and in the message an analyst reads."""
+    import duckdb
+
+    with contextlib.suppress(duckdb.Error):
+        call(argument)
 
 
 def _arrow_column(values: Sequence[Any], kind: type[Any]) -> Any:

@@ -433,3 +433,27 @@ def test_a_view_read_with_where_is_the_full_view_filtered(
             store.load_view(audit, {"order_version": ["1"]})
     finally:
         duck.close()
+
+
+def test_a_failed_duckdb_write_raises_its_own_error(ledger: OrderLedger, tmp_path: Path) -> None:
+    """A statement that fails in a DuckDB file aborts its transaction; the error raised is
+    that statement's (here a broken key: the same audit entry inserted twice), not the
+    "Current transaction is aborted" of the clean-up after it, which an analyst's rebuild
+    that ran out of memory showed instead of the cause."""
+    import duckdb
+
+    run_session(ledger)
+    projections = all_projections()
+    duck = store_for_file(tmp_path / "views.duckdb")
+    try:
+        ProjectionRunner(LedgerLog(ledger), duck, projections).catch_up()
+        audit = next(p for p in projections if p.name == "audit")
+        trail = audit.tables[0]
+        entry = next(iter(duck.load_view(audit).rows("audit_trail")))
+        columns = zip(trail.columns, trail.kinds, strict=True)
+        row = tuple(duck.encode(getattr(entry, name), kind) for name, kind in columns)
+        with pytest.raises(duckdb.ConstraintException), duck.transaction() as cur:
+            duck._insert(cur, audit, trail, [row])
+        assert len(list(duck.load_view(audit).rows("audit_trail"))) == ledger.count_events()
+    finally:
+        duck.close()
