@@ -310,6 +310,14 @@ class ProjectionRunner:
         positions = {p.name: self.store.position(p) for p in self.projections}
         self.working: dict[str, Working] = loaded
         self.positions: dict[str, int] = positions
+        self._needs_load = False
+
+    #: Set when a batch failed between its fold and its commit: the working sets may hold
+    #: folds no commit carried, and must be loaded from the store again before the next
+    #: batch. The load right after the failure clears it; if that load fails too (the
+    #: store still locked or unreachable), the next batch loads first, and a batch is
+    #: never folded on top of a copy of itself.
+    _needs_load = False
 
     def _check_source(self) -> None:
         """Refuse to fold a log into projections folded from another one
@@ -358,6 +366,8 @@ class ProjectionRunner:
             return self._run_once()
 
     def _run_once(self) -> int:
+        if self._needs_load:
+            self._load()
         if not self._source_checked:
             self._check_source()
         after = self.position
@@ -378,9 +388,11 @@ class ProjectionRunner:
                 created={name: created for name, (_, created) in changes.items()},
             )
         except ProjectionConflict:
+            self._needs_load = True
             self._load()  # another runner got there first: carry on from where it is
             return len(batch)
         except BaseException:
+            self._needs_load = True
             self._load()  # the working sets may hold half a batch: start again from the store
             raise
         self._committed(behind, last, len(batch))
@@ -433,17 +445,21 @@ class ProjectionRunner:
         handed to the writer are copies, so folding on cannot change what a commit writes;
         a failed commit throws away what was folded after it and starts again from the store."""
         total = 0
+        if self._needs_load:
+            self._load()
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="projections") as writer:
             folded = dict(self.positions)
             while True:
                 try:
                     count = self._pipeline_once(writer, folded)
                 except ProjectionConflict:
+                    self._needs_load = True
                     self._settle()
                     self._load()  # another runner got there first: carry on from there
                     folded = dict(self.positions)
                     continue
                 except BaseException:
+                    self._needs_load = True
                     self._settle()
                     self._load()
                     raise
@@ -507,7 +523,7 @@ class ProjectionRunner:
         in_flight, self._in_flight = self._in_flight, None
         self._in_flight_keys = {}
         if in_flight is not None:
-            with contextlib.suppress(BaseException):
+            with contextlib.suppress(Exception):  # an interrupt while waiting still stops
                 in_flight[0].result()
 
     def run_forever(self, stop: threading.Event, poll_interval: float = 0.2) -> None:

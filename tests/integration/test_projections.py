@@ -27,7 +27,7 @@ from projections.store import (
     store_for_ledger_url,
 )
 from tests.conftest import LedgerFactory
-from tests.support import START, FakeClock, submit_command
+from tests.support import START, FakeClock, accepted, fill, submit_command
 
 
 def tables(store: ProjectionStore, projections: list[Projection]) -> dict[str, Any]:
@@ -128,6 +128,44 @@ def test_a_failed_batch_commits_nothing_and_is_folded_again(
     assert runner.position == position
     store.commit = real_commit  # type: ignore[method-assign]
     runner.catch_up()
+    assert tables(store, projections) == folded(ledger, projections)
+
+
+@pytest.mark.parametrize("path", ["run_once", "catch_up"])
+def test_a_batch_whose_commit_and_reload_both_fail_is_not_folded_twice(
+    ledger: OrderLedger, store: ProjectionStore, path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A commit fails, and so does the load from the store that should follow it (the
+    SQLite file still locked, the server still away): the working sets still hold the
+    batch's fold. The next batch must start from the store, not fold the same records
+    again on top of it (a fill counted twice, for good, once a commit goes through)."""
+    projections = all_projections()
+    runner = ProjectionRunner(LedgerLog(ledger), store, projections)
+    order = ledger.submit(submit_command(quantity=100))
+    ledger.record(accepted(order))
+    runner.run_once()
+    ledger.record(fill(order, "T1", 10))
+    failures = {"write": 1, "position": 1}
+    write = store.commit if path == "run_once" else store.write
+    position = store.position
+
+    def failing_write(*args: Any, **kwargs: Any) -> Any:
+        if failures["write"]:
+            failures["write"] -= 1
+            raise ConnectionError("the store went away")
+        return write(*args, **kwargs)
+
+    def failing_position(projection: Projection) -> int:
+        if failures["position"]:
+            failures["position"] -= 1
+            raise ConnectionError("the store is still away")
+        return position(projection)
+
+    monkeypatch.setattr(store, "commit" if path == "run_once" else "write", failing_write)
+    monkeypatch.setattr(store, "position", failing_position)
+    with pytest.raises(ConnectionError, match="still away"):
+        getattr(runner, path)()
+    assert getattr(runner, path)() == 1
     assert tables(store, projections) == folded(ledger, projections)
 
 
