@@ -27,6 +27,7 @@ from uuid import UUID
 
 import psycopg
 from eventsourcing.persistence import (
+    ConnectionPoolClosedError,
     DatabaseError,
     DataError,
     IntegrityError,
@@ -161,6 +162,7 @@ class LeanSQLiteRecorder(SQLiteApplicationRecorder):
         super().__init__(*args, **kwargs)
         self._appender: sqlite3.Connection | None = None
         self._appender_lock = threading.Lock()
+        self._closed = False
 
     def insert_events(
         self, stored_events: Sequence[StoredEvent], **kwargs: Any
@@ -169,6 +171,8 @@ class LeanSQLiteRecorder(SQLiteApplicationRecorder):
         if pool.is_sqlite_memory_mode:
             return self._insert_pooled(stored_events)
         with self._appender_lock:
+            if self._closed:  # as the library's pool refuses, not a connection opened again
+                raise ConnectionPoolClosedError("the recorder is closed")
             conn = self._appender
             if conn is None:
                 conn = self._appender = _appending_connection(
@@ -185,6 +189,7 @@ class LeanSQLiteRecorder(SQLiteApplicationRecorder):
         """Close the appending connection (the pool's are closed by the datastore)."""
         with self._appender_lock:
             conn, self._appender = self._appender, None
+            self._closed = True
         if conn is not None:
             conn.close()
 
@@ -240,16 +245,25 @@ def _rolled_back_on_error(conn: sqlite3.Connection) -> Iterator[None]:
 
 def _appending_connection(database: str, lock_timeout: float) -> sqlite3.Connection:
     """A connection to append through, as the library opens its own (a URI, autocommit,
-    usable from any thread), with its few statements kept prepared and commits durable."""
-    conn = sqlite3.connect(
-        database,
-        uri=True,
-        isolation_level=None,
-        check_same_thread=False,
-        timeout=lock_timeout,
-        cached_statements=8,
-    )
-    conn.execute("PRAGMA synchronous=FULL")
+    usable from any thread), with its few statements kept prepared and commits durable.
+    Failing to open it (no file descriptors left, a file it may not read) raises the
+    library's error, as an append that fails does."""
+    try:
+        conn = sqlite3.connect(
+            database,
+            uri=True,
+            isolation_level=None,
+            check_same_thread=False,
+            timeout=lock_timeout,
+            cached_statements=8,
+        )
+    except sqlite3.Error as error:
+        raise _library_error(error) from error
+    try:
+        conn.execute("PRAGMA synchronous=FULL")
+    except sqlite3.Error as error:
+        conn.close()
+        raise _library_error(error) from error
     return conn
 
 

@@ -6,12 +6,14 @@ import threading
 from collections.abc import Callable, Iterable
 from datetime import date, timedelta
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 from uuid import uuid4
 
 import pytest
+from eventsourcing.persistence import ConnectionPoolClosedError
 
-from ledger.application import OrderLedger
+from ledger.application import OrderLedger, open_ledger
 from ledger.commands import (
     CancelOrder,
     ModifyOrder,
@@ -38,6 +40,7 @@ from ledger.domain.errors import (
 from ledger.domain.order import Order
 from ledger.domain.status import OrderStatus
 from ledger.domain.values import IST, Exchange, InstrumentRef, OrderChanges, OrderType, Source
+from ledger.persistence import StorageUnavailable
 from tests.conftest import LedgerFactory
 from tests.support import FakeClock, accepted, fill, submit_command
 
@@ -562,3 +565,38 @@ def test_a_refusal_on_a_remembered_state_is_the_refusal_even_with_one_attempt(
     with pytest.raises(TransitionRefused):  # not ConcurrencyConflict
         ledger.request_cancel(CancelOrder(order_id=order.id))
     assert ledger.record(fill(order, "T1", 100)).version == 3  # a no-op, confirmed
+
+
+def test_a_closed_ledger_refuses_commands_and_writes_nothing(make_ledger: LedgerFactory) -> None:
+    """After `close()` a command is refused as the library's closed pool refuses it (on
+    PostgreSQL the pool's error, as the database being unavailable); on SQLite it once
+    opened its appending connection again and wrote."""
+    ledger = make_ledger()
+    ledger.submit(submit_command(client_order_id="before"))
+    ledger.close()
+    with pytest.raises((ConnectionPoolClosedError, StorageUnavailable)):
+        ledger.submit(submit_command(client_order_id="after"))
+    assert make_ledger().count_events() == 1
+
+
+def test_failing_to_open_the_sqlite_appending_connection_is_storage_unavailable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The connection commands append through is opened on the first command; when that
+    fails (no file descriptors left, say) the command fails as any unavailable database
+    does: not acknowledged, to be sent again; nothing written."""
+    import sqlite3
+
+    book = open_ledger(tmp_path / "ledger.db", clock=FakeClock())
+
+    def refuse(*args: Any, **kwargs: Any) -> sqlite3.Connection:
+        raise sqlite3.OperationalError("unable to open database file")
+
+    monkeypatch.setattr(sqlite3, "connect", refuse)
+    with pytest.raises(StorageUnavailable, match="not acknowledged"):
+        book.submit(submit_command(client_order_id="a"))
+    monkeypatch.undo()
+    assert book.count_events() == 0
+    book.submit(submit_command(client_order_id="a"))
+    assert book.count_events() == 1
+    book.close()
