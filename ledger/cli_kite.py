@@ -172,9 +172,11 @@ def serve(
     checkpointer = threading.Thread(target=checkpoints, name="checkpoints", daemon=True)
     checkpointer.start()
     store = store_for_ledger_url(ledger.storage) if projections == "inline" else None
-    child = ProjectionProcess(db).start() if projections == "process" else None
+    child = ProjectionProcess(db) if projections == "process" else None
     console.print(f"serving (projections: {projections}); Ctrl-C to stop")
     try:
+        if child is not None:
+            child.start()
         if store is not None:
             ProjectionRunner(LedgerLog(ledger), store, all_projections()).run_forever(stop)
         else:

@@ -436,14 +436,14 @@ def project(
         ),
     ] = None,
     projections_db: ProjectionsDbOption = None,
-    exit_with_parent: Annotated[
-        bool,
-        typer.Option(hidden=True, help="Stop when the process that started this one is gone."),
-    ] = False,
+    parent_pid: Annotated[
+        int | None,
+        typer.Option(hidden=True, help="Stop when this process (the one that started it) goes."),
+    ] = None,
 ) -> None:
     """Bring every projection up to date from the log (and follow it with --follow)."""
-    if exit_with_parent:
-        interrupt_when_parent_exits()
+    if parent_pid is not None:
+        interrupt_when_parent_exits(parent_pid)
     with _open(db) as ledger:
         store = _store(ledger, projections_db)
         try:

@@ -35,8 +35,9 @@ _RAN_WELL = 60.0
 
 
 def projection_command(projections_db: str | None = None) -> list[str]:
-    """The child's command line: the runner following the log until its parent goes."""
-    command = [sys.executable, "-m", "ledger", "project", "--follow", "--exit-with-parent"]
+    """The child's command line: the runner following the log until this process goes."""
+    command = [sys.executable, "-m", "ledger", "project", "--follow"]
+    command += ["--parent-pid", str(os.getpid())]
     if projections_db is not None:
         command += ["--projections-db", projections_db]
     return command
@@ -149,19 +150,23 @@ class ProjectionProcess:
             self.restarts += 1
 
 
-def interrupt_when_parent_exits(poll_interval: float = 0.5) -> threading.Thread:
+def interrupt_when_parent_exits(parent: int, poll_interval: float = 0.5) -> threading.Thread:
     """In the child: raise KeyboardInterrupt in the main thread (the same as Ctrl-C) as
-    soon as the process that started this one is gone, so that a gateway killed without
-    a chance to stop its runner does not leave one folding on its own."""
-    import _thread
+    soon as `parent`, the process that started this one, is gone, so that a gateway
+    killed without a chance to stop its runner does not leave one folding on its own.
 
-    parent = os.getppid()
+    `parent` is passed in, not read here: a parent that died while this process was
+    still starting has already been replaced (by init) when this runs. The interrupt is
+    raised again at every poll until the process has stopped, in case one is caught."""
+    import _thread
 
     def watch() -> None:
         while os.getppid() == parent:
             time.sleep(poll_interval)
         log.warning("parent process %d is gone; stopping", parent)
-        _thread.interrupt_main()
+        while True:
+            _thread.interrupt_main()
+            time.sleep(poll_interval)
 
     watcher = threading.Thread(target=watch, name="parent-watch", daemon=True)
     watcher.start()

@@ -105,14 +105,41 @@ def test_the_child_stops_when_its_parent_is_gone(ledger: OrderLedger, database_u
     _until(_projected(ledger, database_url), "the child's catch-up")
     parent.kill()
     parent.wait(timeout=30)
+    _until(_gone(child_pid), "the orphaned child to exit")
 
-    def gone() -> bool:
+
+def test_the_child_stops_when_its_parent_dies_while_it_is_starting(
+    ledger: OrderLedger, database_url: str
+) -> None:
+    """The parent dies before the child has even imported its code: the child must not
+    take init for its parent and run on."""
+    run_session(ledger)
+    parent = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import os, sys\n"
+            "from ledger.projection_process import ProjectionProcess\n"
+            "print(ProjectionProcess(sys.argv[1]).start().pid, flush=True)\n"
+            "os._exit(0)\n",
+            database_url,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    _until(_gone(int(parent.stdout)), "the orphaned child to exit")
+
+
+def _gone(pid: int) -> Callable[[], bool]:
+    def check() -> bool:
         try:
-            os.kill(child_pid, 0)
+            os.kill(pid, 0)
         except ProcessLookupError:
             return True
-        # An exited child of a killed parent is reaped by init; until then it is a zombie.
-        with open(f"/proc/{child_pid}/stat") as stat:
+        # An exited child of a dead parent is reaped by init; until then it is a zombie.
+        with open(f"/proc/{pid}/stat") as stat:
             return stat.read().split(") ")[1].startswith("Z")
 
-    _until(gone, "the orphaned child to exit")
+    return check
