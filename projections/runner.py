@@ -145,6 +145,48 @@ class LedgerLog:
             )
         ]
 
+    def stored_rows_by_order(
+        self, after: tuple[Any, int] | None, limit: int
+    ) -> list[tuple[int, Any, int, str, bytes]] | None:
+        """Up to `limit` stored (position, order id as stored, version, topic, state) rows
+        in order id and version order (the table's primary key), after `after`, the (order
+        id as stored, version) of the last row read (None: from the start). One order's
+        events come together, so a reader needs to hold only one order. None where the
+        recorder is neither SQLite's nor PostgreSQL's."""
+        from eventsourcing.postgres import PostgresApplicationRecorder
+        from eventsourcing.sqlite import SQLiteApplicationRecorder
+
+        recorder = self.ledger.recorder
+        if isinstance(recorder, SQLiteApplicationRecorder):
+            where = "WHERE (originator_id, originator_version) > (?, ?)" if after else ""
+            with recorder.datastore.transaction(commit=False) as cursor:
+                cursor.execute(
+                    "SELECT rowid, originator_id, originator_version, topic, state"
+                    f" FROM {recorder.events_table_name} {where}"
+                    " ORDER BY originator_id, originator_version LIMIT ?",
+                    (*(after or ()), limit),
+                )
+                return [tuple(row) for row in cursor.fetchall()]
+        if isinstance(recorder, PostgresApplicationRecorder):
+            from psycopg.rows import tuple_row
+            from psycopg.sql import SQL, Identifier
+
+            statement = SQL(
+                "SELECT notification_id, originator_id, originator_version, topic, state"
+                " FROM {}.{} {} ORDER BY originator_id, originator_version LIMIT %s"
+            ).format(
+                Identifier(recorder.datastore.schema),
+                Identifier(recorder.events_table_name),
+                SQL("WHERE (originator_id, originator_version) > (%s, %s)" if after else ""),
+            )
+            with (
+                recorder.datastore.get_connection() as connection,
+                connection.cursor(row_factory=tuple_row) as cursor,
+            ):
+                cursor.execute(statement, (*(after or ()), limit))
+                return cursor.fetchall()
+        return None
+
     def last_position(self) -> int:
         return self.ledger.recorder.max_notification_id() or 0
 

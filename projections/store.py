@@ -30,7 +30,7 @@ from datetime import date, datetime
 from decimal import Decimal
 from operator import itemgetter
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 
 from ledger.domain.errors import LedgerError
 from ledger.persistence import StorageSettings, advisory_lock_key
@@ -199,12 +199,16 @@ class ProjectionStore(ABC):
 
     def position(self, projection: Projection) -> int:
         with self.transaction() as cur:
-            cur.execute(
-                f"SELECT position FROM {TRACKING} WHERE projection = {self.placeholder}"
-                f" AND version = {self.placeholder}",
-                (projection.name, projection.version),
-            )
-            row = cur.fetchone()
+            return self.position_in(cur, projection)
+
+    def position_in(self, cur: Any, projection: Projection) -> int:
+        """The projection's stored position, read through `cur` (in its transaction)."""
+        cur.execute(
+            f"SELECT position FROM {TRACKING} WHERE projection = {self.placeholder}"
+            f" AND version = {self.placeholder}",
+            (projection.name, projection.version),
+        )
+        row = cur.fetchone()
         return int(row[0]) if row else 0
 
     def active_version(self, name: str) -> int | None:
@@ -248,6 +252,48 @@ class ProjectionStore(ABC):
             )
 
     # ------------------------------------------------------------------ rows
+
+    #: What makes text keys sort by code point (Python's order) in ORDER BY.
+    text_order: ClassVar[str] = ""
+
+    @contextmanager
+    def consistent_reads(self) -> Iterator[Any]:
+        """A cursor whose statements all read one snapshot of the store, and never wait
+        for (or hold up) its writer: a projection's position and every one of its rows
+        as of the same commit, however long the reading takes."""
+        with self.committed_reads() as cur:
+            yield cur
+
+    def stream_rows(
+        self, cur: Any, projection: Projection, table: Table, *, stored: bool = False
+    ) -> Iterator[Any]:
+        """Every row of one table, read through `cur` a page at a time, in key order:
+        text by code point, numbers and days by value (Python's order of the keys). Rows
+        as row objects, or with `stored` as the database gives them (`row_of` makes
+        those into row objects)."""
+        names = list(table.columns)
+        kind_of = dict(zip(names, table.kinds, strict=True))
+        order = ", ".join(
+            self._q(k) + (self.text_order if kind_of[k] is str else "") for k in table.key_fields
+        )
+        cur.execute(
+            f"SELECT {', '.join(self._q(n) for n in names)}"
+            f" FROM {self._q(table_name(projection, table))} ORDER BY {order}"
+        )
+        while page := cur.fetchmany(_STREAM_PAGE):
+            if stored:
+                yield from page
+            else:
+                for record in page:
+                    yield self.row_of(table, record)
+
+    def row_of(self, table: Table, record: Sequence[Any]) -> Any:
+        """A row object for a row as this database gives it (columns in table order)."""
+        decode = self.decode
+        values = {
+            n: decode(v, k) for n, v, k in zip(table.columns, record, table.kinds, strict=True)
+        }
+        return table.row_type(**values)
 
     def load_view(
         self, projection: Projection, where: Mapping[str, Collection[str]] | None = None
@@ -960,6 +1006,20 @@ class PostgresProjectionStore(ProjectionStore):
         with self._reader.transaction(), self._reader.cursor() as cur:
             yield cur
 
+    text_order: ClassVar[str] = ' COLLATE "C"'
+
+    @contextmanager
+    def consistent_reads(self) -> Iterator[Any]:
+        """On the committed-reads connection: one REPEATABLE READ, READ ONLY transaction
+        (a snapshot for every statement), through a server-side cursor, so that a table is
+        streamed a page at a time instead of arriving whole."""
+        if self._reader is None or self._reader.closed:
+            self._reader = self._session()
+        with self._reader.transaction():
+            self._reader.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            with self._reader.cursor(name="ledger_consistent_reads") as cur:
+                yield cur
+
     def _close_reader(self) -> None:
         reader, self._reader = self._reader, None
         if reader is not None:
@@ -1064,6 +1124,7 @@ class DuckDBProjectionStore(ProjectionStore):
 
 
 _BATCH: Final = "ledger_projection_batch"
+_STREAM_PAGE: Final = 2000
 
 
 def _after_a_failure(call: Callable[[str], Any], argument: str) -> None:

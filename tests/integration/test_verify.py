@@ -6,12 +6,14 @@ import sqlite3
 from typing import Any
 
 import psycopg
+import pytest
 from psycopg import sql
 
 from ledger.application import OrderLedger
 from projections import all_projections
+from projections import verify as verify_module
 from projections.runner import LedgerLog, ProjectionRunner
-from projections.store import store_for_ledger_url
+from projections.store import ProjectionStore, store_for_ledger_url, table_name
 from projections.verify import verify
 from tests.support import accepted, fill, submit_command
 
@@ -50,4 +52,86 @@ def test_verify_checks_snapshots_and_projections(ledger: OrderLedger, database_u
             f"order {order.id}: snapshot at version 100 differs from its events"
         ]
     finally:
+        store.close()
+
+
+def _caught_up(ledger: OrderLedger) -> ProjectionStore:
+    for n in range(3):
+        order = ledger.submit(submit_command(client_order_id=f"v{n}", quantity=100))
+        ledger.record(accepted(order, f"B{n}"))
+        ledger.record(fill(order, f"T{n}", 40))
+    store = store_for_ledger_url(ledger.storage)
+    ProjectionRunner(LedgerLog(ledger), store, all_projections()).catch_up()
+    return store
+
+
+def test_verify_names_projection_rows_that_differ_are_missing_or_unexpected(
+    ledger: OrderLedger,
+) -> None:
+    store = _caught_up(ledger)
+    reports = next(p for p in all_projections() if p.name == "reports")
+    orders_table, fills_table = reports.tables[0], reports.tables[1]
+    assert (orders_table.name, fills_table.name) == ("execution_reports", "execution_fills")
+    view = store.load_view(reports)
+    changed = sorted(view.rows("execution_reports"), key=lambda r: r.order_id)[0].order_id
+    gone, copied = sorted(view.rows("execution_fills"), key=lambda r: r.order_id)[1:3]
+    mark = store.placeholder
+    fills = table_name(reports, fills_table)
+    forged = ", ".join("'forged'" if c == "trade_id" else c for c in fills_table.columns)
+    try:
+        with store.transaction() as cur:
+            cur.execute(
+                f"UPDATE {table_name(reports, orders_table)} SET filled_quantity = 41"
+                f" WHERE order_id = {mark}",
+                (changed,),
+            )
+            cur.execute(
+                f"DELETE FROM {fills} WHERE order_id = {mark} AND trade_id = {mark}",
+                (gone.order_id, gone.trade_id),
+            )
+            cur.execute(
+                f"INSERT INTO {fills} ({', '.join(fills_table.columns)}) SELECT {forged}"
+                f" FROM {fills} WHERE order_id = {mark} AND trade_id = {mark}",
+                (copied.order_id, copied.trade_id),
+            )
+        report = verify(ledger, store, all_projections())
+    finally:
+        store.close()
+    where = "projection reports v1"
+    assert sorted(report.problems) == sorted(
+        [
+            f"{where}: execution_reports ('{changed}',): differs",
+            f"{where}: execution_fills ('{gone.order_id}', '{gone.trade_id}'): missing",
+            f"{where}: execution_fills ('{copied.order_id}', 'forged'): unexpected",
+        ]
+    ), report.problems
+
+
+def test_verify_reads_the_store_in_one_snapshot_while_its_runner_goes_on(
+    ledger: OrderLedger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`serve`'s runner commits while `verify` folds: the stored rows are compared as of
+    the positions read with them, so the new batch is no difference."""
+    store = _caught_up(ledger)
+    order = ledger.submit(submit_command(client_order_id="late", quantity=100))
+    ledger.record(accepted(order, "B-late"))
+    live = store_for_ledger_url(ledger.storage)
+    runner = ProjectionRunner(LedgerLog(ledger), live, all_projections())
+    read_records = verify_module._LogUpTo.read_records
+    moved: list[int] = []
+
+    def meanwhile(self: Any, after: int, limit: int) -> Any:
+        if not moved:  # once verify has read the stored positions, before it reads rows
+            ledger.record(fill(order, "T-late", 30))
+            moved.append(runner.run_once())
+        return read_records(self, after, limit)
+
+    monkeypatch.setattr(verify_module._LogUpTo, "read_records", meanwhile)
+    try:
+        report = verify(ledger, store, all_projections())
+        assert moved == [3]  # the runner committed the two events and the late fill
+        assert report.ok, report.problems
+        assert report.events == ledger.count_events() - 1  # replayed before the late fill
+    finally:
+        live.close()
         store.close()
