@@ -11,7 +11,7 @@ Every difference is listed; an empty list means the ledger is consistent.
 The memory it needs does not grow with the log. Orders are read in the order of the
 events table's primary key (order id, version), so one order's events are held at a
 time, not the whole log. Projections are folded again, by the same runner that keeps
-them, into a scratch SQLite file beside nothing (bounded working sets, a writer process),
+them, into a scratch SQLite file of its own (bounded working sets, a writer process),
 and compared with the stored ones table by table, both read a page at a time in key order.
 The stored side is read in one snapshot with its positions (the runner of a live `serve`
 may go on committing meanwhile), and never holds up that runner.
