@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+from ledger.application import OrderLedger
 from ledger.commands import RecordAccepted, RecordFill, SubmitOrder
 from ledger.domain.order import Order
 from ledger.domain.values import Exchange
@@ -62,3 +63,14 @@ def fill(order: Order, trade_id: str, quantity: int, price: str = "812.35") -> R
 
 
 NSE = Exchange.NSE
+
+
+def log_events(ledger: OrderLedger) -> list[tuple[int, Order.Event]]:
+    """Every (position, event) of the ledger's log, in log order: what a clean fold takes."""
+    from projections.runner import LedgerLog
+
+    log, after, events = LedgerLog(ledger), 0, []
+    while batch := log.read(after, 1000):
+        events += batch
+        after = batch[-1][0]
+    return events

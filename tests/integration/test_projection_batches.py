@@ -31,7 +31,7 @@ from projections.store import (
     store_for_file,
     store_for_ledger_url,
 )
-from tests.support import accepted, fill, submit_command
+from tests.support import accepted, fill, log_events, submit_command
 
 PER_ORDER_TABLES = 3  # execution reports, statistics tallies, audit labels
 
@@ -50,10 +50,7 @@ def tables_in_file(path: Path, projections: list[Projection]) -> dict[str, Any]:
 
 
 def folded(ledger: OrderLedger, projections: list[Projection]) -> dict[str, Any]:
-    log, after, events = LedgerLog(ledger), 0, []
-    while batch := log.read(after, 1000):
-        events += batch
-        after = batch[-1][0]
+    events = log_events(ledger)
     return {p.name: p.fold(events).contents() for p in projections}
 
 

@@ -20,6 +20,7 @@ from ledger.projection_process import ProjectionProcess
 from projections import all_projections
 from projections.runner import LedgerLog
 from projections.store import store_for_ledger_url
+from tests.support import log_events
 
 DEADLINE = 90.0
 
@@ -48,12 +49,7 @@ def _projected(ledger: OrderLedger, database_url: str) -> Callable[[], bool]:
 
 
 def _equal_to_a_clean_fold(ledger: OrderLedger, database_url: str) -> None:
-    log = LedgerLog(ledger)
-    everything = []
-    after = 0
-    while batch := log.read(after, 1000):
-        everything += batch
-        after = batch[-1][0]
+    everything = log_events(ledger)
     store = store_for_ledger_url(database_url)
     try:
         for projection in all_projections():

@@ -27,7 +27,7 @@ from projections.store import (
     store_for_ledger_url,
 )
 from tests.conftest import LedgerFactory
-from tests.support import START, FakeClock, accepted, fill, submit_command
+from tests.support import START, FakeClock, accepted, fill, log_events, submit_command
 
 
 def tables(store: ProjectionStore, projections: list[Projection]) -> dict[str, Any]:
@@ -36,16 +36,8 @@ def tables(store: ProjectionStore, projections: list[Projection]) -> dict[str, A
 
 def folded(ledger: OrderLedger, projections: list[Projection]) -> dict[str, Any]:
     """What a clean fold of the whole log gives, in memory."""
-    events = list(_all_events(ledger))
+    events = log_events(ledger)
     return {p.name: p.fold(events).contents() for p in projections}
-
-
-def _all_events(ledger: OrderLedger) -> Any:
-    log = LedgerLog(ledger)
-    after = 0
-    while batch := log.read(after, 1000):
-        yield from batch
-        after = batch[-1][0]
 
 
 @pytest.fixture
@@ -171,7 +163,7 @@ def test_a_batch_whose_commit_and_reload_both_fail_is_not_folded_twice(
 
 def test_gaps_in_positions_are_not_waited_for(store: ProjectionStore, ledger: OrderLedger) -> None:
     run_session(ledger)
-    events = list(_all_events(ledger))
+    events = log_events(ledger)
     gappy = [(position * 10 + 7, event) for position, event in events]  # ids 17, 27, ...
 
     class GappyLog:
@@ -234,7 +226,7 @@ def test_positions_as_of_a_past_instant(make_ledger: LedgerFactory) -> None:
     projections = all_projections()
     then = as_of(LedgerLog(ledger), projections, midway)
     now = as_of(LedgerLog(ledger), projections, clock.now)
-    events = list(_all_events(ledger))
+    events = log_events(ledger)
     expected_then = PositionsProjection().fold([(n, e) for n, e in events if e.timestamp <= midway])
     assert then["positions"].contents() == expected_then.contents()
     assert then["positions"].contents() != now["positions"].contents()

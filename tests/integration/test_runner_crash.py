@@ -13,8 +13,8 @@ from pathlib import Path
 from ledger.application import OrderLedger
 from ledger.demo import run_session
 from projections import all_projections
-from projections.runner import LedgerLog
 from projections.store import store_for_ledger_url
+from tests.support import log_events
 
 ROOT = Path(__file__).resolve().parents[2]
 KILLS = 6
@@ -56,12 +56,7 @@ def test_sigkill_mid_batch_then_resume_equals_clean_rebuild(
 
     store = store_for_ledger_url(database_url)
     try:
-        log = LedgerLog(ledger)
-        everything = []
-        after = 0
-        while batch := log.read(after, 1000):
-            everything += batch
-            after = batch[-1][0]
+        everything = log_events(ledger)
         assert len(everything) == events
         for projection in all_projections():
             assert store.position(projection) == everything[-1][0]
