@@ -23,7 +23,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
 
 log = logging.getLogger(__name__)
 
@@ -34,27 +33,18 @@ _LONGEST_PAUSE = 30.0
 _RAN_WELL = 60.0
 
 
-def projection_command(projections_db: str | None = None) -> list[str]:
+def projection_command() -> list[str]:
     """The child's command line: the runner following the log until this process goes."""
-    command = [sys.executable, "-m", "ledger", "project", "--follow"]
-    command += ["--parent-pid", str(os.getpid())]
-    if projections_db is not None:
-        command += ["--projections-db", projections_db]
-    return command
+    return [sys.executable, "-m", "ledger", "project", "--follow", "--parent-pid", str(os.getpid())]
 
 
 class ProjectionProcess:
-    """Runs `command` (by default `projection_command()`) as a child process, starts it
-    again whenever it exits without being told to, and stops it with `stop()`."""
+    """Runs `projection_command()` on the ledger at `db` (None: the one the environment or
+    the working directory names) as a child process, starts it again whenever it exits
+    without being told to, and stops it with `stop()`."""
 
-    def __init__(
-        self,
-        db: str | None = None,
-        *,
-        command: Sequence[str] | None = None,
-        stop_timeout: float = 30.0,
-    ) -> None:
-        self._command = list(command) if command is not None else projection_command()
+    def __init__(self, db: str | None = None, *, stop_timeout: float = 30.0) -> None:
+        self._command = projection_command()
         self._env = dict(os.environ)
         if db is not None:
             self._env["LEDGER_DATABASE_URL"] = db
