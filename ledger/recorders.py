@@ -161,6 +161,14 @@ class LeanSQLiteRecorder(SQLiteApplicationRecorder):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._appender: sqlite3.Connection | None = None
+        # One cursor for every append, kept with its connection. A cursor made per append
+        # and caught in an exception's reference cycle was freed later by the cyclic
+        # collector, in whatever thread ran it; freeing it takes its connection's mutex,
+        # which SQLite holds while that connection waits for the file's write lock. When
+        # the collecting thread held that lock itself (another ledger's append, a
+        # snapshot through the pool) the two waited on each other until the lock timeout
+        # and a command failed (seen under load: four ledgers on one file).
+        self._appender_cursor: sqlite3.Cursor | None = None
         self._appender_lock = threading.Lock()
         self._closed = False
 
@@ -173,12 +181,12 @@ class LeanSQLiteRecorder(SQLiteApplicationRecorder):
         with self._appender_lock:
             if self._closed:  # as the library's pool refuses, not a connection opened again
                 raise ConnectionPoolClosedError("the recorder is closed")
-            conn = self._appender
-            if conn is None:
+            conn, cursor = self._appender, self._appender_cursor
+            if conn is None or cursor is None:
                 conn = self._appender = _appending_connection(
                     pool.db_name, pool.lock_timeout or SQLITE3_DEFAULT_LOCK_TIMEOUT
                 )
-            cursor = conn.cursor()
+                cursor = self._appender_cursor = conn.cursor()
             with _rolled_back_on_error(conn):
                 cursor.execute("BEGIN IMMEDIATE")
                 ids = self._insert_rows(cursor, stored_events)
@@ -189,7 +197,10 @@ class LeanSQLiteRecorder(SQLiteApplicationRecorder):
         """Close the appending connection (the pool's are closed by the datastore)."""
         with self._appender_lock:
             conn, self._appender = self._appender, None
+            cursor, self._appender_cursor = self._appender_cursor, None
             self._closed = True
+        if cursor is not None:
+            cursor.close()
         if conn is not None:
             conn.close()
 

@@ -118,3 +118,36 @@ def test_a_postgres_command_is_one_message(
         assert "LOCK TABLE" in message
         assert "INSERT INTO" in message
         assert message.rstrip().endswith("COMMIT")
+
+
+def test_sqlite_appends_make_no_cursor_for_the_collector_to_free(tmp_path: Path) -> None:
+    """Every append goes through one cursor kept with the appending connection. A cursor
+    made per append and caught in a conflict's reference cycle was freed later by the
+    cyclic collector in whatever thread ran it, which takes that connection's mutex: held
+    by SQLite while the connection waits for the write lock, so a thread holding the lock
+    waited on it until the lock timeout (four ledgers on one file, under load)."""
+    import gc
+    import sqlite3
+
+    first, second = (open_ledger(tmp_path / "ledger.db") for _ in range(2))
+    order = first.submit(submit_command(quantity=100))
+    first.record(accepted(order))
+    second.get_order(order.id)  # remembered by both: each of them will decide on it
+
+    def cursors() -> int:
+        return sum(1 for o in gc.get_objects() if isinstance(o, sqlite3.Cursor))
+
+    enabled = gc.isenabled()
+    gc.collect()
+    gc.disable()  # garbage in cycles stays until collected: count what the appends leave
+    try:
+        before = cursors()
+        for n in range(10):  # each lands on a state the other ledger made stale: a conflict
+            (first if n % 2 else second).record(fill(order, f"T{n}", 1))
+        left = cursors() - before
+    finally:
+        if enabled:
+            gc.enable()
+    first.close()
+    second.close()
+    assert left <= 1, f"{left} cursors left behind by 10 appends"
