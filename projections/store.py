@@ -105,6 +105,14 @@ class ProjectionStore(ABC):
         writes use: reads through it may run while another thread writes (the runner
         loads rows back while the previous batch is being committed)."""
 
+    @contextmanager
+    def reading(self) -> Iterator[Any]:
+        """A cursor for reads that write nothing (positions, rows): `transaction` where
+        that takes no lock a writer needs; SQLite's takes the file's write lock, so its
+        reads have a transaction of their own that does not."""
+        with self.transaction() as cur:
+            yield cur
+
     @abstractmethod
     def close(self) -> None: ...
 
@@ -198,7 +206,7 @@ class ProjectionStore(ABC):
     # ------------------------------------------------------------------ tracking
 
     def position(self, projection: Projection) -> int:
-        with self.transaction() as cur:
+        with self.reading() as cur:
             return self.position_in(cur, projection)
 
     def position_in(self, cur: Any, projection: Projection) -> int:
@@ -212,7 +220,7 @@ class ProjectionStore(ABC):
         return int(row[0]) if row else 0
 
     def active_version(self, name: str) -> int | None:
-        with self.transaction() as cur:
+        with self.reading() as cur:
             cur.execute(
                 f"SELECT version FROM {ACTIVE} WHERE projection = {self.placeholder}", (name,)
             )
@@ -302,7 +310,7 @@ class ProjectionStore(ABC):
         wanted), only the rows of each table whose columns of those names hold one of
         them (a table without such a column is read whole)."""
         view = View()
-        with self.transaction() as cur:
+        with self.reading() as cur:
             for table in projection.tables:
                 names = list(table.columns)
                 kinds = [base_type(a)[0] for a in table.columns.values()]
@@ -354,7 +362,7 @@ class ProjectionStore(ABC):
         )
         make = table.cell_type
         key_at = [names.index(k) for k in table.key_fields]
-        with self.committed_reads() if beside_writes else self.transaction() as cur:
+        with self.committed_reads() if beside_writes else self.reading() as cur:
             batches: list[Sequence[Key] | None] = [None]
             if keys is not None:
                 batches = [keys[i : i + 500] for i in range(0, len(keys), 500)]
@@ -704,6 +712,14 @@ class SQLiteProjectionStore(ProjectionStore):
             raise
         else:
             self._conn.commit()
+
+    @contextmanager
+    def reading(self) -> Iterator[Any]:
+        """A deferred transaction: one snapshot of the file, taking no write lock, so a
+        read (a CLI's view, a runner's start) neither waits for a batch being committed
+        by another process nor holds that batch up for as long as it reads."""
+        with _read_only_transaction(self._conn) as cur:
+            yield cur
 
     _reader: sqlite3.Connection | None = None
 

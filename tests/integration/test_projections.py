@@ -487,3 +487,40 @@ def test_a_failed_duckdb_write_raises_its_own_error(ledger: OrderLedger, tmp_pat
         assert len(list(duck.load_view(audit).rows("audit_trail"))) == ledger.count_events()
     finally:
         duck.close()
+
+
+def test_sqlite_store_reads_do_not_wait_for_a_writer(ledger: OrderLedger, tmp_path: Path) -> None:
+    """Reading a SQLite projection file (a CLI's view, a runner's positions) takes no write
+    lock: another process holding it (a runner committing a long batch) neither stops the
+    read nor is stopped by it. The reads once took the lock and waited up to 30 s."""
+    import sqlite3
+    import threading
+
+    run_session(ledger)
+    path = tmp_path / "views.sqlite"
+    projections = all_projections()
+    store = store_for_file(path)
+    ProjectionRunner(LedgerLog(ledger), store, projections).catch_up()
+    writer = sqlite3.connect(path, isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")  # the file's write lock, held as a batch holds it
+    read: list[Any] = []
+    reader = threading.Thread(
+        target=lambda: read.extend(
+            (
+                store.position(projections[0]),
+                tables(store, projections),
+                store.active_version("pnl"),
+            )
+        )
+    )
+    try:
+        reader.start()
+        reader.join(timeout=5)
+        assert not reader.is_alive(), "a read waited for the write lock"
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+        reader.join()
+        store.close()
+    assert read[0] == LedgerLog(ledger).last_position()
+    assert read[1] == folded(ledger, projections)
