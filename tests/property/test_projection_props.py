@@ -23,7 +23,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from psycopg import sql
 
-from ledger.application import OrderLedger, open_ledger
+from ledger.application import open_ledger
 from ledger.domain.order import Order
 from ledger.domain.values import Exchange, InstrumentRef
 from projections import all_projections
@@ -40,7 +40,7 @@ from projections.store import (
     store_for_ledger_url,
 )
 from tests.flows import INSTRUMENTS, Intent, drive, intents
-from tests.support import FakeClock
+from tests.support import FakeClock, log_events
 
 PROPERTY_SETTINGS = settings(max_examples=15, deadline=None)
 
@@ -83,14 +83,6 @@ def tables(store: ProjectionStore) -> dict[str, Any]:
     return {p.name: store.load_view(p).contents() for p in all_projections()}
 
 
-def all_events(ledger: OrderLedger) -> list[tuple[int, Order.Event]]:
-    log, after, out = LedgerLog(ledger), 0, []
-    while batch := log.read(after, 500):
-        out += batch
-        after = batch[-1][0]
-    return out
-
-
 @PROPERTY_SETTINGS
 @given(
     plan=intents(),
@@ -126,7 +118,7 @@ def test_live_equals_rebuilt_equals_offline(
                 runner.run_once()
             runner.catch_up()
             live = tables(live_store)
-            events = all_events(ledger)
+            events = log_events(ledger)
 
             assert live == {p.name: p.fold(events).contents() for p in all_projections()}
             assert_pnl_is_mark_to_market(live_store, events)
@@ -180,7 +172,7 @@ def test_realised_plus_unrealised_equals_mark_to_market(
     folder = tmp_path_factory.mktemp("pnl")
     with open_ledger(folder / "ledger.db", clock=FakeClock()) as ledger:
         drive(ledger, plan)
-        events = all_events(ledger)
+        events = log_events(ledger)
     mark_prices = {
         InstrumentRef(Exchange.NSE, symbol): Decimal(base) + ticks * tick
         for (symbol, tick, base), ticks in zip(INSTRUMENTS, marks, strict=True)
