@@ -92,13 +92,13 @@ def _orders_of(
     """Each order's stored events, (position, event) in version order, one order at a time
     (on any other recorder: the whole log read first, as it can only be read in log order)."""
     log = LedgerLog(ledger)
-    if log.stored_rows_by_order(None, 1) is None:
+    rows = log.stored_rows_by_order(None, _PAGE)
+    if rows is None:
         yield from _orders_in_memory(ledger, on_events)
         return
     current: UUID | None = None
     held: list[tuple[int, StoredEvent]] = []
-    after: tuple[Any, int] | None = None
-    while rows := log.stored_rows_by_order(after, _PAGE):
+    while rows:
         for position, stored_id, version, topic, state in rows:
             order_id = _uuid(stored_id)
             if order_id != current:
@@ -106,10 +106,10 @@ def _orders_of(
                     yield current, held
                 current, held = order_id, []
             held.append((position, StoredEvent(order_id, version, topic, bytes(state))))
-        last = rows[-1]
-        after = (last[1], last[2])
         if on_events is not None:
             on_events(len(rows))
+        last = rows[-1]
+        rows = log.stored_rows_by_order((last[1], last[2]), _PAGE)
     if current is not None:
         yield current, held
 
