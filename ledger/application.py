@@ -243,7 +243,7 @@ class OrderLedger(Application[UUID]):
                 trigger_price=command.trigger_price,
                 disclosed_quantity=command.disclosed_quantity,
                 market_protection=command.market_protection,
-                tag=command.tag or tag_for(order_id),
+                tag=tag_for(order_id),
                 strategy=command.strategy,
                 reference_price=command.reference_price,
                 actor=command.actor,

@@ -19,6 +19,7 @@ import pydantic
 from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field
 
 from ledger.domain.errors import InvalidCommand, Problem
+from ledger.domain.identity import order_id_for, tag_for
 from ledger.domain.rules import OrderTerms, check_terms
 from ledger.domain.values import (
     MAX_AMOUNT,
@@ -117,6 +118,8 @@ class SubmitOrder(Command):
     trigger_price: Money | None = None
     disclosed_quantity: Quantity = 0
     market_protection: Money | None = None
+    #: Kite's tag for the order: always the ledger's own (`tag_for` of the order id); a
+    #: caller may leave it out or give that same value.
     tag: str | None = None
     strategy: Text | None = None
     reference_price: Money | None = None
@@ -144,6 +147,18 @@ class SubmitOrder(Command):
 
     def problems(self) -> list[Problem]:
         problems = check_terms(self.terms)
+        own = tag_for(order_id_for(self.account, self.client_order_id))
+        if self.tag is not None and self.tag != own and "tag" not in {p.field for p in problems}:
+            # The tag is how a placement whose outcome is unknown is found at Kite before
+            # it could be sent again: a label shared by several orders would find another.
+            problems.append(
+                Problem(
+                    "tag",
+                    f"is the ledger's own, {own!r} for this order: it carries the order id to"
+                    f" Kite so that an order is never placed twice; got {self.tag!r}"
+                    " (a label belongs in strategy)",
+                )
+            )
         if self.reference_price is not None and self.reference_price <= 0:
             problems.append(
                 Problem("reference_price", f"must be a positive amount, got {self.reference_price}")

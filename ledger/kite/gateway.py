@@ -238,7 +238,7 @@ class KiteGateway:
         key = str(order.id)
         previous = self.outbox.attempt(key, "place", 1)
         if previous is not None:
-            found = next((b for b in broker_orders if b.tag == order.tag), None)
+            found = self._found_at_broker(order, broker_orders)
             if found is not None:
                 self._accept(order, found.order_id, Source.RECONCILIATION)
                 report.found_at_broker.append(order.id)
@@ -270,6 +270,32 @@ class KiteGateway:
             return
         self._accept(order, str(broker_id), Source.BROKER)
         report.placed.append(order.id)
+
+    def _found_at_broker(self, order: Order, broker_orders: list[KiteOrder]) -> KiteOrder | None:
+        """The broker order an earlier placement of `order` made, if Kite has it: one with
+        the order's tag, instrument and side that no other ledger order holds. (Tags are
+        the ledger's own, one per order; an order written before that rule may carry a
+        label several orders share, and must not take another order's broker order.)"""
+        with self._lock:
+            held = dict(self._by_broker_id)
+        found = [
+            b
+            for b in broker_orders
+            if b.tag == order.tag
+            and b.exchange == order.instrument.exchange.value
+            and b.tradingsymbol == order.instrument.tradingsymbol
+            and b.transaction_type == order.side.value
+            and held.get(b.order_id, order.id) == order.id
+        ]
+        if len(found) > 1:
+            log.error(
+                "order %s: %d broker orders carry its tag %s (%s); following the first",
+                order.id,
+                len(found),
+                order.tag,
+                ", ".join(b.order_id for b in found),
+            )
+        return found[0] if found else None
 
     def _accept(self, order: Order, broker_id: str, source: Source) -> None:
         with self._lock:

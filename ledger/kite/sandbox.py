@@ -80,6 +80,7 @@ class Faults:
     delay_placement_response: float = 0.0  # seconds, after the order is in the book
     fail_placements_after_accept: int = 0  # this many placements: in the book, then a 500
     drop_placements_after_accept: int = 0  # ... or the connection closes with no answer
+    fail_placements_before_accept: int = 0  # this many placements: a 503, nothing booked
     rate_limit_next: int = 0  # this many calls answer 429
     down_until: float = 0.0  # time.monotonic() until which every call goes unanswered
     fill_before_cancel: bool = False  # a cancel races a fill: the fill wins part of it
@@ -885,6 +886,17 @@ class _Handler(BaseHTTPRequestHandler):
         if self.command in ("GET", "DELETE"):
             params.update({k: v[-1] for k, v in parse_qs(urlsplit(self.path).query).items()})
         route = _route(self.command, self.path)
+        if route == "order.place" and sandbox.faults.fail_placements_before_accept > 0:
+            sandbox.faults.fail_placements_before_accept -= 1
+            self._reply(
+                503,
+                {
+                    "status": "error",
+                    "error_type": "NetworkException",
+                    "message": "Gateway timed out before the order reached the OMS",
+                },
+            )
+            return
         try:
             status, data = sandbox.handle(
                 self.command, self.path, params, body, self.headers.get("Authorization")

@@ -11,6 +11,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -18,10 +19,13 @@ import pytest
 
 from ledger.application import OrderLedger
 from ledger.commands import CancelOrder
+from ledger.domain.order import Order
 from ledger.domain.status import OrderStatus
+from ledger.domain.values import Exchange, InstrumentRef, OrderType, Product, Side
 from ledger.kite.limiter import RateLimiter
 from ledger.kite.sandbox import KiteSandbox, checksum
 from tests.kite_support import (
+    ACCOUNT,
     assert_matches_sandbox,
     client,
     gateway_for,
@@ -169,6 +173,43 @@ def test_a_lost_placement_reply_is_looked_up_not_resent(
     gateway.dispatch()
     assert len(sandbox.orders) == 2
     assert ledger.get_order(second.id).status is not OrderStatus.SUBMITTED
+
+
+def test_a_lost_placement_is_never_matched_to_another_orders_broker_order(
+    ledger: OrderLedger, sandbox: KiteSandbox
+) -> None:
+    """Orders written before tags were the ledger's own may share a label: after a lost
+    reply, the look-up at Kite must not take the broker order another ledger order holds
+    (it would never be placed, and that order's fills would count twice)."""
+    gateway = gateway_for(ledger, sandbox)
+    first, second = (
+        Order.submit(
+            account=ACCOUNT,
+            client_order_id=name,
+            instrument=ledger.instruments.get(InstrumentRef(Exchange.NSE, "SBIN")),
+            side=Side.BUY,
+            quantity=10,
+            order_type=OrderType.LIMIT,
+            product=Product.CNC,
+            price=Decimal("800.00"),
+            tag="momentum",
+            actor="strategy",
+            at=datetime.now(UTC),
+        )
+        for name in ("legacy-1", "legacy-2")
+    )
+    ledger.save(first)
+    assert gateway.dispatch().placed == [first.id]
+    ledger.save(second)
+    sandbox.faults.fail_placements_before_accept = 1  # a 500, and nothing in the book
+    assert gateway.dispatch().unknown_outcome == [second.id]
+    time.sleep(0.25)
+    report = gateway.dispatch()
+    assert report.found_at_broker == []
+    assert report.placed == [second.id]
+    assert len(sandbox.orders) == 2
+    held = {ledger.get_order(o.id).broker_order_id for o in (first, second)}
+    assert held == set(sandbox.orders)
 
 
 def test_a_trade_reported_after_the_cancel_is_a_late_fill(

@@ -11,6 +11,7 @@ import pytest
 
 from ledger.commands import CancelOrder, ModifyOrder, RecordAccepted, RecordFill, SubmitOrder
 from ledger.domain.errors import InvalidCommand
+from ledger.domain.identity import order_id_for, tag_for
 from ledger.domain.order import Order
 from ledger.domain.values import (
     Exchange,
@@ -109,6 +110,18 @@ def test_submit_rule(overrides: dict[str, Any], field: str, words: str) -> None:
     assert str(error).startswith("SubmitOrder refused: ")
 
 
+def test_the_tag_is_the_ledgers_own() -> None:
+    """A label shared by several orders would let a placement whose outcome is unknown be
+    'found' at Kite as another order: the tag is always the one the order id gives."""
+    own = tag_for(order_id_for("AB1234", "c-1"))
+    error = refused(tag="momentum")
+    assert error.fields == ("tag",)
+    assert f"is the ledger's own, {own!r} for this order" in str(error)
+    assert "a label belongs in strategy" in str(error)
+    assert submit_command(tag=own).tag == own
+    assert submit_command().tag is None
+
+
 def test_missing_instrument_is_named() -> None:
     fields = submit_command().model_dump()
     del fields["tradingsymbol"]
@@ -136,7 +149,7 @@ def test_every_problem_is_reported_at_once() -> None:
         {"validity": "IOC"},
         {"disclosed_quantity": 10},
         {"variety": "amo"},
-        {"tag": "MyTag2026"},
+        {"tag": tag_for(order_id_for("AB1234", "c-1"))},
     ],
 )
 def test_valid_submissions_pass(overrides: dict[str, Any]) -> None:
