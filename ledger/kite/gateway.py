@@ -4,7 +4,10 @@ Placement is a transactional outbox. `Submitted` is durable in the log first; th
 dispatcher then notes in the outbox that it is about to send (durably), sends through the
 official `kiteconnect` client with the order's tag, and records the reply as `Accepted` or
 `Rejected`. After a timeout, an error whose outcome is unknown, or a crash, the next pass
-finds the outbox note and looks the tag up at Kite before it would ever send again.
+finds the outbox note and looks the tag up at Kite before it would ever send again. The
+note is a lease, renewed before each try of the send and longer than the client's
+timeout: another dispatcher waits while a send may still reach Kite, and takes over from
+one that died once its lease has run out.
 
 Every update, whatever the channel (postback, WebSocket, polling, reconciliation), is only
 a prompt: the gateway fetches the order's history and trades and records what the ledger
@@ -18,7 +21,8 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Final
@@ -56,6 +60,37 @@ UNKNOWN_OUTCOME: tuple[type[BaseException], ...] = (
     kite_errors.GeneralException,
     kite_errors.DataException,
 )
+#: Seconds a send's lease adds to the client's own timeout (one try of one request).
+LEASE_MARGIN = 5.0
+
+
+class LeaseLost(Exception):
+    """A send's claim ran out while it waited (for the rate limiter) and another
+    dispatcher claimed the request: this one must not send it."""
+
+
+class _Lease:
+    """The claim on sending one request, renewed before each try (after any wait for the
+    rate limiter) so that it always outlasts the try in flight: nobody else sends the
+    request while this send may still reach Kite, and a dispatcher that dies mid-send
+    holds it only until its lease runs out."""
+
+    def __init__(self, gateway: KiteGateway, key: str, request: str, version: int) -> None:
+        self.gateway, self.key, self.request, self.version = gateway, key, request, version
+        self.until = gateway.clock() + gateway.send_lease
+
+    def renew(self) -> None:
+        until = self.gateway.clock() + self.gateway.send_lease
+        if not self.gateway.outbox.extend(self.key, self.request, self.version, self.until, until):
+            raise LeaseLost(f"{self.request} of {self.key}: claimed by another dispatcher")
+        self.until = until
+
+    def release(self) -> None:
+        self.gateway.outbox.release(
+            self.key, self.request, self.version, self.until, self.gateway.clock()
+        )
+
+
 #: Errors that say Kite refused the request itself.
 REFUSED: tuple[type[BaseException], ...] = (kite_errors.InputException, kite_errors.OrderException)
 
@@ -117,6 +152,7 @@ class KiteGateway:
         limiter: RateLimiter | None = None,
         charges: ChargesSchedule | None = None,
         unknown_outcome_grace: float = 3.0,
+        send_lease: float | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.ledger = ledger
@@ -126,6 +162,12 @@ class KiteGateway:
         self.limiter = limiter or RateLimiter()
         self.charges = charges if charges is not None else ChargesSchedule.bundled()
         self.grace = unknown_outcome_grace
+        # One try of a send: the client's timeout (kiteconnect's default is 7 s) and a margin.
+        self.send_lease = (
+            send_lease
+            if send_lease is not None
+            else float(getattr(kite, "timeout", None) or 7) + LEASE_MARGIN
+        )
         self.clock = clock
         self._lock = threading.RLock()
         self._dispatching = threading.Lock()
@@ -179,11 +221,14 @@ class KiteGateway:
             self._by_broker_id[order.broker_order_id] = order.id
             self._broker_by_order[order.id] = order.broker_order_id
 
-    def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        """A rate-limited call through the official client; backs off and retries on 429."""
+    def call(self, method: str, *args: Any, lease: _Lease | None = None, **kwargs: Any) -> Any:
+        """A rate-limited call through the official client; backs off and retries on 429.
+        A send's `lease` is renewed before each try (`LeaseLost` if it ran out meanwhile)."""
         family = self.limiter.family_of(method)
         for attempt in range(6):
             self.limiter.acquire(family)
+            if lease is not None:
+                lease.renew()
             try:
                 return getattr(self.kite, method)(*args, **kwargs)
             except kite_errors.NetworkException as error:
@@ -254,22 +299,43 @@ class KiteGateway:
                 [],
             )
             return
-        if not self.outbox.claim(key, "place", 1, previous, self.clock()):
-            return  # another dispatcher is sending it
+        with self._claimed(key, "place", 1, previous) as lease:
+            if lease is None:
+                return  # another dispatcher is sending it
+            try:
+                broker_id = self.call("place_order", lease=lease, **placement_params(order))
+            except LeaseLost:
+                return  # never sent: another dispatcher has it now
+            except REFUSED as error:
+                self._record(
+                    RecordRejected(order_id=order.id, reason=str(error), source=Source.BROKER),
+                    [],
+                )
+                report.rejected.append(order.id)
+                return
+            except UNKNOWN_OUTCOME as error:
+                log.warning(
+                    "placement of %s: outcome unknown (%s); will look it up", order.id, error
+                )
+                report.unknown_outcome.append(order.id)
+                return
+            self._accept(order, str(broker_id), Source.BROKER)
+            report.placed.append(order.id)
+
+    @contextmanager
+    def _claimed(
+        self, key: str, request: str, version: int, previous: Any
+    ) -> Iterator[_Lease | None]:
+        """The lease on sending this request (None if another dispatcher holds it),
+        released when the block ends, whatever the outcome."""
+        lease = _Lease(self, key, request, version)
+        if not self.outbox.claim(key, request, version, previous, lease.until):
+            yield None
+            return
         try:
-            broker_id = self.call("place_order", **placement_params(order))
-        except REFUSED as error:
-            self._record(
-                RecordRejected(order_id=order.id, reason=str(error), source=Source.BROKER), []
-            )
-            report.rejected.append(order.id)
-            return
-        except UNKNOWN_OUTCOME as error:
-            log.warning("placement of %s: outcome unknown (%s); will look it up", order.id, error)
-            report.unknown_outcome.append(order.id)
-            return
-        self._accept(order, str(broker_id), Source.BROKER)
-        report.placed.append(order.id)
+            yield lease
+        finally:
+            lease.release()
 
     def _found_at_broker(self, order: Order, broker_orders: list[KiteOrder]) -> KiteOrder | None:
         """The broker order an earlier placement of `order` made, if Kite has it: one with
@@ -317,17 +383,25 @@ class KiteGateway:
         previous = self.outbox.attempt(str(order.id), "cancel", version)
         if previous is not None and self.clock() - previous.last_attempt < self.grace:
             return
-        if not self.outbox.claim(str(order.id), "cancel", version, previous, self.clock()):
-            return
-        try:
-            self.call("cancel_order", variety=order.variety.value, order_id=order.broker_order_id)
-        except REFUSED as error:
-            self.converge(order.broker_order_id, Source.BROKER)
-            if self.ledger.get_order(order.id).pending is EventKind.CANCEL_REQUESTED:
-                self._record(RecordCancelRejected(order_id=order.id, reason=str(error)), [])
-            return
-        except UNKNOWN_OUTCOME:
-            return
+        with self._claimed(str(order.id), "cancel", version, previous) as lease:
+            if lease is None:
+                return
+            try:
+                self.call(
+                    "cancel_order",
+                    lease=lease,
+                    variety=order.variety.value,
+                    order_id=order.broker_order_id,
+                )
+            except LeaseLost:
+                return
+            except REFUSED as error:
+                self.converge(order.broker_order_id, Source.BROKER)
+                if self.ledger.get_order(order.id).pending is EventKind.CANCEL_REQUESTED:
+                    self._record(RecordCancelRejected(order_id=order.id, reason=str(error)), [])
+                return
+            except UNKNOWN_OUTCOME:
+                return
         report.cancels_sent.append(order.id)
         self.converge(order.broker_order_id, Source.BROKER)
 
@@ -340,8 +414,6 @@ class KiteGateway:
         previous = self.outbox.attempt(str(order.id), "modify", version)
         if previous is not None and self.clock() - previous.last_attempt < self.grace:
             return
-        if not self.outbox.claim(str(order.id), "modify", version, previous, self.clock()):
-            return
         params: dict[str, Any] = {"variety": order.variety.value, "order_id": order.broker_order_id}
         for name in ("quantity", "price", "trigger_price", "disclosed_quantity"):
             value = getattr(changes, name)
@@ -351,15 +423,20 @@ class KiteGateway:
             params["order_type"] = changes.order_type.value
         if changes.validity is not None:
             params["validity"] = changes.validity.value
-        try:
-            self.call("modify_order", **params)
-        except REFUSED as error:
-            self.converge(order.broker_order_id, Source.BROKER)
-            if self.ledger.get_order(order.id).pending is EventKind.MODIFY_REQUESTED:
-                self._record(RecordModifyRejected(order_id=order.id, reason=str(error)), [])
-            return
-        except UNKNOWN_OUTCOME:
-            return
+        with self._claimed(str(order.id), "modify", version, previous) as lease:
+            if lease is None:
+                return
+            try:
+                self.call("modify_order", lease=lease, **params)
+            except LeaseLost:
+                return
+            except REFUSED as error:
+                self.converge(order.broker_order_id, Source.BROKER)
+                if self.ledger.get_order(order.id).pending is EventKind.MODIFY_REQUESTED:
+                    self._record(RecordModifyRejected(order_id=order.id, reason=str(error)), [])
+                return
+            except UNKNOWN_OUTCOME:
+                return
         report.modifies_sent.append(order.id)
         self._record(
             RecordModified(

@@ -26,7 +26,9 @@ _CREATE = (
 @dataclass(frozen=True, slots=True)
 class Attempt:
     attempts: int
-    last_attempt: float  # epoch seconds
+    #: Epoch seconds: when the latest attempt ended or, while it may still be sending, the
+    #: end of its lease (a time to come), before which nobody else may send.
+    last_attempt: float
 
 
 class Outbox:
@@ -66,11 +68,15 @@ class Outbox:
         return Attempt(int(row[0]), float(row[1])) if row else None
 
     def claim(
-        self, order_id: str, request: str, version: int, previous: Attempt | None, at: float
+        self, order_id: str, request: str, version: int, previous: Attempt | None, until: float
     ) -> bool:
-        """Durably claim the right to send this request now. Only one dispatcher (thread or
-        process) wins a claim: the first attempt by inserting the row, a retry by moving
-        `last_attempt` on from the value it read. Returns whether this caller may send."""
+        """Durably claim the right to send this request now, until `until` (the lease: the
+        longest the send can take). Only one dispatcher (thread or process) wins a claim:
+        the first attempt by inserting the row, a retry by moving `last_attempt` on from
+        the value it read. Returns whether this caller may send. The sender `release`s the
+        claim when its send ends, whatever the outcome; if it dies instead, the lease runs
+        out, so nobody else sends while the first send may still reach Kite."""
+        at = until
         m = self._mark
         with self._lock:
             if previous is None:
@@ -89,6 +95,31 @@ class Outbox:
                     (at, order_id, request, version, previous.last_attempt),
                 )
             return bool(cursor.rowcount == 1)
+
+    def extend(self, order_id: str, request: str, version: int, until: float, to: float) -> bool:
+        """Move a claim's lease from `until` on to `to`; False if it is no longer this
+        claim (it ran out and another dispatcher claimed the request)."""
+        m = self._mark
+        with self._lock:
+            cursor = self._conn.execute(
+                f"UPDATE gateway_outbox SET last_attempt = {m}"
+                f" WHERE order_id = {m} AND request = {m} AND version = {m}"
+                f" AND last_attempt = {m}",
+                (to, order_id, request, version, until),
+            )
+            return bool(cursor.rowcount == 1)
+
+    def release(self, order_id: str, request: str, version: int, until: float, at: float) -> None:
+        """The send claimed until `until` ended at `at`: the time a look-up waits for now
+        counts from here (unless another dispatcher has claimed the request since)."""
+        m = self._mark
+        with self._lock:
+            self._conn.execute(
+                f"UPDATE gateway_outbox SET last_attempt = {m}"
+                f" WHERE order_id = {m} AND request = {m} AND version = {m}"
+                f" AND last_attempt = {m}",
+                (at, order_id, request, version, until),
+            )
 
     def close(self) -> None:
         self._conn.close()

@@ -415,6 +415,7 @@ def run_life(life: Life) -> None:
         account=ACCOUNT,
         limiter=RateLimiter({"orders": ((1.0, 1000),), "other": ((1.0, 1000),)}),
         unknown_outcome_grace=GRACE,
+        send_lease=GRACE,  # a killed life's claim runs out soon after
     )
     install_gateway_points(gateway, outbox, switch)
     store = store_for_ledger_url(life.url)

@@ -37,7 +37,8 @@ def main(url: str, root: str, mode: str) -> None:
 
             outbox.claim = claim_then_die  # type: ignore[method-assign]
         kite = KiteConnect("sandbox_key", "sandbox_token", root=root, timeout=30)
-        gateway = KiteGateway(ledger, kite, outbox=outbox, account=ACCOUNT)
+        # A short lease: the test's next dispatcher takes over soon after the kill.
+        gateway = KiteGateway(ledger, kite, outbox=outbox, account=ACCOUNT, send_lease=0.5)
         print("dispatching", flush=True)
         gateway.dispatch()
         print("dispatched", flush=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -22,8 +23,11 @@ from ledger.commands import CancelOrder
 from ledger.domain.order import Order
 from ledger.domain.status import OrderStatus
 from ledger.domain.values import Exchange, InstrumentRef, OrderType, Product, Side
+from ledger.kite.gateway import KiteGateway
 from ledger.kite.limiter import RateLimiter
+from ledger.kite.outbox import Outbox
 from ledger.kite.sandbox import KiteSandbox, checksum
+from tests.conftest import LedgerFactory
 from tests.kite_support import (
     ACCOUNT,
     assert_matches_sandbox,
@@ -210,6 +214,44 @@ def test_a_lost_placement_is_never_matched_to_another_orders_broker_order(
     assert len(sandbox.orders) == 2
     held = {ledger.get_order(o.id).broker_order_id for o in (first, second)}
     assert held == set(sandbox.orders)
+
+
+def test_a_placement_still_in_flight_is_not_sent_by_another_dispatcher(
+    ledger: OrderLedger, sandbox: KiteSandbox, make_ledger: LedgerFactory
+) -> None:
+    """Two dispatchers on one ledger: while the first one's `place_order` waits on Kite
+    (within the client's timeout), the second must neither send the order nor call it
+    cancelled before it was sent, however long past its grace it looks."""
+    slow = client(sandbox)
+    place = slow.place_order
+
+    def slow_place(**params: Any) -> Any:  # the request in transit, not yet in the book
+        time.sleep(1.2)
+        return place(**params)
+
+    slow.place_order = slow_place
+    assert ledger.storage is not None
+    first = KiteGateway(
+        ledger,
+        slow,
+        outbox=Outbox(ledger.storage),
+        account=ACCOUNT,
+        limiter=RateLimiter({"orders": ((1.0, 1000),), "other": ((1.0, 1000),)}),
+    )
+    second = gateway_for(make_ledger(), sandbox)  # grace 0.2 s
+    order = submit(ledger, "in-flight", quantity=10, price="800.00")
+    sending = threading.Thread(target=first.dispatch)
+    sending.start()
+    try:
+        for _ in range(8):  # 0.2 s to 1.0 s into the first one's send
+            time.sleep(0.1)
+            report = second.dispatch()
+            assert report.placed == []
+            assert report.found_at_broker == []
+    finally:
+        sending.join()
+    assert len(sandbox.orders) == 1
+    assert ledger.get_order(order.id).broker_order_id == next(iter(sandbox.orders))
 
 
 def test_a_trade_reported_after_the_cancel_is_a_late_fill(

@@ -52,7 +52,13 @@ def test_killed_dispatcher_places_exactly_once(
         sandbox.faults.delay_placement_response = 0.0
 
         gateway = gateway_for(ledger, sandbox, unknown_outcome_grace=0.3)
-        for _ in range(10):  # the restarted dispatcher, pass after pass
+        deadline = time.monotonic() + 5  # the dead one's lease (0.5 s) and the grace
+        while time.monotonic() < deadline:  # the restarted dispatcher, pass after pass
+            gateway.dispatch()
+            if ledger.get_order(order.id).status is not OrderStatus.SUBMITTED:
+                break
+            time.sleep(0.1)
+        for _ in range(5):  # and a few passes more: nothing is sent again
             gateway.dispatch()
             time.sleep(0.1)
         assert len(sandbox.orders) == 1, "placed twice"
