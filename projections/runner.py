@@ -97,16 +97,29 @@ class LedgerLog:
 
     ledger: OrderLedger
 
+    # Another application's rows in the same table are skipped; a page of nothing but
+    # theirs must not read as the end of the log (every reader stops at an empty batch),
+    # so reading goes on past such pages until an order event or the end.
+
     def read(self, after: int, limit: int) -> list[tuple[int, Order.Event]]:
-        notifications = self.ledger.recorder.select_notifications(
-            start=after, limit=limit, inclusive_of_start=False
-        )
-        return decode(self.ledger.mapper, ((n.id, n) for n in notifications))
+        while True:
+            notifications = self.ledger.recorder.select_notifications(
+                start=after, limit=limit, inclusive_of_start=False
+            )
+            events = decode(self.ledger.mapper, ((n.id, n) for n in notifications))
+            if events or len(notifications) < limit:
+                return events
+            after = notifications[-1].id
 
     def read_records(self, after: int, limit: int) -> list[Record]:
         """The recorder's own keyset query (rows after `after`, in id order), without
         making notification objects or UUIDs on the way."""
-        return stored_records(self.stored_rows(after, limit))
+        while True:
+            rows = self.stored_rows(after, limit)
+            records = stored_records(rows)
+            if records or len(rows) < limit:
+                return records
+            after = rows[-1][0]
 
     def stored_rows(self, after: int, limit: int) -> list[tuple[int, str, int, str, bytes | str]]:
         """Up to `limit` stored (position, order id, version, topic, state) rows of the

@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
+from eventsourcing.application import Application
+from eventsourcing.domain import Aggregate, event
 
 from ledger.application import OrderLedger, open_ledger
 from ledger.demo import run_session
@@ -524,3 +526,44 @@ def test_sqlite_store_reads_do_not_wait_for_a_writer(ledger: OrderLedger, tmp_pa
         store.close()
     assert read[0] == LedgerLog(ledger).last_position()
     assert read[1] == folded(ledger, projections)
+
+
+class _Note(Aggregate):
+    @event("Noted")
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+
+def test_a_batch_of_another_applications_events_is_not_the_end_of_the_log(
+    tmp_path: Path,
+) -> None:
+    """SQLite applications on one file share its events table. A batch holding only
+    another application's rows read as an empty batch, which every reader takes for the
+    end of the log: the runner stopped there for good and later fills were never folded."""
+    database = tmp_path / "ledger.db"
+    ledger = open_ledger(database, clock=FakeClock())
+    first = ledger.submit(submit_command(client_order_id="c-1", quantity=10))
+    ledger.record(accepted(first, "B-1"))
+    ledger.record(fill(first, "T1", 10))
+    notes = Application[Any](
+        env={"PERSISTENCE_MODULE": "eventsourcing.sqlite", "SQLITE_DBNAME": str(database)}
+    )
+    for i in range(30):
+        notes.save(_Note(f"n{i}"))
+    second = ledger.submit(submit_command(client_order_id="c-2", quantity=5))
+    ledger.record(accepted(second, "B-2"))
+    ledger.record(fill(second, "T2", 5))
+    log = LedgerLog(ledger)
+    assert [p for p, _ in log.read(3, 20)] == [34, 35, 36]
+    assert [r.position for r in log.read_records(3, 20)] == [34, 35, 36]
+    store = store_for_ledger_url(str(database))
+    projections = all_projections()
+    runner = ProjectionRunner(log, store, projections, batch_size=20)
+    assert runner.catch_up() == 6
+    assert [p.net_quantity for p in positions_of(runner.view("positions"))] == [15]
+    assert tables(store, projections) == folded(ledger, projections)
+    views = as_of(log, projections, START + timedelta(days=1))
+    assert [p.net_quantity for p in positions_of(views["positions"])] == [15]
+    store.close()
+    notes.close()
+    ledger.close()
