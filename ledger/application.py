@@ -14,6 +14,7 @@ number of times: no update is lost, and none is applied twice.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Iterator
@@ -74,6 +75,8 @@ Clock = Callable[[], datetime]
 DEFAULT_MAX_ATTEMPTS: Final = 8
 DEFAULT_CACHE_SIZE: Final = 10_000
 _PAGE: Final = 1000
+
+log = logging.getLogger(__name__)
 
 
 def utc_now() -> datetime:
@@ -181,7 +184,18 @@ class OrderLedger(Application[UUID]):
         processing_event.events.extend(order.collect_events())
         processing_event.aggregates[order.id] = order
         recordings = self._record(processing_event)
-        self._take_snapshots(processing_event)
+        try:
+            self._take_snapshots(processing_event)
+        except PersistenceError as error:
+            # The command's events are committed: failing it now would tell the caller
+            # nothing was written, and a retry would write it twice. A snapshot only
+            # speeds up loading; the order loads from its events without it.
+            log.warning(
+                "order %s: its snapshot at version %s was not written (%s)",
+                order.id,
+                order.version,
+                error,
+            )
         self._notify(recordings)
         self.notify(processing_event.events)
 

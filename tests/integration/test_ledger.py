@@ -11,7 +11,7 @@ from typing import Any
 from uuid import uuid4
 
 import pytest
-from eventsourcing.persistence import ConnectionPoolClosedError
+from eventsourcing.persistence import ConnectionPoolClosedError, OperationalError
 
 from ledger.application import OrderLedger, open_ledger
 from ledger.commands import (
@@ -600,3 +600,29 @@ def test_failing_to_open_the_sqlite_appending_connection_is_storage_unavailable(
     book.submit(submit_command(client_order_id="a"))
     assert book.count_events() == 1
     book.close()
+
+
+def test_a_snapshot_that_cannot_be_written_does_not_fail_its_committed_command(
+    ledger: OrderLedger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The snapshot at version 100 is written after the command's events commit. Its
+    failure (another writer holding the lock past the timeout) raised the library's own
+    error: the caller, told nothing was written, retried a request that was in the log,
+    and it was written twice."""
+    order = ledger.submit(submit_command(client_order_id="snap", quantity=1000))
+    ledger.record(accepted(order, "B-snap"))
+    for n in range(97):  # versions 3 to 99
+        ledger.record(fill(order, f"S{n}", 1))
+    assert ledger.snapshots is not None
+
+    def refused(*args: Any, **kwargs: Any) -> None:
+        raise OperationalError("database is locked")
+
+    monkeypatch.setattr(ledger.snapshots.recorder, "insert_events", refused)
+    cancelled = ledger.request_cancel(CancelOrder(order_id=order.id, reason="flatten"))
+    assert cancelled.version == 100
+    kinds = [type(e).__name__ for e in ledger.history(order.id)]
+    assert kinds.count("CancelRequested") == 1
+    assert len(kinds) == 100
+    monkeypatch.undo()
+    assert ledger.get_order(order.id).version == 100
