@@ -263,6 +263,8 @@ class Order(Aggregate):
                 # A new order type decides which prices exist at all.
                 order.price = c.price if c.order_type.needs_price else None
                 order.trigger_price = c.trigger_price if c.order_type.needs_trigger_price else None
+                if not c.order_type.needs_market_protection:
+                    order.market_protection = None
             else:
                 order.price = c.price if c.price is not None else order.price
                 order.trigger_price = (

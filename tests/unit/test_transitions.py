@@ -239,6 +239,30 @@ def test_modified_from_outside_without_a_request() -> None:
     assert order.price == D("812.40")
 
 
+def test_a_market_order_modified_to_limit_drops_its_market_protection() -> None:
+    """Given a MARKET order modified to LIMIT, the same notice again decides nothing: the
+    replayed order kept its market protection, so its terms never equalled the notice's
+    and every repeat of it was written as another Modified event."""
+    order = given(
+        submitted(
+            order_type=OrderType.MARKET, price=None, trigger_price=None, market_protection=D(-1)
+        ),
+        accepted(),
+        modified(order_type=OrderType.LIMIT, price=D("812.40")),
+    )
+    assert (order.order_type, order.price, order.market_protection) == (
+        OrderType.LIMIT,
+        D("812.40"),
+        None,
+    )
+    notice = OrderChanges(order_type=OrderType.LIMIT, price=D("812.40"))
+    again = when(
+        order,
+        lambda o: o.record_modified(notice, source=Source.BROKER, broker_timestamp=None, at=NOW),
+    )
+    assert again == []
+
+
 def test_modify_before_acceptance_is_refused_with_the_reason() -> None:
     result = when(given(submitted()), ACTIONS["ModifyRequested"])
     assert isinstance(result, TransitionRefused)
