@@ -12,14 +12,20 @@ that cannot hold a quote (a UUID's canonical form, a decimal integer, bytes as h
 A command is still durable when this returns: the reply arrives after COMMIT. If the
 insert conflicts (a second event at the same order version) the server skips the rest,
 the transaction is rolled back and `IntegrityError` is raised, as the library does. A lost
-connection is retried by the same decorator the library uses; if the first try did commit,
-the retry conflicts and the command is decided again on the log, which finds it written.
+connection is retried as the library retries it (ten tries, 0.2 s apart). If a try whose
+reply was lost did commit, the retry conflicts; the rows at those order versions are then
+read back, and if they hold exactly the bytes sent (each state carries its record time and
+hash, so no other command's could), the append succeeded and their ids are returned. A
+command whose events are repeatable (a second cancel request is allowed) would otherwise
+be decided again and written twice.
 """
 
 from __future__ import annotations
 
+import random
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -41,13 +47,16 @@ from eventsourcing.persistence import (
 )
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
 from eventsourcing.sqlite import SQLITE3_DEFAULT_LOCK_TIMEOUT, SQLiteApplicationRecorder
-from eventsourcing.utils import retry
 from psycopg import sql
 from psycopg.generators import execute
 from psycopg.pq import Escaping, ExecStatus, TransactionStatus
 from psycopg.pq.abc import PGresult
+from psycopg.rows import tuple_row
 
 _IN_A_TRANSACTION = (TransactionStatus.INTRANS, TransactionStatus.INERROR)
+#: A lost connection's retries, as the library's own `@retry` on its recorder.
+_ATTEMPTS = 10
+_RETRY_WAIT = 0.2
 _SUCCEEDED = (ExecStatus.COMMAND_OK, ExecStatus.TUPLES_OK)
 
 
@@ -111,12 +120,52 @@ class OneTripPostgresRecorder(PostgresApplicationRecorder):
             state.hex().encode("ascii"),
         )
 
-    @retry((InterfaceError, OperationalError), max_attempts=10, wait=0.2)
     def insert_events(
         self, stored_events: Sequence[StoredEvent], **kwargs: Any
     ) -> Sequence[int] | None:
         if not stored_events:
             return []
+        uncertain = False  # whether an earlier try may have committed
+        for attempt in range(1, _ATTEMPTS + 1):
+            try:
+                return self._insert_once(stored_events)
+            except IntegrityError:
+                if uncertain:
+                    ids = self._ids_if_stored(stored_events)
+                    if ids is not None:
+                        return ids
+                raise
+            except (InterfaceError, OperationalError):
+                if attempt == _ATTEMPTS:
+                    raise
+                uncertain = True
+                time.sleep(_RETRY_WAIT * (1 + 0.1 * (random.random() - 0.5)))
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _ids_if_stored(self, stored_events: Sequence[StoredEvent]) -> list[int] | None:
+        """The notification ids of `stored_events` if the log holds them byte for byte
+        (an earlier try committed them), else None."""
+        table = sql.Identifier(self.datastore.schema, self.events_table_name)
+        keys = [(str(e.originator_id), e.originator_version) for e in stored_events]
+        query = sql.SQL(
+            "SELECT originator_id::text, originator_version, topic, state, notification_id"
+            " FROM {} WHERE (originator_id, originator_version) IN ({})"
+        ).format(table, sql.SQL(", ").join(sql.SQL("(%s::uuid, %s)") for _ in keys))
+        with (
+            self.datastore.get_connection() as conn,
+            conn.cursor(row_factory=tuple_row) as cursor,
+        ):
+            rows = cursor.execute(query, [v for key in keys for v in key]).fetchall()
+        found = {(r[0], r[1]): r for r in rows}
+        ids: list[int] = []
+        for key, event in zip(keys, stored_events, strict=True):
+            row = found.get(key)
+            if row is None or row[2] != event.topic or bytes(row[3]) != event.state:
+                return None
+            ids.append(int(row[4]))
+        return ids
+
+    def _insert_once(self, stored_events: Sequence[StoredEvent]) -> list[int]:
         with self.datastore.get_connection() as conn:
             rows = b", ".join([self._row_literal(conn, event) for event in stored_events])
             query = self._head_bytes(conn) + rows + self._tail_bytes

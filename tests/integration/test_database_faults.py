@@ -11,6 +11,7 @@ import textwrap
 import threading
 import time
 from collections.abc import Callable
+from decimal import Decimal
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -18,8 +19,10 @@ from typing import Any
 import psycopg
 import pytest
 
+from ledger import recorders
 from ledger.application import OrderLedger, open_ledger
 from ledger.checkpoints import check_integrity
+from ledger.commands import CancelOrder, ModifyOrder, RecordModified
 from ledger.persistence import StorageUnavailable
 from tests.conftest import postgres_admin_url
 from tests.scale import report, scaled
@@ -241,3 +244,46 @@ def test_the_projection_runner_resumes_after_its_connections_are_cut(
         stop.set()
         store.close()
         ledger.close()
+
+
+@pytest.mark.postgres
+def test_a_commit_whose_reply_is_lost_is_not_written_twice(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server commits, then the connection drops before its reply arrives. The retry
+    conflicts with the rows the first try wrote; they hold the very bytes sent, so the
+    append succeeded. Decided again instead, a cancel or modify request (which may be
+    repeated) was written a second time."""
+    ledger = open_ledger(postgres_url, clock=FakeClock())
+    order = ledger.submit(submit_command(client_order_id="lost-reply", quantity=10))
+    ledger.record(accepted(order, "B-lost"))
+    real = recorders._exec_message
+    lose = {"replies": 0}
+
+    def lossy(conn: Any, query: bytes) -> Any:
+        results = real(conn, query)  # committed on the server
+        if lose["replies"]:
+            lose["replies"] -= 1
+            raise psycopg.OperationalError("server closed the connection unexpectedly")
+        return results
+
+    monkeypatch.setattr(recorders, "_exec_message", lossy)
+    lose["replies"] = 1
+    ledger.record(fill(order, "T-lost", 4))
+    lose["replies"] = 1
+    ledger.request_modify(ModifyOrder(order_id=order.id, price=Decimal("812.40")))
+    lose["replies"] = 1
+    ledger.record(RecordModified(order_id=order.id, price=Decimal("812.40")))
+    lose["replies"] = 1
+    ledger.request_cancel(CancelOrder(order_id=order.id, reason="flatten"))
+    monkeypatch.undo()
+    kinds = [type(e).__name__ for e in ledger.history(order.id)]
+    assert kinds == [
+        "Submitted",
+        "Accepted",
+        "Filled",
+        "ModifyRequested",
+        "Modified",
+        "CancelRequested",
+    ]
+    ledger.close()
