@@ -277,12 +277,26 @@ class OrderLedger(Application[UUID]):
             return order
         raise ConcurrencyConflict(order_id, self.max_attempts)
 
-    @staticmethod
-    def _same_submission(existing: Order, command: SubmitOrder) -> Order:
-        differences = _differences(existing, command)
+    def _same_submission(self, existing: Order, command: SubmitOrder) -> Order:
+        differences = _differences(existing, command) or self._other_differences(
+            existing.id, command
+        )
         if differences:
             raise ClientOrderIdReused(command.account, command.client_order_id, differences)
         return existing
+
+    def _other_differences(self, order_id: UUID, command: SubmitOrder) -> list[str]:
+        """The submitted terms the order does not keep as first submitted, compared with
+        its `Submitted` event (read only when a submission is repeated)."""
+        first = next(iter(self.events.get(order_id, lte=1)), None)
+        if not isinstance(first, Order.Submitted):  # pragma: no cover - an order starts so
+            return []
+        expected = {
+            "disclosed_quantity": command.disclosed_quantity,
+            "market_protection": command.market_protection,
+            "validity_ttl": command.validity_ttl,
+        }
+        return [name for name, value in expected.items() if getattr(first, name) != value]
 
     def request_modify(self, command: ModifyOrder) -> Order:
         """Record a modification request (`ModifyRequested`) for the broker to carry out."""

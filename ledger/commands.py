@@ -23,6 +23,7 @@ from ledger.domain.identity import order_id_for, tag_for
 from ledger.domain.rules import OrderTerms, check_terms
 from ledger.domain.values import (
     MAX_AMOUNT,
+    MAX_PRICE_PLACES,
     MAX_QUANTITY,
     Exchange,
     InstrumentRef,
@@ -51,9 +52,22 @@ Money = Annotated[
     BeforeValidator(_refuse_float),
     Field(allow_inf_nan=False, ge=-MAX_AMOUNT, le=MAX_AMOUNT),
 ]
+#: A price: money in at most 4 decimal places (Kite's finest tick is 0.0025), so that a
+#: price times a quantity, and their sums, stay exact in Decimal's 28 digits.
+Price = Annotated[Money, Field(decimal_places=MAX_PRICE_PLACES)]
+
+
+def _refuse_bool(value: object) -> object:
+    if isinstance(value, bool):
+        raise ValueError(f"must be a whole number, not the boolean {value!r}")
+    return value
+
+
 #: A number of units. The sign is checked by the order rules (which say why); the size
 #: here, so no absurd number reaches the log.
-Quantity = Annotated[int, Field(strict=False, ge=-MAX_QUANTITY, le=MAX_QUANTITY)]
+Quantity = Annotated[
+    int, BeforeValidator(_refuse_bool), Field(strict=False, ge=-MAX_QUANTITY, le=MAX_QUANTITY)
+]
 Text = Annotated[str, Field(min_length=1, max_length=200)]
 
 
@@ -114,8 +128,8 @@ class SubmitOrder(Command):
     variety: Variety = Variety.REGULAR
     validity: Validity = Validity.DAY
     validity_ttl: Quantity | None = None
-    price: Money | None = None
-    trigger_price: Money | None = None
+    price: Price | None = None
+    trigger_price: Price | None = None
     disclosed_quantity: Quantity = 0
     market_protection: Money | None = None
     #: Kite's tag for the order: always the ledger's own (`tag_for` of the order id); a
@@ -147,6 +161,10 @@ class SubmitOrder(Command):
 
     def problems(self) -> list[Problem]:
         problems = check_terms(self.terms)
+        if "/" in self.account:
+            # The order id is made from "order/{account}/{client_order_id}": account "A/1"
+            # with "x" and account "A" with "1/x" would be one order.
+            problems.append(Problem("account", f"must not contain '/', got {self.account!r}"))
         own = tag_for(order_id_for(self.account, self.client_order_id))
         if self.tag is not None and self.tag != own and "tag" not in {p.field for p in problems}:
             # The tag is how a placement whose outcome is unknown is found at Kite before
@@ -174,8 +192,8 @@ class ModifyOrder(_OrderCommand):
     """Ask the broker to change a working order. Unnamed fields stay as they are."""
 
     quantity: Quantity | None = None
-    price: Money | None = None
-    trigger_price: Money | None = None
+    price: Price | None = None
+    trigger_price: Price | None = None
     order_type: OrderType | None = None
     validity: Validity | None = None
     disclosed_quantity: Quantity | None = None
@@ -234,8 +252,8 @@ class RecordModified(_BrokerUpdate):
 
     kind: Literal["modified"] = "modified"
     quantity: Quantity | None = None
-    price: Money | None = None
-    trigger_price: Money | None = None
+    price: Price | None = None
+    trigger_price: Price | None = None
     order_type: OrderType | None = None
     validity: Validity | None = None
     disclosed_quantity: Quantity | None = None
@@ -280,7 +298,7 @@ class RecordFill(_BrokerUpdate):
     exchange: Exchange
     tradingsymbol: Annotated[str, Field(min_length=1, max_length=64)]
     quantity: Quantity
-    price: Money
+    price: Price
     exchange_timestamp: AwareDatetime | None = None
     charges: Money | None = None
 

@@ -23,6 +23,8 @@ IST = ZoneInfo("Asia/Kolkata")
 #: enough that quantity x price stays exact in Decimal's 28 digits and fits every store.
 MAX_QUANTITY = 10**9
 MAX_AMOUNT = Decimal(10**12)
+#: Decimal places a price may have: Kite's finest tick is 0.0025 (currency derivatives).
+MAX_PRICE_PLACES = 4
 
 
 class Exchange(Enum):

@@ -79,7 +79,22 @@ def test_reused_client_order_id_with_other_terms_is_refused(ledger: OrderLedger)
     ledger.submit(submit_command())
     with pytest.raises(ClientOrderIdReused, match="quantity"):
         ledger.submit(submit_command(quantity=5))
-    assert ledger.count_events() == 1
+    # Every term the submission sets, not only the main ones (these passed silently,
+    # handing back an order with other terms than asked).
+    with pytest.raises(ClientOrderIdReused, match="disclosed_quantity"):
+        ledger.submit(submit_command(disclosed_quantity=10))
+    timed = submit_command(client_order_id="t-1", validity="TTL", validity_ttl=5)
+    ledger.submit(timed)
+    with pytest.raises(ClientOrderIdReused, match="validity_ttl"):
+        ledger.submit(timed.model_copy(update={"validity_ttl": 10}))
+    market = submit_command(
+        client_order_id="m-1", order_type="MARKET", price=None, market_protection=D(-1)
+    )
+    ledger.submit(market)
+    with pytest.raises(ClientOrderIdReused, match="market_protection"):
+        ledger.submit(market.model_copy(update={"market_protection": D(2)}))
+    assert ledger.submit(market).version == 1
+    assert ledger.count_events() == 3
 
 
 def test_a_whole_life(ledger: OrderLedger) -> None:

@@ -85,6 +85,9 @@ def refused(**overrides: Any) -> InvalidCommand:
         ({"price": D("-1")}, "price", "positive amount"),
         ({"price": 812.35}, "price", "not the float 812.35"),
         ({"price": "NaN"}, "price", "finite number"),
+        ({"price": "812.35001"}, "price", "no more than 4 decimal places"),
+        ({"quantity": True}, "quantity", "not the boolean True"),
+        ({"account": "ZX/1"}, "account", "must not contain '/'"),
         ({"tag": "x" * 21}, "tag", "1 to 20 letters or digits"),
         ({"tag": "bad tag!"}, "tag", "1 to 20 letters or digits"),
         ({"disclosed_quantity": 101}, "disclosed_quantity", "must not exceed the quantity 100"),
@@ -252,6 +255,12 @@ def test_fill_refuses_a_float_price_and_a_naive_time() -> None:
         RecordFill.parse({**base, "exchange_timestamp": datetime(2026, 11, 24, 9, 15)})
     with pytest.raises(InvalidCommand, match="quantity: must be greater than 0"):
         RecordFill.parse({**base, "quantity": 0})
+    # 28 significant digits: price times quantity would be rounded, not exact.
+    with pytest.raises(InvalidCommand, match="price: Decimal input should have no more than 4"):
+        RecordFill.parse({**base, "price": "812.3500000000000000000000001"})
+    with pytest.raises(InvalidCommand, match="quantity: must be a whole number, not the boolean"):
+        RecordFill.parse({**base, "quantity": True})
+    assert RecordFill.parse({**base, "price": "83.0025"}).price == D("83.0025")
 
 
 def test_accepted_needs_a_broker_order_id() -> None:
