@@ -23,6 +23,15 @@ from ledger.domain.values import IST, MAX_AMOUNT, MAX_QUANTITY
 TERMINAL_STATUSES = frozenset({"COMPLETE", "CANCELLED", "REJECTED"})
 
 
+def _status(value: Any) -> Any:
+    """Kite's status, with its variants of a cancellation ("CANCELLED AMO", an
+    after-market order cancelled) read as the cancellation they are: taken as an
+    in-between status, such an order would stay open in the ledger for ever."""
+    if isinstance(value, str) and value.startswith("CANCELLED "):
+        return "CANCELLED"
+    return value
+
+
 def _to_decimal(value: Any) -> Any:
     if value is None or value == "":
         return None
@@ -102,7 +111,7 @@ class KiteOrder(_Payload):
         str | None, BeforeValidator(lambda v: None if v is None else str(v))
     ] = None
     parent_order_id: str | None = None
-    status: str
+    status: Annotated[str, BeforeValidator(_status)]
     status_message: str | None = None
     order_timestamp: KiteTime = None
     exchange_timestamp: KiteTime = None

@@ -49,6 +49,15 @@ def test_order_history_with_transient_statuses() -> None:
     assert history[0].exchange_order_id is None
 
 
+def test_a_cancelled_after_market_order_is_a_cancellation() -> None:
+    """Read as an in-between status, "CANCELLED AMO" left the order open in the ledger."""
+    (order,) = parse_orders([{**sample("orders.json")["data"][0], "status": "CANCELLED AMO"}])
+    assert order.status == "CANCELLED"
+    assert order.is_terminal
+    (pending,) = parse_orders([{**sample("orders.json")["data"][0], "status": "CANCEL PENDING"}])
+    assert not pending.is_terminal
+
+
 def test_trades_with_time_only_fields() -> None:
     trades = parse_trades(sample("trades.json"))
     assert trades[0].average_price == Decimal("420.65")
