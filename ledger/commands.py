@@ -165,10 +165,12 @@ class SubmitOrder(Command):
             # The order id is made from "order/{account}/{client_order_id}": account "A/1"
             # with "x" and account "A" with "1/x" would be one order.
             problems.append(Problem("account", f"must not contain '/', got {self.account!r}"))
-        own = tag_for(order_id_for(self.account, self.client_order_id))
-        if self.tag is not None and self.tag != own and "tag" not in {p.field for p in problems}:
-            # The tag is how a placement whose outcome is unknown is found at Kite before
-            # it could be sent again: a label shared by several orders would find another.
+        # The tag is how a placement whose outcome is unknown is found at Kite before it
+        # could be sent again: a label shared by several orders would find another.
+        own = (
+            None if self.tag is None else tag_for(order_id_for(self.account, self.client_order_id))
+        )
+        if own is not None and self.tag != own and "tag" not in {p.field for p in problems}:
             problems.append(
                 Problem(
                     "tag",
