@@ -61,8 +61,11 @@ class StorageError(LedgerError, ValueError):
 class StorageUnavailable(LedgerError):
     """The database could not be reached, or stayed locked, past the ledger's bound.
 
-    The command was not acknowledged. It may be sent again as it is: commands are
-    idempotent, so one that did reach the log before the failure is not written twice."""
+    The command was not acknowledged. A submission, a fill or another broker update may
+    be sent again as it is: they are idempotent (client order id, trade id, the order's
+    state), so one that did reach the log before the failure is not written twice. A
+    modify or cancel request is not (an order may be asked twice): look at the order's
+    pending request before asking again."""
 
     def __init__(self, where: str, what: str, cause: BaseException) -> None:
         super().__init__(

@@ -130,16 +130,22 @@ class OneTripPostgresRecorder(PostgresApplicationRecorder):
             try:
                 return self._insert_once(stored_events)
             except IntegrityError:
-                if uncertain:
+                if not uncertain:
+                    raise
+                try:
                     ids = self._ids_if_stored(stored_events)
-                    if ids is not None:
-                        return ids
-                raise
+                except (InterfaceError, OperationalError):
+                    if attempt == _ATTEMPTS:
+                        raise
+                else:
+                    if ids is None:
+                        raise
+                    return ids
             except (InterfaceError, OperationalError):
                 if attempt == _ATTEMPTS:
                     raise
                 uncertain = True
-                time.sleep(_RETRY_WAIT * (1 + 0.1 * (random.random() - 0.5)))
+            time.sleep(_RETRY_WAIT * (1 + 0.1 * (random.random() - 0.5)))
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _ids_if_stored(self, stored_events: Sequence[StoredEvent]) -> list[int] | None:

@@ -48,7 +48,7 @@ from ledger.domain.order import Order
 from ledger.domain.status import EventKind
 from ledger.domain.values import IST, Exchange, InstrumentRef, OrderType, Source
 from ledger.kite.limiter import RateLimiter
-from ledger.kite.outbox import Outbox
+from ledger.kite.outbox import Attempt, Outbox
 from ledger.kite.payloads import KiteOrder, KiteTrade, parse_orders, parse_trades
 
 log = logging.getLogger(__name__)
@@ -324,7 +324,7 @@ class KiteGateway:
 
     @contextmanager
     def _claimed(
-        self, key: str, request: str, version: int, previous: Any
+        self, key: str, request: str, version: int, previous: Attempt | None
     ) -> Iterator[_Lease | None]:
         """The lease on sending this request (None if another dispatcher holds it),
         released when the block ends, whatever the outcome."""
@@ -343,16 +343,16 @@ class KiteGateway:
         the ledger's own, one per order; an order written before that rule may carry a
         label several orders share, and must not take another order's broker order.)"""
         with self._lock:
-            held = dict(self._by_broker_id)
-        found = [
-            b
-            for b in broker_orders
-            if b.tag == order.tag
-            and b.exchange == order.instrument.exchange.value
-            and b.tradingsymbol == order.instrument.tradingsymbol
-            and b.transaction_type == order.side.value
-            and held.get(b.order_id, order.id) == order.id
-        ]
+            held = self._by_broker_id
+            found = [
+                b
+                for b in broker_orders
+                if b.tag == order.tag
+                and b.exchange == order.instrument.exchange.value
+                and b.tradingsymbol == order.instrument.tradingsymbol
+                and b.transaction_type == order.side.value
+                and held.get(b.order_id, order.id) == order.id
+            ]
         if len(found) > 1:
             log.error(
                 "order %s: %d broker orders carry its tag %s (%s); following the first",
@@ -402,8 +402,8 @@ class KiteGateway:
                 return
             except UNKNOWN_OUTCOME:
                 return
-        report.cancels_sent.append(order.id)
-        self.converge(order.broker_order_id, Source.BROKER)
+            report.cancels_sent.append(order.id)
+            self.converge(order.broker_order_id, Source.BROKER)
 
     def _send_modify(self, order: Order, report: DispatchReport) -> None:
         assert order.broker_order_id is not None
@@ -437,20 +437,20 @@ class KiteGateway:
                 return
             except UNKNOWN_OUTCOME:
                 return
-        report.modifies_sent.append(order.id)
-        self._record(
-            RecordModified(
-                order_id=order.id,
-                quantity=changes.quantity,
-                price=changes.price,
-                trigger_price=changes.trigger_price,
-                order_type=changes.order_type,
-                validity=changes.validity,
-                disclosed_quantity=changes.disclosed_quantity,
-            ),
-            [],
-        )
-        self.converge(order.broker_order_id, Source.BROKER)
+            report.modifies_sent.append(order.id)
+            self._record(
+                RecordModified(
+                    order_id=order.id,
+                    quantity=changes.quantity,
+                    price=changes.price,
+                    trigger_price=changes.trigger_price,
+                    order_type=changes.order_type,
+                    validity=changes.validity,
+                    disclosed_quantity=changes.disclosed_quantity,
+                ),
+                [],
+            )
+            self.converge(order.broker_order_id, Source.BROKER)
 
     # ------------------------------------------------------------------ converge
 

@@ -76,7 +76,6 @@ class Outbox:
         the value it read. Returns whether this caller may send. The sender `release`s the
         claim when its send ends, whatever the outcome; if it dies instead, the lease runs
         out, so nobody else sends while the first send may still reach Kite."""
-        at = until
         m = self._mark
         with self._lock:
             if previous is None:
@@ -85,14 +84,14 @@ class Outbox:
                     " (order_id, request, version, attempts, last_attempt)"
                     f" VALUES ({m}, {m}, {m}, 1, {m})"
                     " ON CONFLICT (order_id, request, version) DO NOTHING",
-                    (order_id, request, version, at),
+                    (order_id, request, version, until),
                 )
             else:
                 cursor = self._conn.execute(
                     f"UPDATE gateway_outbox SET attempts = attempts + 1, last_attempt = {m}"
                     f" WHERE order_id = {m} AND request = {m} AND version = {m}"
                     f" AND last_attempt = {m}",
-                    (at, order_id, request, version, previous.last_attempt),
+                    (until, order_id, request, version, previous.last_attempt),
                 )
             return bool(cursor.rowcount == 1)
 
