@@ -22,7 +22,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Final
@@ -89,6 +89,31 @@ class _Lease:
         self.gateway.outbox.release(
             self.key, self.request, self.version, self.until, self.gateway.clock()
         )
+
+    @contextmanager
+    def kept(self) -> Iterator[None]:
+        """Renewed every third of its length while a try is in flight: the client's
+        timeout bounds each wait on the socket, not the whole request, so a try may
+        outlast it."""
+        stop = threading.Event()
+
+        def beat() -> None:
+            while not stop.wait(self.gateway.send_lease / 3):
+                try:
+                    self.renew()
+                except Exception:
+                    log.exception(
+                        "%s of %s: its lease could not be renewed", self.request, self.key
+                    )
+                    return
+
+        keeper = threading.Thread(target=beat, name="outbox-lease", daemon=True)
+        keeper.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            keeper.join()
 
 
 #: Errors that say Kite refused the request itself.
@@ -162,16 +187,18 @@ class KiteGateway:
         self.limiter = limiter or RateLimiter()
         self.charges = charges if charges is not None else ChargesSchedule.bundled()
         self.grace = unknown_outcome_grace
-        # One try of a send: the client's timeout (kiteconnect's default is 7 s) and a margin.
-        self.send_lease = (
-            send_lease
-            if send_lease is not None
-            else float(getattr(kite, "timeout", None) or 7) + LEASE_MARGIN
-        )
+        # A send's lease: the client's timeout (kiteconnect's default is 7 s; requests also
+        # takes a (connect, read) pair) and a margin; renewed while the send lasts.
+        timeout = getattr(kite, "timeout", None) or 7
+        if isinstance(timeout, tuple | list):
+            timeout = sum(t for t in timeout if t)
+        self.send_lease = send_lease if send_lease is not None else float(timeout) + LEASE_MARGIN
         self.clock = clock
         self._lock = threading.RLock()
         self._dispatching = threading.Lock()
-        self._by_tag: dict[str, UUID] = {}
+        # A tag's orders: one each since tags are the ledger's own; orders written before
+        # may share a label.
+        self._by_tag: dict[str, set[UUID]] = {}
         self._by_broker_id: dict[str, UUID] = {}
         self._broker_by_order: dict[UUID, str] = {}
         self._open: dict[UUID, Order] = {}
@@ -216,7 +243,7 @@ class KiteGateway:
             return list(self._open.values())
 
     def _remember(self, order: Order) -> None:
-        self._by_tag[order.tag] = order.id
+        self._by_tag.setdefault(order.tag, set()).add(order.id)
         if order.broker_order_id:
             self._by_broker_id[order.broker_order_id] = order.id
             self._broker_by_order[order.id] = order.broker_order_id
@@ -230,7 +257,8 @@ class KiteGateway:
             if lease is not None:
                 lease.renew()
             try:
-                return getattr(self.kite, method)(*args, **kwargs)
+                with lease.kept() if lease is not None else nullcontext():
+                    return getattr(self.kite, method)(*args, **kwargs)
             except kite_errors.NetworkException as error:
                 if getattr(error, "code", None) != 429:
                     raise
@@ -460,17 +488,31 @@ class KiteGateway:
         with self._lock:
             known = self._by_broker_id.get(broker_order.order_id)
             if known is None and broker_order.tag:
-                known = self._by_tag.get(broker_order.tag)
-                # Our tag on another broker order id: not the order we placed.
-                if known is not None and self._broker_by_order.get(known) not in (
-                    None,
-                    broker_order.order_id,
-                ):
-                    known = None
+                candidates = self._tag_candidates(broker_order)
+                known = candidates[0] if len(candidates) == 1 else None
         if known is None and refresh:
             self.refresh_index()
             return self.order_for(broker_order)
         return known
+
+    def _tag_candidates(self, broker_order: KiteOrder) -> list[UUID]:
+        """The ledger orders that may have made `broker_order`, by its tag: those carrying
+        it that hold no other broker order (our tag on another broker order id is not the
+        order we placed) and, where still open, have its instrument and side. (Called
+        with the lock held.)"""
+        found = []
+        for order_id in self._by_tag.get(broker_order.tag or "", ()):
+            if self._broker_by_order.get(order_id) not in (None, broker_order.order_id):
+                continue
+            order = self._open.get(order_id)
+            if order is not None and (
+                order.instrument.exchange.value != broker_order.exchange
+                or order.instrument.tradingsymbol != broker_order.tradingsymbol
+                or order.side.value != broker_order.transaction_type
+            ):
+                continue
+            found.append(order_id)
+        return sorted(found)
 
     def converge(self, broker_order_id: str, source: Source) -> ConvergeResult:
         """Fetch one order's history (and its trades, when Kite reports more filled than the
@@ -632,6 +674,18 @@ class KiteGateway:
     def _adopt(self, history: list[KiteOrder], result: ConvergeResult) -> UUID | None:
         """An order placed outside the ledger (Kite's web app, another tool): record it."""
         first, latest = history[0], history[-1]
+        with self._lock:
+            candidates = self._tag_candidates(latest) if latest.tag else []
+        if candidates:
+            # Several ledger orders written before tags were the ledger's own share this
+            # one's: it is one of ours, but which is unknown. Adopted, it would be taken
+            # for an outside order, and the one that made it would be placed again.
+            result.problems.append(
+                f"broker order {latest.order_id} carries the tag {latest.tag!r} of"
+                f" {len(candidates)} ledger orders ({', '.join(map(str, candidates))});"
+                " not adopted: record its acceptance on the right one"
+            )
+            return None
         try:
             order_type = OrderType(latest.order_type)
         except ValueError:
@@ -674,7 +728,7 @@ class KiteGateway:
                 result.problems.append(f"cannot adopt external order {latest.order_id}: {error}")
                 return None
         self._by_broker_id[latest.order_id] = order.id
-        self._by_tag[order.tag] = order.id
+        self._by_tag.setdefault(order.tag, set()).add(order.id)
         return order.id
 
     def already_reflects(self, update: KiteOrder) -> bool:

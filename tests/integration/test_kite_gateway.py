@@ -17,6 +17,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from kiteconnect import KiteConnect
 
 from ledger.application import OrderLedger
 from ledger.commands import CancelOrder
@@ -186,8 +187,9 @@ def test_a_lost_placement_is_never_matched_to_another_orders_broker_order(
     reply, the look-up at Kite must not take the broker order another ledger order holds
     (it would never be placed, and that order's fills would count twice)."""
     gateway = gateway_for(ledger, sandbox)
-    first, second = (
-        Order.submit(
+
+    def legacy(name: str) -> Order:
+        return Order.submit(
             account=ACCOUNT,
             client_order_id=name,
             instrument=ledger.instruments.get(InstrumentRef(Exchange.NSE, "SBIN")),
@@ -200,28 +202,46 @@ def test_a_lost_placement_is_never_matched_to_another_orders_broker_order(
             actor="strategy",
             at=datetime.now(UTC),
         )
-        for name in ("legacy-1", "legacy-2")
-    )
+
+    first, second, third = legacy("legacy-1"), legacy("legacy-2"), legacy("legacy-3")
     ledger.save(first)
     assert gateway.dispatch().placed == [first.id]
     ledger.save(second)
-    sandbox.faults.fail_placements_before_accept = 1  # a 500, and nothing in the book
+    sandbox.faults.fail_placements_before_accept = 1  # an error, and nothing in the book
     assert gateway.dispatch().unknown_outcome == [second.id]
     time.sleep(0.25)
     report = gateway.dispatch()
     assert report.found_at_broker == []
     assert report.placed == [second.id]
     assert len(sandbox.orders) == 2
-    held = {ledger.get_order(o.id).broker_order_id for o in (first, second)}
+
+    # The third is booked at Kite but its reply is lost, and a poll meets its broker
+    # order before the dispatcher looks again: it is the third's (the one order with that
+    # label, instrument and side and no broker order), not an outside order to adopt,
+    # after which the look-up would skip it and place the third a second time.
+    ledger.save(third)
+    sandbox.faults.drop_placements_after_accept = 1  # booked, then no answer
+    assert gateway.dispatch().unknown_outcome == [third.id]
+    # (The first order changed at Kite meanwhile, so the poll converges it too, and the
+    # label's last order seen is the first, which holds another broker order.)
+    kite_id = ledger.get_order(first.id).broker_order_id
+    gateway.kite.modify_order(variety="regular", order_id=kite_id, price="800.05")
+    assert gateway.poll().adopted == []
+    time.sleep(0.25)
+    gateway.dispatch()
+    assert len(sandbox.orders) == 3
+    held = {ledger.get_order(o.id).broker_order_id for o in (first, second, third)}
     assert held == set(sandbox.orders)
 
 
 def test_a_placement_still_in_flight_is_not_sent_by_another_dispatcher(
     ledger: OrderLedger, sandbox: KiteSandbox, make_ledger: LedgerFactory
 ) -> None:
-    """Two dispatchers on one ledger: while the first one's `place_order` waits on Kite
-    (within the client's timeout), the second must neither send the order nor call it
-    cancelled before it was sent, however long past its grace it looks."""
+    """Two dispatchers on one ledger: while the first one's `place_order` waits on Kite,
+    the second must neither send the order nor call it cancelled before it was sent,
+    however long past its grace it looks, and even when the try outlasts the lease it
+    began with (the client's timeout bounds each wait on the socket, not the request):
+    the lease is renewed while the try is in flight."""
     slow = client(sandbox)
     place = slow.place_order
 
@@ -237,6 +257,7 @@ def test_a_placement_still_in_flight_is_not_sent_by_another_dispatcher(
         outbox=Outbox(ledger.storage),
         account=ACCOUNT,
         limiter=RateLimiter({"orders": ((1.0, 1000),), "other": ((1.0, 1000),)}),
+        send_lease=0.4,  # shorter than the 1.2 s try
     )
     second = gateway_for(make_ledger(), sandbox)  # grace 0.2 s
     order = submit(ledger, "in-flight", quantity=10, price="800.00")
@@ -386,3 +407,12 @@ def _raw_post(
             reply += chunk
     head, _, body = reply.partition(b"\r\n\r\n")
     return int(head.split()[1]), json.loads(body)
+
+
+def test_a_sends_lease_covers_the_clients_timeout(ledger: OrderLedger) -> None:
+    """kiteconnect hands its timeout to requests, which also takes (connect, read)."""
+    assert ledger.storage is not None
+    for timeout, lease in [(10, 15.0), ((3, 10), 18.0), (None, 12.0)]:
+        kite = KiteConnect("key", "token", timeout=timeout)
+        gateway = KiteGateway(ledger, kite, outbox=Outbox(ledger.storage), account=ACCOUNT)
+        assert gateway.send_lease == lease
