@@ -62,12 +62,20 @@ class Order(Aggregate):
     #: v2: snapshots carry `chain_hash`, the hash of the order's latest event, and keep
     #: fills as rows of plain values (`fill_rows`), so that a snapshot of an order with a
     #: thousand fills decodes as fast as one with ten.
-    class_version: ClassVar[int] = 2
+    #: v3: an order modified to a type without market protection (MARKET to LIMIT, SL-M
+    #: to SL) has none, as `Modified` now leaves it; a v2 snapshot of one still held it.
+    class_version: ClassVar[int] = 3
 
     @staticmethod
     def upcast_v1_v2(state: dict[str, Any]) -> None:
         state["chain_hash"] = None
         state["fill_rows"] = [_fill_row(fill) for fill in state.pop("fills")]
+
+    @staticmethod
+    def upcast_v2_v3(state: dict[str, Any]) -> None:
+        order_type = OrderType(state["order_type"])
+        if not order_type.needs_market_protection:
+            state["market_protection"] = None
 
     # ------------------------------------------------------------------ events
 

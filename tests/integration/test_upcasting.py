@@ -14,6 +14,7 @@ import sqlite3
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 from uuid import UUID
 
 import pytest
@@ -23,7 +24,7 @@ from ledger.checkpoints import check_integrity, write_checkpoint
 from ledger.commands import RecordFill
 from ledger.domain.order import Order
 from ledger.domain.status import OrderStatus
-from ledger.domain.values import Exchange
+from ledger.domain.values import Exchange, OrderType
 from projections import all_projections
 from projections.pointintime import fold_all
 from projections.rebuild import rebuild
@@ -119,5 +120,19 @@ def test_a_v1_event_class_version_is_what_the_mapper_upcasts_from() -> None:
         cls.class_version == 2 and hasattr(cls, "upcast_v1_v2")
         for cls in (Order.Submitted, Order.Filled, Order.Cancelled)
     )
-    assert Order.class_version == 2
+    assert Order.class_version == 3
     assert Exchange.NSE.value == "NSE"
+
+
+def test_a_v2_snapshot_of_an_order_modified_to_limit_drops_its_market_protection() -> None:
+    """`Modified` now clears the market protection of a type without any; a v2 snapshot
+    taken before still held it, and `verify` called the order's snapshot corrupt."""
+    state: dict[str, Any] = {"order_type": OrderType.LIMIT, "market_protection": Decimal(-1)}
+    Order.upcast_v2_v3(state)
+    assert state["market_protection"] is None
+    market = {"order_type": OrderType.MARKET, "market_protection": Decimal(-1)}
+    Order.upcast_v2_v3(market)
+    assert market["market_protection"] == Decimal(-1)
+    stored = {"order_type": "SL", "market_protection": "2.5"}  # as plain stored values
+    Order.upcast_v2_v3(stored)
+    assert stored["market_protection"] is None
