@@ -5,9 +5,8 @@ dispatcher then notes in the outbox that it is about to send (durably), sends th
 official `kiteconnect` client with the order's tag, and records the reply as `Accepted` or
 `Rejected`. After a timeout, an error whose outcome is unknown, or a crash, the next pass
 finds the outbox note and looks the tag up at Kite before it would ever send again. The
-note is a lease, renewed before each try of the send and longer than the client's
-timeout: another dispatcher waits while a send may still reach Kite, and takes over from
-one that died once its lease has run out.
+note is a lease, renewed while the send lasts: another dispatcher waits while a send may
+still reach Kite, and takes over from one that died once its lease has run out.
 
 Every update, whatever the channel (postback, WebSocket, polling, reconciliation), is only
 a prompt: the gateway fetches the order's history and trades and records what the ledger
