@@ -146,15 +146,21 @@ def _from_row(row: Sequence[Any]) -> Checkpoint:
 # --------------------------------------------------------------------------- reading the log
 
 
-def stored_records(ledger: OrderLedger, *, after: int = 0) -> Iterator[StoredRecord]:
-    """Every stored record after position `after`, as the database holds it, with its state
-    decoded but not upcast (hashes are over what was written)."""
+#: Below every position the databases can hold (SQLite's rowid and PostgreSQL's bigint).
+LOWEST_POSITION: Final = -(2**63)
+
+
+def stored_records(ledger: OrderLedger, *, after: int | None = None) -> Iterator[StoredRecord]:
+    """Every stored record after position `after` (all of them if None, rows at positions
+    the ledger never writes, zero and below, included), as the database holds it, with its
+    state decoded but not upcast (hashes are over what was written)."""
     transcoder = ledger.mapper.transcoder
-    position = after
+    position, inclusive = (LOWEST_POSITION, True) if after is None else (after, False)
     while True:
         page = ledger.recorder.select_notifications(
-            start=position, limit=_PAGE, inclusive_of_start=False
+            start=position, limit=_PAGE, inclusive_of_start=inclusive
         )
+        inclusive = False
         if not page:
             return
         for n in page:

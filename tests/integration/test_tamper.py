@@ -289,3 +289,52 @@ def test_the_digest_file_is_plain_json_an_auditor_can_keep(scene: Scene) -> None
     (checkpoint,) = document["checkpoints"]
     assert checkpoint["event_count"] == 12
     assert checkpoint["positions"] == [[checkpoint["first_position"], checkpoint["last_position"]]]
+
+
+def test_an_event_hidden_below_the_first_position_is_named(scene: Scene) -> None:
+    """A correctly hashed fill planted at log position -1 changed what its order is, while
+    every reading of the log began after position 0: verify, even with the digest file,
+    called the log clean."""
+    order = scene.orders[3]
+    _, state, topic = scene.rows.get(order.id, 4)
+    decoded = scene.ledger.mapper.transcoder.decode(state)
+    decoded["trade_id"] = "T-hidden"
+    decoded["previous_hash"] = decoded["hash"]
+    decoded["hash"] = content_hash(
+        topic=topic,
+        class_version=decoded["class_version"],
+        originator_id=order.id,
+        originator_version=5,
+        state=decoded,
+    )
+    forged = scene.ledger.mapper.transcoder.encode(decoded)
+    column = "rowid" if scene.rows.lite is not None else "notification_id"
+    scene.rows.run(
+        f"INSERT INTO {scene.rows.table}"
+        f" ({column}, originator_id, originator_version, topic, state)"
+        " VALUES (%s, %s, %s, %s, %s)",
+        (-1, scene.rows._id(order.id), 5, topic, forged),
+    )
+    lines = scene.verify(digest=True)
+    assert lines[0] == (
+        f"TAMPERED first bad event: log position -1, order {order.id}, version 5:"
+        " at a log position the ledger never writes (zero or below): inserted"
+    )
+
+
+def test_another_applications_rows_and_an_unhashable_edit_are_findings_not_failures(
+    scene: Scene,
+) -> None:
+    """SQLite applications on one file share its events table: their rows are not the
+    order log's, and verify called a clean log tampered. An edit that leaves a value no
+    event holds (a float) crashed verify instead of naming the event."""
+    scene.rows.insert(UUID(int=7), 1, "notes:Note.Created", b'{"class_version":2,"text":"x"}')
+    assert scene.verify() == []
+    order = scene.orders[3]
+    named = where(scene, order, 3)
+    _, state, _ = scene.rows.get(order.id, 3)
+    scene.rows.set_state(order.id, 3, state.replace(b'"quantity":40', b'"quantity":40.0'))
+    lines = scene.verify()
+    assert lines[0] == (
+        f"TAMPERED first bad event: {named}altered: its content no longer matches its hash"
+    )
