@@ -30,7 +30,7 @@ from ledger.domain.values import IST, Exchange, InstrumentRef
 from ledger.projection_process import interrupt_when_parent_exits
 from projections import all_projections
 from projections.audit import AuditEntry, to_csv, to_jsonl, trail
-from projections.base import Projection, View
+from projections.base import EVENT_CLASSES, Projection, View
 from projections.offline import export_log, offline_rebuild
 from projections.pnl import pnl_report
 from projections.pointintime import as_of
@@ -55,23 +55,25 @@ MarkOption = Annotated[
 ]
 
 
-def parse_instant(text: str) -> datetime:
-    """An ISO time with a zone, or a date meaning the end of that day in Asia/Kolkata."""
+def parse_instant(text: str, option: str = "--as-of", *, day_starts: bool = False) -> datetime:
+    """An ISO time with a zone, or a date in Asia/Kolkata: the end of that day (as of it,
+    up to it), or with `day_starts` its start (from it), so that `--from D --to D` is the
+    whole day D."""
     text = text.strip()
     try:
         day = date.fromisoformat(text)
     except ValueError:
         pass
     else:
-        return datetime.combine(day, time.max, tzinfo=IST)
+        return datetime.combine(day, time.min if day_starts else time.max, tzinfo=IST)
     try:
         instant = datetime.fromisoformat(text)
     except ValueError:
         raise LedgerError(
-            f"--as-of: {text!r} is not an ISO time (2026-11-24T11:30:00+05:30) or date"
+            f"{option}: {text!r} is not an ISO time (2026-11-24T11:30:00+05:30) or date"
         ) from None
     if instant.tzinfo is None:
-        raise LedgerError(f"--as-of: {text!r} has no time zone (add +05:30 or Z)")
+        raise LedgerError(f"{option}: {text!r} has no time zone (add +05:30 or Z)")
     return instant
 
 
@@ -85,6 +87,17 @@ def parse_marks(marks: list[str] | None) -> dict[InstrumentRef, Decimal]:
         except (ValueError, InvalidOperation):
             raise LedgerError(f"--mark: {mark!r} is not EXCHANGE:SYMBOL=PRICE") from None
     return parsed
+
+
+def parse_instrument(text: str, option: str = "--instrument") -> InstrumentRef:
+    """EXCHANGE:SYMBOL, e.g. NSE:SBIN."""
+    exchange, _, symbol = text.strip().partition(":")
+    try:
+        if not symbol:
+            raise ValueError(text)
+        return InstrumentRef(Exchange(exchange.upper()), symbol)
+    except ValueError:
+        raise LedgerError(f"{option}: {text!r} is not EXCHANGE:SYMBOL (e.g. NSE:SBIN)") from None
 
 
 def _check_format(fmt: str, allowed: tuple[str, ...]) -> str:
@@ -351,8 +364,14 @@ def audit(
     order: Annotated[str | None, typer.Option(help="An order id.")] = None,
     instrument: Annotated[str | None, typer.Option(help="EXCHANGE:SYMBOL, e.g. NSE:SBIN.")] = None,
     account: Annotated[str | None, typer.Option()] = None,
-    since: Annotated[str | None, typer.Option("--from", help="From this time (inclusive).")] = None,
-    until: Annotated[str | None, typer.Option("--to", help="To this time (exclusive).")] = None,
+    since: Annotated[
+        str | None,
+        typer.Option("--from", help="From this time (inclusive; a date: from its start)."),
+    ] = None,
+    until: Annotated[
+        str | None,
+        typer.Option("--to", help="To this time (exclusive; a date: through its end)."),
+    ] = None,
     event_type: Annotated[
         list[str] | None, typer.Option("--type", help="Event type, e.g. Filled (repeat).")
     ] = None,
@@ -360,10 +379,19 @@ def audit(
 ) -> None:
     """The audit trail: every event in log order, filtered."""
     _check_format(fmt, ("table", "csv", "jsonl"))
+    if event_type:
+        kinds = {kind.lower(): kind for kind in EVENT_CLASSES}
+        unknown = [t for t in event_type if t.lower() not in kinds]
+        if unknown:
+            raise LedgerError(
+                f"--type: {', '.join(map(repr, unknown))} is not an event type"
+                f" (one of {', '.join(sorted(EVENT_CLASSES))})"
+            )
+        event_type = [kinds[t.lower()] for t in event_type]
     filters: dict[str, Any] = {
         "account": account,
-        "since": parse_instant(since) if since else None,
-        "until": parse_instant(until) if until else None,
+        "since": parse_instant(since, "--from", day_starts=True) if since else None,
+        "until": parse_instant(until, "--to") if until else None,
         "event_types": event_type,
     }
     if order:
@@ -372,7 +400,7 @@ def audit(
         except ValueError:
             raise LedgerError(f"--order: {order!r} is not an order id (a UUID)") from None
     if instrument:
-        filters["instrument"] = next(iter(parse_marks([f"{instrument}=0"])))
+        filters["instrument"] = parse_instrument(instrument)
     # The equality filters narrow what is read from the database (a full read of a long
     # trail is most of the time); `trail` applies every filter to what was read.
     where: dict[str, list[str]] = {}
@@ -521,8 +549,8 @@ def export(
     _check_format(fmt, ("parquet", "jsonl"))
     if not out.parent.exists():
         raise LedgerError(f"--out: directory {out.parent} does not exist")
-    start = parse_instant(since) if since else None
-    end = parse_instant(until) if until else None
+    start = parse_instant(since, "--from", day_starts=True) if since else None
+    end = parse_instant(until, "--to") if until else None
     with _open(db) as ledger, _progress("exporting", LedgerLog(ledger).last_position()) as advance:
         count = export_log(
             ledger,

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from ledger.application import open_ledger
+from ledger.domain.values import IST
 from projections import all_projections
 from projections.store import store_for_file, store_for_ledger_url
 
@@ -93,6 +94,22 @@ def test_pnl_stats_report_audit(demo_dir: Path) -> None:
     assert {e["event_type"] for e in entries} == {"Filled"}
 
 
+def test_audit_and_export_from_a_date_take_that_whole_day(demo_dir: Path) -> None:
+    """`--from D` is the start of day D (it was its end, and a whole day's events went
+    missing); `--from D --to D` is day D; `--type` is read in any case."""
+    everything = run("audit", "--format", "jsonl", cwd=demo_dir).stdout.splitlines()
+    with open_ledger(demo_dir / "ledger.db") as ledger:
+        first = next(iter(ledger.iter_log())).timestamp
+    day = first.astimezone(IST).date().isoformat()
+    that_day = run("audit", "--from", day, "--to", day, "--format", "jsonl", cwd=demo_dir)
+    assert that_day.returncode == 0, that_day.stderr
+    assert len(that_day.stdout.splitlines()) == len(everything) == 29
+    lower = run("audit", "--type", "filled", "--format", "jsonl", cwd=demo_dir)
+    assert len(lower.stdout.splitlines()) == 8
+    exported = run("export", "--from", day, "--format", "jsonl", "--out", "d.jsonl", cwd=demo_dir)
+    assert "exported 29 events" in exported.stdout
+
+
 def test_rebuild_and_project(demo_dir: Path) -> None:
     rebuilt = run("rebuild", "positions", cwd=demo_dir)
     assert rebuilt.returncode == 0, rebuilt.stderr
@@ -114,6 +131,9 @@ def test_rebuild_and_project(demo_dir: Path) -> None:
         (["report", "00000000-0000-0000-0000-000000000000"], "no such order"),
         (["offline-rebuild", "--from", "none.parquet", "--into", "x.duckdb"], "does not exist"),
         (["export", "--out", "no/such/dir/x.parquet"], "does not exist"),
+        (["audit", "--type", "Nope"], "--type: 'Nope' is not an event type (one of Accepted"),
+        (["audit", "--instrument", "NSE"], "--instrument: 'NSE' is not EXCHANGE:SYMBOL"),
+        (["audit", "--from", "soon"], "--from: 'soon' is not an ISO time"),
     ],
 )
 def test_read_command_errors(demo_dir: Path, args: list[str], message: str) -> None:
