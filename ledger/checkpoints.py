@@ -242,6 +242,8 @@ def load_digests(path: str | Path) -> list[Checkpoint]:
         document = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise DigestFileError(f"digest file {where} does not exist") from None
+    except OSError as error:  # a directory, no permission
+        raise DigestFileError(f"digest file {where} cannot be read: {error}") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise DigestFileError(f"digest file {where} is not JSON: {error}") from None
     if not isinstance(document, dict) or document.get("kind") != "kite-ledger digests":

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import sqlite3
 import sys
 from collections.abc import Iterable
 from datetime import date
@@ -18,6 +19,7 @@ from typing import Annotated, Any
 from uuid import UUID
 
 import typer
+from eventsourcing.persistence import PersistenceError
 from rich.console import Console
 from rich.table import Table
 
@@ -71,7 +73,12 @@ def _open(db: str | None, *, create: bool = False) -> OrderLedger:
         raise LedgerError(
             f"database {path} does not exist (run `kite-ledger demo` to make one, or pass --db)"
         )
-    return open_ledger(db)
+    try:
+        return open_ledger(db)
+    except (sqlite3.DatabaseError, PersistenceError) as error:
+        if path is None:
+            raise
+        raise LedgerError(f"database {path} cannot be opened as a ledger ({error})") from None
 
 
 def _money(value: Decimal | None) -> str:
@@ -505,6 +512,9 @@ def main() -> None:
     try:
         app()
     except (LedgerError, InstrumentDataError) as error:
+        errors.print(f"error: {error}", soft_wrap=True, markup=False, highlight=False)
+        sys.exit(2)
+    except OSError as error:  # a path that is a directory, or that may not be written
         errors.print(f"error: {error}", soft_wrap=True, markup=False, highlight=False)
         sys.exit(2)
 

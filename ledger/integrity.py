@@ -360,10 +360,18 @@ class Checkpoint:
             last_position=int(data["last_position"]),
             event_count=int(data["event_count"]),
             positions=tuple((int(a), int(b)) for a, b in data["positions"]),
-            previous_digest=str(data["previous_digest"]),
-            digest=str(data["digest"]),
+            previous_digest=_hex_digest(data["previous_digest"], "previous_digest"),
+            digest=_hex_digest(data["digest"], "digest"),
             created_at=str(data["created_at"]),
         )
+
+
+def _hex_digest(value: Any, name: str) -> str:
+    """A SHA-256 digest as 64 hex digits (what every fold starts from or ends with)."""
+    text = str(value)
+    if len(text) != 64 or any(c not in "0123456789abcdef" for c in text):
+        raise ValueError(f"{name} must be 64 lowercase hex digits, got {text[:70]!r}")
+    return text
 
 
 @dataclass

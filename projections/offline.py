@@ -416,6 +416,10 @@ def offline_rebuild(
     exists) and moved over it only when every record has folded; a damaged export raises
     `ExportError` and leaves `into` as it was."""
     target = Path(into)
+    if not target.parent.is_dir():
+        raise ExportError(f"{target}: directory {target.parent} does not exist")
+    if target.exists() and not target.is_file():
+        raise ExportError(f"{target}: is not a file")
     partial = target.with_name(f"{target.stem}.partial-{os.getpid()}{target.suffix}")
     _remove(partial)
     if target.exists():
@@ -428,7 +432,14 @@ def offline_rebuild(
             on_batch(done, total)
 
     duckdb = target.suffix == ".duckdb"
-    store = store_for_file(partial) if duckdb else WriterProcessStore(partial)
+    try:
+        store = store_for_file(partial) if duckdb else WriterProcessStore(partial)
+    except Exception as error:  # an existing target that is not a database of its kind
+        _remove(partial)
+        raise ExportError(
+            f"{target}: cannot rebuild into it ({type(error).__name__}: {error});"
+            " it was left as it was"
+        ) from None
 
     def abandon() -> None:
         if isinstance(store, WriterProcessStore):

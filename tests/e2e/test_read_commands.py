@@ -143,6 +143,32 @@ def test_read_command_errors(demo_dir: Path, args: list[str], message: str) -> N
     assert "Traceback" not in result.stderr
 
 
+def test_paths_that_are_not_what_a_command_wants_are_refused_clearly(demo_dir: Path) -> None:
+    """Each of these ended in a traceback (and left partial files beside the target)."""
+    (demo_dir / "notes.txt").write_text("not a database")
+    (demo_dir / "adir").mkdir(exist_ok=True)
+    assert run("export", "--format", "jsonl", "--out", "e.jsonl", cwd=demo_dir).returncode == 0
+    cases = [
+        (["stats", "--db", "notes.txt"], "database notes.txt cannot be opened as a ledger"),
+        (["export", "--format", "jsonl", "--out", "adir"], "Is a directory: 'adir'"),
+        (["verify", "--digest", "adir"], "digest file adir cannot be read"),
+        (
+            ["offline-rebuild", "--from", "e.jsonl", "--into", "notes.txt"],
+            "notes.txt: cannot rebuild into it",
+        ),
+        (
+            ["offline-rebuild", "--from", "e.jsonl", "--into", "nodir/x.sqlite"],
+            "directory nodir does not exist",
+        ),
+    ]
+    for args, message in cases:
+        result = run(*args, cwd=demo_dir)
+        assert result.returncode == 2, (args, result.stdout, result.stderr)
+        assert message in result.stderr, (args, result.stderr)
+        assert "Traceback" not in result.stderr
+    assert not list(demo_dir.glob("*partial*"))
+
+
 def test_a_read_command_reads_only_the_projection_it_shows(
     demo_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

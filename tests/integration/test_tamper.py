@@ -22,7 +22,13 @@ from psycopg import sql
 from typer.testing import CliRunner
 
 from ledger.application import OrderLedger
-from ledger.checkpoints import check_integrity, export_checkpoints, write_checkpoint
+from ledger.checkpoints import (
+    DigestFileError,
+    check_integrity,
+    export_checkpoints,
+    load_digests,
+    write_checkpoint,
+)
 from ledger.cli import app
 from ledger.domain.order import Order
 from ledger.integrity import content_hash
@@ -338,3 +344,15 @@ def test_another_applications_rows_and_an_unhashable_edit_are_findings_not_failu
     assert lines[0] == (
         f"TAMPERED first bad event: {named}altered: its content no longer matches its hash"
     )
+
+
+def test_a_digest_file_that_is_not_one_is_refused_clearly(scene: Scene, tmp_path: Path) -> None:
+    """A digest that is not hex failed deep in the fold with a ValueError traceback."""
+    document = json.loads(scene.digests.read_text())
+    document["checkpoints"][0]["previous_digest"] = "zz"
+    damaged = tmp_path / "damaged.json"
+    damaged.write_text(json.dumps(document))
+    with pytest.raises(DigestFileError, match="previous_digest must be 64 lowercase hex digits"):
+        load_digests(damaged)
+    with pytest.raises(DigestFileError, match="cannot be read"):
+        load_digests(tmp_path)
