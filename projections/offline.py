@@ -369,6 +369,8 @@ class ExportLog:
     _buffer: list[tuple[int, Order.Event]] = field(default_factory=list)
     _record_chunks: Iterator[list[Record]] | None = None
     _records: list[Record] = field(default_factory=list)
+    #: The log positions of the last batch handed to the folds (for error messages).
+    batch: tuple[int, int] | None = None
 
     def read(self, after: int, limit: int) -> list[tuple[int, Order.Event]]:
         if self._chunks is None:
@@ -393,6 +395,8 @@ class ExportLog:
                 break
             self._records.extend(r for r in chunk if r.position > after)
         taken, self._records = self._records[:limit], self._records[limit:]
+        if taken:
+            self.batch = (taken[0].position, taken[-1].position)
         return taken
 
 
@@ -448,19 +452,27 @@ def offline_rebuild(
             store.close()
         _remove(partial)
 
+    log = ExportLog(export)
     try:
-        count = rebuild(
-            ExportLog(export), store, projections, batch_size=batch_size, on_batch=progress
-        )
+        count = rebuild(log, store, projections, batch_size=batch_size, on_batch=progress)
         store.close()
     except ExportError:
         abandon()
         raise
     except Exception as error:  # damaged data fails in the folds or in the store's writes
         abandon()
+        notes = getattr(error, "__notes__", None)
+        read = log.batch
+        where = (
+            f", {notes[-1]}"
+            if notes
+            else f" (the batch read last: log positions {read[0]}..{read[1]})"
+            if read
+            else ""
+        )
         raise ExportError(
             f"export {export}: folding or writing a record after the first {folded[0]}"
-            f" failed ({type(error).__name__}: {error}); {target} was left as it was"
+            f" failed{where} ({type(error).__name__}: {error}); {target} was left as it was"
         ) from None
     except BaseException:  # an interrupt: leave no partial file behind
         abandon()

@@ -482,8 +482,17 @@ class ProjectionRunner:
                 if missing:
                     working.prefetch(name, missing)
         apply = projection.apply_record
-        for record in records:
-            apply(working, record)
+        record = None
+        try:
+            for record in records:
+                apply(working, record)
+        except Exception as error:
+            if record is not None:  # which record, for whoever reports the failure
+                error.add_note(
+                    f"folding log position {record.position} (order {record.order_id},"
+                    f" version {record.version}, {record.kind}) into {projection.name}"
+                )
+            raise
 
     # ------------------------------------------------------------------ catching up
 

@@ -3,6 +3,7 @@ offline rebuilds. Every test runs on SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, ClassVar
@@ -281,6 +282,29 @@ def test_bad_export_files_are_named(tmp_path: Path) -> None:
         offline_rebuild(tmp_path / "log.csv", tmp_path / "x.sqlite", all_projections())
     with pytest.raises(ExportError, match="cannot read export"):
         offline_rebuild(tmp_path / "none.jsonl", tmp_path / "x.sqlite", all_projections())
+
+
+def test_a_record_the_folds_cannot_read_is_placed_in_the_log(
+    ledger: OrderLedger, tmp_path: Path
+) -> None:
+    """A fill whose state lacks what the folds read: the error names its log position,
+    order and version (it said only "after the first 0")."""
+    run_session(ledger)
+    export = tmp_path / "log.jsonl"
+    export_log(ledger, export)
+    lines = export.read_text().splitlines()
+    index = next(i for i, line in enumerate(lines) if '"event_type":"Filled"' in line)
+    record = json.loads(lines[index])
+    state = json.loads(record["state"])
+    del state["instrument"]
+    record["state"] = json.dumps(state)
+    lines[index] = json.dumps(record)
+    export.write_text("\n".join(lines) + "\n")
+    position = record["position"]
+    with pytest.raises(
+        ExportError, match=rf"folding log position {position} \(order .*, Filled\) into \w+"
+    ):
+        offline_rebuild(export, tmp_path / "x.sqlite", all_projections())
 
 
 def test_views_can_be_read_while_empty(store: ProjectionStore) -> None:
