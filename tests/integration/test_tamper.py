@@ -31,7 +31,7 @@ from ledger.checkpoints import (
 )
 from ledger.cli import app
 from ledger.domain.order import Order
-from ledger.integrity import content_hash
+from ledger.integrity import ORDER_TOPIC, content_hash
 from tests.conftest import LedgerFactory
 from tests.support import accepted, fill, submit_command
 
@@ -356,3 +356,16 @@ def test_a_digest_file_that_is_not_one_is_refused_clearly(scene: Scene, tmp_path
         load_digests(damaged)
     with pytest.raises(DigestFileError, match="cannot be read"):
         load_digests(tmp_path)
+
+
+def test_the_integrity_checks_know_the_order_topics() -> None:
+    """integrity.py cannot import the order (the order imports it): its copy of the topic
+    prefix must stay the order's, or every order event would be skipped as foreign."""
+    assert ORDER_TOPIC == Order.TOPIC
+    topics = [
+        cls.TOPIC
+        for cls in vars(Order).values()
+        if isinstance(cls, type) and issubclass(cls, Order.Event)
+    ]
+    assert topics
+    assert all(topic.startswith(ORDER_TOPIC) for topic in topics)
