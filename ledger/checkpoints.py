@@ -251,6 +251,8 @@ def load_digests(path: str | Path) -> list[Checkpoint]:
     items = document.get("checkpoints")
     if not isinstance(items, list):
         raise DigestFileError(f"digest file {where}: 'checkpoints' must be a list")
+    if not items:
+        raise DigestFileError(f"digest file {where} holds no checkpoints: it proves nothing")
     checkpoints = []
     for index, item in enumerate(items):
         try:
@@ -338,7 +340,8 @@ class IntegrityReport:
     chains: ChainReport
     checkpoints: int
     reference_checkpoints: int
-    after_last_checkpoint: int
+    after_last_checkpoint: int  # events after the database's last checkpoint
+    after_last_reference: int | None = None  # ... and after the digest file's last one
     findings: list[Finding] = field(default_factory=list)
 
     @property
@@ -389,7 +392,8 @@ def check_integrity(
         chains=chains,
         checkpoints=len(own),
         reference_checkpoints=len(reference) if reference is not None else 0,
-        after_last_checkpoint=checks[-1].after_last,
+        after_last_checkpoint=checks[0].after_last,
+        after_last_reference=checks[1].after_last if reference is not None else None,
         findings=_dedupe(findings),
     )
 

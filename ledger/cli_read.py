@@ -607,6 +607,11 @@ def verify_command(
         raise typer.Exit(1)
     checked = (
         f"; {integrity.reference_checkpoints} checkpoints of {digest} match"
+        + (
+            f" ({integrity.after_last_reference} events after its last)"
+            if integrity.after_last_reference
+            else ""
+        )
         if digest is not None
         else ""
     )

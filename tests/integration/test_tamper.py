@@ -158,6 +158,11 @@ def test_an_untouched_ledger_verifies(scene: Scene) -> None:
     assert scene.verify(digest=True) == []
     report = check_integrity(scene.ledger)
     assert (report.chains.chained, report.checkpoints, report.after_last_checkpoint) == (16, 1, 4)
+    assert report.after_last_reference is None
+    # The database's count stays its own when a digest file is given (it was the file's).
+    write_checkpoint(scene.ledger)
+    with_file = check_integrity(scene.ledger, reference=load_digests(scene.digests))
+    assert (with_file.after_last_checkpoint, with_file.after_last_reference) == (0, 4)
 
 
 def test_an_edited_event_is_named(scene: Scene) -> None:
@@ -356,6 +361,10 @@ def test_a_digest_file_that_is_not_one_is_refused_clearly(scene: Scene, tmp_path
         load_digests(damaged)
     with pytest.raises(DigestFileError, match="cannot be read"):
         load_digests(tmp_path)
+    document["checkpoints"] = []
+    damaged.write_text(json.dumps(document))
+    with pytest.raises(DigestFileError, match="holds no checkpoints: it proves nothing"):
+        load_digests(damaged)
 
 
 def test_the_integrity_checks_know_the_order_topics() -> None:
