@@ -20,6 +20,7 @@ checkpoints still cover their stored bytes.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -261,18 +262,17 @@ def check_chains(records: Iterable[StoredRecord]) -> ChainReport:
             heads[record.originator_id] = _Head(record.originator_version, None)
             continue
         report.chained += 1
-        try:
-            recomputed: str | None = content_hash(
-                topic=record.topic,
-                class_version=class_version,
-                originator_id=record.originator_id,
-                originator_version=record.originator_version,
-                state=state,
-            )
-        except (TypeError, ValueError):
-            recomputed = None  # a value no event holds (a float, say): altered all the same
-        if class_version < 0:
-            recomputed = None
+        recomputed: str | None = None  # no hash can match: altered all the same
+        # (None for a class version that is not a number, or a value no event holds.)
+        with contextlib.suppress(TypeError, ValueError):
+            if class_version >= 0:
+                recomputed = content_hash(
+                    topic=record.topic,
+                    class_version=class_version,
+                    originator_id=record.originator_id,
+                    originator_version=record.originator_version,
+                    state=state,
+                )
         previous = state.get("previous_hash")
         if recomputed != stored_hash:
             report.findings.append(
