@@ -148,6 +148,22 @@ def scene(make_ledger: LedgerFactory, database_url: str, tmp_path: Path) -> Iter
     rows.close()
 
 
+def forged(scene: Scene, order: Order, version: int, as_version: int, **changes: Any) -> bytes:
+    """The stored event at `version`, changed and hashed again as the event at
+    `as_version` (what a forger who knows the scheme writes)."""
+    _, state, topic = scene.rows.get(order.id, version)
+    decoded = scene.ledger.mapper.transcoder.decode(state)
+    decoded.update(changes)
+    decoded["hash"] = content_hash(
+        topic=topic,
+        class_version=decoded["class_version"],
+        originator_id=order.id,
+        originator_version=as_version,
+        state=decoded,
+    )
+    return bytes(scene.ledger.mapper.transcoder.encode(decoded))
+
+
 def where(scene: Scene, order: Order, version: int) -> str:
     position = scene.rows.get(order.id, version)[0]
     return f"log position {position}, order {order.id}, version {version}: "
@@ -254,17 +270,7 @@ def test_a_rewrite_with_recomputed_hashes_is_caught_by_the_checkpoints(scene: Sc
     # chain holds. The checkpoint that covered the fill still differs; and when the forger
     # also rewrites the database's checkpoints, the digest file kept elsewhere does not.
     order = scene.orders[0]
-    _, state, topic = scene.rows.get(order.id, 4)
-    decoded = scene.ledger.mapper.transcoder.decode(state)
-    decoded["quantity"] = 59
-    decoded["hash"] = content_hash(
-        topic=topic,
-        class_version=decoded["class_version"],
-        originator_id=order.id,
-        originator_version=4,
-        state=decoded,
-    )
-    scene.rows.set_state(order.id, 4, scene.ledger.mapper.transcoder.encode(decoded))
+    scene.rows.set_state(order.id, 4, forged(scene, order, 4, 4, quantity=59))
     (checkpoint,) = json.loads(scene.digests.read_text())["checkpoints"]
     covered = f"log positions {checkpoint['first_position']}..{checkpoint['last_position']}"
     altered = f"the 12 stored records at {covered} differ from what was recorded (altered)"
@@ -308,23 +314,13 @@ def test_an_event_hidden_below_the_first_position_is_named(scene: Scene) -> None
     called the log clean."""
     order = scene.orders[3]
     _, state, topic = scene.rows.get(order.id, 4)
-    decoded = scene.ledger.mapper.transcoder.decode(state)
-    decoded["trade_id"] = "T-hidden"
-    decoded["previous_hash"] = decoded["hash"]
-    decoded["hash"] = content_hash(
-        topic=topic,
-        class_version=decoded["class_version"],
-        originator_id=order.id,
-        originator_version=5,
-        state=decoded,
-    )
-    forged = scene.ledger.mapper.transcoder.encode(decoded)
-    column = "rowid" if scene.rows.lite is not None else "notification_id"
+    last_hash = scene.ledger.mapper.transcoder.decode(state)["hash"]
+    planted = forged(scene, order, 4, 5, trade_id="T-hidden", previous_hash=last_hash)
     scene.rows.run(
         f"INSERT INTO {scene.rows.table}"
-        f" ({column}, originator_id, originator_version, topic, state)"
+        f" ({scene.rows.position}, originator_id, originator_version, topic, state)"
         " VALUES (%s, %s, %s, %s, %s)",
-        (-1, scene.rows._id(order.id), 5, topic, forged),
+        (-1, scene.rows._id(order.id), 5, topic, planted),
     )
     lines = scene.verify(digest=True)
     assert lines[0] == (
