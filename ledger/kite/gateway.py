@@ -63,6 +63,15 @@ UNKNOWN_OUTCOME: tuple[type[BaseException], ...] = (
 LEASE_MARGIN = 5.0
 
 
+def _same_instrument_and_side(order: Order, broker_order: KiteOrder) -> bool:
+    """Whether a broker order could be this ledger order's placement by what it trades."""
+    return (
+        broker_order.exchange == order.instrument.exchange.value
+        and broker_order.tradingsymbol == order.instrument.tradingsymbol
+        and broker_order.transaction_type == order.side.value
+    )
+
+
 class LeaseLost(Exception):
     """A send's claim ran out while it waited (for the rate limiter) and another
     dispatcher claimed the request: this one must not send it."""
@@ -375,9 +384,7 @@ class KiteGateway:
                 b
                 for b in broker_orders
                 if b.tag == order.tag
-                and b.exchange == order.instrument.exchange.value
-                and b.tradingsymbol == order.instrument.tradingsymbol
-                and b.transaction_type == order.side.value
+                and _same_instrument_and_side(order, b)
                 and held.get(b.order_id, order.id) == order.id
             ]
         if len(found) > 1:
@@ -504,11 +511,7 @@ class KiteGateway:
             if self._broker_by_order.get(order_id) not in (None, broker_order.order_id):
                 continue
             order = self._open.get(order_id)
-            if order is not None and (
-                order.instrument.exchange.value != broker_order.exchange
-                or order.instrument.tradingsymbol != broker_order.tradingsymbol
-                or order.side.value != broker_order.transaction_type
-            ):
+            if order is not None and not _same_instrument_and_side(order, broker_order):
                 continue
             found.append(order_id)
         return sorted(found)
