@@ -140,13 +140,20 @@ class ChargesSchedule:
         fills: Sequence[tuple[int, Decimal]],
         on: date,
     ) -> Charges:
-        """Charges of an executed order made of `fills` (quantity, price) on day `on`."""
+        """Charges of an executed order made of `fills` (quantity, price) on day `on`.
+
+        Turnover is in rupees: price x quantity x the instrument's multiplier (where Kite's
+        quantity counts contracts, a contract's worth is its multiplier times the price)."""
         if not fills:
             return NO_CHARGES
+        if instrument.multiplier is None:
+            raise ChargesDataError(f"{instrument.ref}: no contract multiplier is known")
         schedule = self.schedule_for(
             segment_of(instrument, product), instrument.ref.exchange.value, on
         )
-        turnover = sum((price * quantity for quantity, price in fills), Decimal(0))
+        turnover = (
+            sum((price * quantity for quantity, price in fills), Decimal(0)) * instrument.multiplier
+        )
         if schedule.brokerage_flat is not None:
             brokerage = schedule.brokerage_flat
         else:

@@ -5,6 +5,11 @@ needs it to check that prices are multiples of the tick size and quantities of t
 size, and to refuse an instrument it has never heard of. A small sample ships with the
 package for the demo; point `LEDGER_INSTRUMENTS` (or `open_ledger(instruments=...)`) at a
 full dump for real trading.
+
+On CDS, BCD and MCX Kite's quantity counts contracts, and P&L needs each contract's
+multiplier (MCX GOLDM: 10), which the dump does not carry. An optional `multiplier` column
+gives it; without one, those rows load with no multiplier and orders on them are refused,
+rather than booked at a P&L off by the contract size. Elsewhere it is 1.
 """
 
 from __future__ import annotations
@@ -119,10 +124,22 @@ def _parse_row(row: dict[str, str], where: str) -> Instrument:
         expiry = date.fromisoformat(expiry_text) if expiry_text else None
     except ValueError:
         raise InstrumentDataError(f"{where}: expiry: not a date: {expiry_text!r}") from None
+    exchange = Exchange(row["exchange"])
+    multiplier_text = (row.get("multiplier") or "").strip()
+    multiplier: int | None
+    if multiplier_text:
+        value = decimal("multiplier")
+        if value <= 0 or value != value.to_integral_value():
+            raise InstrumentDataError(
+                f"{where}: multiplier: must be a positive whole number, got {multiplier_text!r}"
+            )
+        multiplier = int(value)
+    else:
+        multiplier = None if exchange.counts_contracts else 1
     token_text = (row.get("instrument_token") or "").strip()
     strike = decimal("strike") if (row.get("strike") or "").strip() else None
     return Instrument(
-        ref=InstrumentRef(Exchange(row["exchange"]), row["tradingsymbol"].strip()),
+        ref=InstrumentRef(exchange, row["tradingsymbol"].strip()),
         # normalize(): "0.050000" and "0.05" are the same tick.
         tick_size=tick_size.normalize(),
         lot_size=lot_size,
@@ -132,4 +149,5 @@ def _parse_row(row: dict[str, str], where: str) -> Instrument:
         segment=(row.get("segment") or "").strip(),
         expiry=expiry,
         strike=strike if strike else None,
+        multiplier=multiplier,
     )

@@ -159,6 +159,7 @@ class FillFields:
         "account",
         "charges",
         "exchange",
+        "multiplier",
         "price",
         "product",
         "quantity",
@@ -183,6 +184,8 @@ class FillFields:
         self.value = self.price * self.quantity
         charges = state["charges"]
         self.charges = Decimal(charges["_data_"]) if charges is not None else None
+        # Absent from fills recorded before v3 of `Filled`, whose upcaster makes it 1.
+        self.multiplier: int = state.get("multiplier", 1)
 
 
 def fill_of(record: Record) -> FillFields:

@@ -70,12 +70,6 @@ class PnlProjection(Projection):
     )
     handles: ClassVar[tuple[type[Order.Event], ...]] = (Order.Filled,)
 
-    def __init__(self, multipliers: Mapping[InstrumentRef, int] | None = None) -> None:
-        self.multipliers = dict(multipliers or {})
-        self._multipliers = {
-            (i.exchange.value, i.tradingsymbol): m for i, m in self.multipliers.items()
-        }
-
     def apply_record(self, working: Working, record: Record) -> None:
         fill = fill_of(record)
         book_key: Key = (
@@ -94,10 +88,12 @@ class PnlProjection(Projection):
                 fill.tradingsymbol,
                 fill.product,
                 *NO_FILLS,
-                self._multipliers.get((fill.exchange, fill.tradingsymbol), 1),
+                fill.multiplier,
                 fill.strategy,
             )
-        realised = fill_cell(book, fill.sign, fill.quantity, fill.price, fill.value, fill.charges)
+        realised = fill_cell(
+            book, fill.sign, fill.quantity, fill.price, fill.value, fill.charges, fill.multiplier
+        )
         working.changed["pnl_books"][book_key] = book
 
         state = record.state
@@ -114,7 +110,7 @@ class PnlProjection(Projection):
             daily.bought += fill.quantity
         else:
             daily.sold += fill.quantity
-        daily.turnover += fill.value
+        daily.turnover += fill.value * fill.multiplier
         working.changed["pnl_daily"][day_key] = daily
 
 

@@ -7,12 +7,15 @@
 * A fill larger than the position flips it: the old side is closed at the fill price and
   the rest opens a new position at the fill price.
 
+Prices and the average are per unit as quoted; P&L and values are in rupees, so where
+Kite's quantity counts contracts (CDS, BCD, MCX) they are times the contract's multiplier,
+which every fill carries (as Kite's `positions()` does: its buy and sell values include it).
 Unrealised P&L is (mark - average) x net quantity x multiplier, for marks the caller gives.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, fields, replace
 from decimal import Decimal
 from types import SimpleNamespace
@@ -91,10 +94,20 @@ def open_position(
 
 
 def fill_cell(
-    cell: Any, sign: int, quantity: int, price: Decimal, value: Decimal, charges: Decimal | None
+    cell: Any,
+    sign: int,
+    quantity: int,
+    price: Decimal,
+    value: Decimal,
+    charges: Decimal | None,
+    multiplier: int = 1,
 ) -> Decimal:
     """Apply a fill to a position cell (anything with Position's fields) in place; returns
-    the P&L it realised. The average-cost method, exact; the one definition of it."""
+    the P&L it realised. The average-cost method, exact; the one definition of it.
+
+    `value` is price x quantity; the fill's `multiplier` scales what it realises and adds to
+    the cell's rupee values, and becomes the cell's (a contract's multiplier does not
+    change; fills recorded before it was, read as 1, are realised at the one they carry)."""
     signed = quantity * sign
     net = cell.net_quantity
     realised = ZERO
@@ -104,7 +117,7 @@ def fill_cell(
     else:
         closing = min(quantity, abs(net))
         direction = 1 if net > 0 else -1
-        realised = (price - cell.average_price) * closing * direction * cell.multiplier
+        realised = (price - cell.average_price) * closing * direction * multiplier
         cell.realised_pnl += realised
         new_net = net + signed
         if new_net == 0:
@@ -112,6 +125,9 @@ def fill_cell(
         elif (new_net > 0) != (net > 0):
             cell.average_price = price  # flipped: the remainder opens at the fill price
     cell.net_quantity = new_net
+    cell.multiplier = multiplier
+    if multiplier != 1:
+        value = value * multiplier
     if sign > 0:
         cell.buy_quantity += quantity
         cell.buy_value += value
@@ -128,7 +144,9 @@ def apply_fill(
 ) -> tuple[Position, Decimal]:
     """The position after a fill, and the P&L the fill realised. Pure."""
     cell = SimpleNamespace(**{f.name: getattr(position, f.name) for f in fields(position)})
-    realised = fill_cell(cell, side.sign, quantity, price, price * quantity, charges)
+    realised = fill_cell(
+        cell, side.sign, quantity, price, price * quantity, charges, position.multiplier
+    )
     updated = replace(
         position,
         net_quantity=cell.net_quantity,
@@ -161,12 +179,6 @@ class PositionsProjection(Projection):
     )
     handles: ClassVar[tuple[type[Order.Event], ...]] = (Order.Filled,)
 
-    def __init__(self, multipliers: Mapping[InstrumentRef, int] | None = None) -> None:
-        self.multipliers = dict(multipliers or {})
-        self._multipliers = {
-            (i.exchange.value, i.tradingsymbol): m for i, m in self.multipliers.items()
-        }
-
     def apply_record(self, working: Working, record: Record) -> None:
         fill = fill_of(record)
         key: Key = (fill.account, fill.exchange, fill.tradingsymbol, fill.product)
@@ -175,9 +187,11 @@ class PositionsProjection(Projection):
             cell = working.cells["positions"][key] = _POSITIONS.cell(
                 *key,
                 *NO_FILLS,
-                self._multipliers.get((fill.exchange, fill.tradingsymbol), 1),
+                fill.multiplier,
             )
-        fill_cell(cell, fill.sign, fill.quantity, fill.price, fill.value, fill.charges)
+        fill_cell(
+            cell, fill.sign, fill.quantity, fill.price, fill.value, fill.charges, fill.multiplier
+        )
         working.changed["positions"][key] = cell
 
 

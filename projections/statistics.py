@@ -139,7 +139,7 @@ class StatisticsProjection(Projection):
             )
         totals.fills += 1
         totals.volume += fill.quantity
-        totals.turnover += fill.value
+        totals.turnover += fill.value * fill.multiplier
         if fill.charges is not None:
             totals.commission += fill.charges
         working.changed["stats_totals"][_TOTALS_KEY] = totals

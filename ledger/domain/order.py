@@ -64,7 +64,8 @@ class Order(Aggregate):
     #: thousand fills decodes as fast as one with ten.
     #: v3: an order modified to a type without market protection (MARKET to LIMIT, SL-M
     #: to SL) has none, as `Modified` now leaves it; a v2 snapshot of one still held it.
-    class_version: ClassVar[int] = 3
+    #: v4: the order keeps its instrument's `multiplier` (1 before it was recorded).
+    class_version: ClassVar[int] = 4
 
     @staticmethod
     def upcast_v1_v2(state: dict[str, Any]) -> None:
@@ -76,6 +77,10 @@ class Order(Aggregate):
         order_type = OrderType(state["order_type"])
         if not order_type.needs_market_protection:
             state["market_protection"] = None
+
+    @staticmethod
+    def upcast_v3_v4(state: dict[str, Any]) -> None:
+        state["multiplier"] = 1
 
     # ------------------------------------------------------------------ events
 
@@ -129,7 +134,9 @@ class Order(Aggregate):
 
         TOPIC = f"{_TOPIC_PREFIX}.Submitted"
         KIND = EventKind.SUBMITTED
-        class_version = 2
+        #: v3: `multiplier`, the instrument's contract multiplier (1 before it was recorded:
+        #: every order the ledger took then was on an exchange where it is 1, or booked so).
+        class_version = 3
         account: str
         client_order_id: str
         instrument: InstrumentRef
@@ -151,6 +158,11 @@ class Order(Aggregate):
         tick_size: Decimal
         lot_size: int
         expiry: date | None
+        multiplier: int
+
+        @staticmethod
+        def upcast_v2_v3(state: dict[str, Any]) -> None:
+            state["multiplier"] = 1
 
         def apply(self, aggregate: Any) -> None:
             order: Order = aggregate
@@ -175,6 +187,7 @@ class Order(Aggregate):
             order.tick_size = self.tick_size
             order.lot_size = self.lot_size
             order.expiry = self.expiry
+            order.multiplier = self.multiplier
             order.submitted_terms = {
                 "instrument": self.instrument,
                 "side": self.side,
@@ -322,7 +335,9 @@ class Order(Aggregate):
 
         TOPIC = f"{_TOPIC_PREFIX}.Filled"
         KIND = EventKind.FILLED
-        class_version = 2
+        #: v3: `multiplier`, copied from the order, so that positions and P&L fold from
+        #: fills alone (1 before it was recorded).
+        class_version = 3
         trade_id: str
         account: str
         instrument: InstrumentRef
@@ -334,6 +349,11 @@ class Order(Aggregate):
         exchange_timestamp: datetime | None
         source: Source
         charges: Decimal | None
+        multiplier: int
+
+        @staticmethod
+        def upcast_v2_v3(state: dict[str, Any]) -> None:
+            state["multiplier"] = 1
 
         def apply(self, aggregate: Any) -> None:
             order: Order = aggregate
@@ -445,6 +465,7 @@ class Order(Aggregate):
     tick_size: Decimal
     lot_size: int
     expiry: date | None
+    multiplier: int
     submitted_terms: dict[str, Any]
     lifecycle: OrderStatus
     pending: EventKind | None
@@ -542,8 +563,17 @@ class Order(Aggregate):
             if not text.strip():
                 problems.append(Problem(name, "must not be blank"))
         _require_aware("at", at, problems)
+        if instrument.multiplier is None:
+            problems.append(
+                Problem(
+                    "instrument",
+                    f"{instrument.ref} has no contract multiplier in the instruments catalog"
+                    " (Kite's dump does not give one): add a `multiplier` column with it",
+                )
+            )
         if problems:
             raise InvalidCommand("SubmitOrder", problems)
+        assert instrument.multiplier is not None
         return cls._create(
             cls.Submitted,
             id=order_id_for(account, client_order_id),
@@ -570,6 +600,7 @@ class Order(Aggregate):
             tick_size=instrument.tick_size,
             lot_size=instrument.lot_size,
             expiry=instrument.expiry,
+            multiplier=instrument.multiplier,
         )
 
     # ------------------------------------------------------------------ reading
@@ -646,6 +677,7 @@ class Order(Aggregate):
             tick_size=self.tick_size,
             lot_size=self.lot_size,
             expiry=self.expiry,
+            multiplier=self.multiplier,
         )
 
     # ------------------------------------------------------------------ decisions
@@ -851,6 +883,7 @@ class Order(Aggregate):
             exchange_timestamp=exchange_timestamp,
             source=source,
             charges=charges,
+            multiplier=self.multiplier,
         )
         return True
 

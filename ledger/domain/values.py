@@ -43,6 +43,13 @@ class Exchange(Enum):
         """True for futures and options segments, where quantities come in lots."""
         return self not in (Exchange.NSE, Exchange.BSE)
 
+    @property
+    def counts_contracts(self) -> bool:
+        """True where Kite's quantity counts contracts, not units (currency and commodity
+        derivatives): a price move is worth the contract's multiplier per unit of quantity
+        (MCX GOLDM: 10), which Kite's instruments dump does not give."""
+        return self in (Exchange.CDS, Exchange.BCD, Exchange.MCX)
+
 
 class Side(Enum):
     """Kite's `transaction_type`."""
@@ -140,6 +147,10 @@ class Instrument:
     segment: str = ""
     expiry: date | None = None
     strike: Decimal | None = None
+    #: What a price move of one rupee is worth per unit of quantity: 1 where quantities
+    #: are units (equity, NFO, BFO), the contract size where they count contracts (CDS,
+    #: BCD, MCX). None: not known (Kite's dump has no such column), so not tradable here.
+    multiplier: int | None = 1
 
 
 @dataclass(frozen=True, slots=True)

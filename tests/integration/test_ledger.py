@@ -546,7 +546,11 @@ def test_event_topics_and_versions_are_pinned() -> None:
         )
     ]
     # v2 added the hash chain (previous_hash, hash); v1 events upcast (test_upcasting.py).
-    assert all(cls.class_version == 2 for cls in ORDER_EVENT_CLASSES)
+    # v3 of Submitted and Filled added the contract multiplier; v2 ones upcast to 1.
+    assert {cls.__name__: cls.class_version for cls in ORDER_EVENT_CLASSES} == {
+        cls.__name__: 3 if cls in (Order.Submitted, Order.Filled) else 2
+        for cls in ORDER_EVENT_CLASSES
+    }
     assert Order.TOPIC == "ledger.domain.order:Order"
 
 

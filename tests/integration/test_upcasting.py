@@ -2,8 +2,13 @@
 
 tests/fixtures/ledger-v1.db was written by the v1 event classes (before the hash chain):
 the demo's session (every kind of event) and an order with 150 fills, so it also holds a v1
-snapshot. Today's classes are v2; `upcast_v1_v2` reads each v1 event as a v2 event with no
-chain, and the aggregate's `upcast_v1_v2` does the same for the v1 snapshot.
+snapshot. `upcast_v1_v2` reads each v1 event as a v2 event with no chain, and the
+aggregate's `upcast_v1_v2` does the same for the v1 snapshot.
+
+tests/fixtures/ledger-v2.db holds the same session written by the code before `Submitted`
+and `Filled` recorded the contract multiplier (v2 events, a v3 snapshot): they read as
+multiplier 1, and their stored hashes, computed without it, still verify.
+(tests/fixtures/make_fixture.py says how both were made.)
 """
 
 from __future__ import annotations
@@ -37,11 +42,22 @@ FIXTURES = Path(__file__).parent.parent / "fixtures"
 EXPECTED = json.loads((FIXTURES / "ledger-v1.expected.json").read_text())
 
 
+def _copy_of(name: str, folder: Path) -> OrderLedger:
+    copy = folder / "ledger.db"
+    shutil.copy(FIXTURES / f"ledger-{name}.db", copy)
+    return open_ledger(copy, clock=FakeClock())
+
+
 @pytest.fixture
 def old_ledger(tmp_path: Path) -> Iterator[OrderLedger]:
-    copy = tmp_path / "ledger.db"
-    shutil.copy(FIXTURES / "ledger-v1.db", copy)
-    ledger = open_ledger(copy, clock=FakeClock())
+    ledger = _copy_of("v1", tmp_path)
+    yield ledger
+    ledger.close()
+
+
+@pytest.fixture
+def v2_ledger(tmp_path: Path) -> Iterator[OrderLedger]:
+    ledger = _copy_of("v2", tmp_path)
     yield ledger
     ledger.close()
 
@@ -57,18 +73,85 @@ def test_the_fixture_really_is_v1() -> None:
     assert b"class_version" not in snapshot
 
 
-def test_v1_orders_read_as_they_were(old_ledger: OrderLedger) -> None:
-    orders = {str(order.id): order for order in old_ledger.all_orders()}
-    assert set(orders) == set(EXPECTED)
-    for order_id, expected in EXPECTED.items():
-        # Each order twice: folded from the whole log, and loaded (snapshot + later events).
-        for order in (orders[order_id], old_ledger.get_order(UUID(order_id))):
-            assert order.status.value == expected["status"]
-            assert order.version == expected["version"]
-            assert order.filled_quantity == expected["filled_quantity"]
-            average = order.average_price
-            assert (str(average) if average is not None else None) == expected["average_price"]
-            assert order.chain_hash is None
+@pytest.mark.parametrize("name", ["v1", "v2"])
+def test_old_orders_read_as_they_were(name: str, tmp_path: Path) -> None:
+    expected_orders = json.loads((FIXTURES / f"ledger-{name}.expected.json").read_text())
+    ledger = _copy_of(name, tmp_path)
+    try:
+        orders = {str(order.id): order for order in ledger.all_orders()}
+        assert set(orders) == set(expected_orders)
+        for order_id, expected in expected_orders.items():
+            # Each order twice: folded from the whole log, and loaded (snapshot + events).
+            for order in (orders[order_id], ledger.get_order(UUID(order_id))):
+                assert order.status.value == expected["status"]
+                assert order.version == expected["version"]
+                assert order.filled_quantity == expected["filled_quantity"]
+                average = order.average_price
+                assert (str(average) if average is not None else None) == expected["average_price"]
+                assert order.multiplier == 1
+                assert (order.chain_hash is None) == (name == "v1")
+    finally:
+        ledger.close()
+
+
+def test_the_v2_fixture_really_is_v2() -> None:
+    lite = sqlite3.connect(FIXTURES / "ledger-v2.db")
+    states = [bytes(s) for (s,) in lite.execute("SELECT state FROM stored_events")]
+    (snapshot,) = [bytes(s) for (s,) in lite.execute("SELECT state FROM stored_snapshots")]
+    lite.close()
+    assert len(states) == 181
+    assert all(b'"previous_hash"' in s and b"multiplier" not in s for s in states)
+    assert b"multiplier" not in snapshot
+    assert b'"class_version":3' in snapshot
+
+
+def test_v2_events_read_as_multiplier_1_and_still_verify(v2_ledger: OrderLedger) -> None:
+    events = list(v2_ledger.iter_log())
+    fills = [e for e in events if isinstance(e, Order.Filled)]
+    submissions = [e for e in events if isinstance(e, Order.Submitted)]
+    assert fills
+    assert submissions
+    assert all(e.multiplier == 1 for e in fills)
+    assert all(e.multiplier == 1 for e in submissions)
+    report = check_integrity(v2_ledger)
+    assert report.ok, report.findings
+    assert (report.chains.unchained, report.chains.chained) == (0, 181)
+
+
+def test_a_new_fill_on_a_v2_order_carries_its_multiplier_and_chains_on(
+    v2_ledger: OrderLedger,
+) -> None:
+    partial = next(o for o in v2_ledger.all_orders() if o.status is OrderStatus.PARTIALLY_FILLED)
+    before = partial.chain_hash
+    v2_ledger.record(
+        RecordFill(
+            order_id=partial.id,
+            trade_id="after-multiplier-1",
+            exchange=partial.instrument.exchange,
+            tradingsymbol=partial.instrument.tradingsymbol,
+            quantity=1,
+            price=partial.price or Decimal("1"),
+        )
+    )
+    last = v2_ledger.history(partial.id)[-1]
+    assert isinstance(last, Order.Filled)
+    assert last.multiplier == 1
+    assert last.previous_hash == before is not None
+    assert write_checkpoint(v2_ledger) is not None
+    report = check_integrity(v2_ledger)
+    assert report.ok, report.findings
+    assert (report.chains.unchained, report.chains.chained) == (0, 182)
+
+
+def test_projections_fold_v2_events(v2_ledger: OrderLedger) -> None:
+    store = store_for_ledger_url(v2_ledger.storage)
+    try:
+        rebuild(LedgerLog(v2_ledger), store, all_projections())
+        report = verify(v2_ledger, store, all_projections())
+        assert report.ok, report.problems
+        assert report.events == 181
+    finally:
+        store.close()
 
 
 def test_v1_events_upcast_with_no_chain(old_ledger: OrderLedger) -> None:
@@ -115,12 +198,15 @@ def test_projections_fold_v1_events(old_ledger: OrderLedger) -> None:
     assert positions  # the demo's fills, folded from v1 events
 
 
-def test_a_v1_event_class_version_is_what_the_mapper_upcasts_from() -> None:
-    assert all(
-        cls.class_version == 2 and hasattr(cls, "upcast_v1_v2")
-        for cls in (Order.Submitted, Order.Filled, Order.Cancelled)
-    )
-    assert Order.class_version == 3
+def test_every_stored_version_has_its_upcaster() -> None:
+    assert Order.Cancelled.class_version == 2
+    assert hasattr(Order.Cancelled, "upcast_v1_v2")
+    for cls in (Order.Submitted, Order.Filled):
+        assert cls.class_version == 3
+        assert hasattr(cls, "upcast_v1_v2")
+        assert hasattr(cls, "upcast_v2_v3")
+    assert Order.class_version == 4
+    assert all(hasattr(Order, f"upcast_v{n}_v{n + 1}") for n in (1, 2, 3))
     assert Exchange.NSE.value == "NSE"
 
 

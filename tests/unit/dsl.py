@@ -77,6 +77,7 @@ def submitted(**overrides: Any) -> EventSpec:
         "tick_size": D("0.05"),
         "lot_size": 1,
         "expiry": None,
+        "multiplier": 1,
     }
     fields.update(overrides)
     return _event(Order.Submitted, **fields)
@@ -110,6 +111,7 @@ def filled(trade_id: str, quantity: int, price: str = "812.35") -> EventSpec:
         exchange_timestamp=None,
         source=Source.POSTBACK,
         charges=None,
+        multiplier=1,
     )
 
 

@@ -9,7 +9,7 @@ from typing import Any
 from uuid import UUID, uuid5
 
 from ledger.domain.order import Order
-from ledger.domain.values import Product, Side, Source
+from ledger.domain.values import InstrumentRef, Product, Side, Source
 from projections.base import Projection, View
 from tests.unit.dsl import ORDER_ID, SBIN, at
 
@@ -31,6 +31,8 @@ def fill_event(
     strategy: str | None = "s1",
     charges: str | None = None,
     day: int = 0,
+    instrument: InstrumentRef = SBIN,
+    multiplier: int = 1,
 ) -> Order.Filled:
     make: Any = Order.Filled  # a dataclass at run time; the type checker cannot see that
     event: Order.Filled = make(
@@ -40,7 +42,7 @@ def fill_event(
         previous_hash=None,
         trade_id=trade_id,
         account=account,
-        instrument=SBIN,
+        instrument=instrument,
         side=side,
         product=product,
         strategy=strategy,
@@ -49,6 +51,7 @@ def fill_event(
         exchange_timestamp=None,
         source=Source.POSTBACK,
         charges=Decimal(charges) if charges is not None else None,
+        multiplier=multiplier,
     )
     return event
 

@@ -57,6 +57,25 @@ def test_april_2026_stt_change_on_futures_and_options() -> None:
     assert new.brokerage == D("20")
 
 
+def test_turnover_is_in_rupees_times_the_contract_multiplier() -> None:
+    """Where Kite's quantity counts contracts, a contract is worth its multiplier times the
+    price; an instrument whose multiplier is unknown has no charges to compute."""
+    per_unit = Instrument(
+        InstrumentRef(Exchange.NFO, "X26DECFUT"), D("0.05"), 1, instrument_type="FUT"
+    )
+    per_contract = Instrument(
+        InstrumentRef(Exchange.NFO, "X26DECFUT"), D("0.05"), 1, instrument_type="FUT", multiplier=10
+    )
+    ten_units = SCHEDULE.order_charges(per_unit, Product.NRML, Side.SELL, [(10, D("500"))], DAY)
+    one_contract = SCHEDULE.order_charges(
+        per_contract, Product.NRML, Side.SELL, [(1, D("500"))], DAY
+    )
+    assert one_contract == ten_units
+    unknown = Instrument(InstrumentRef(Exchange.MCX, "GOLDM"), D("1"), 1, multiplier=None)
+    with pytest.raises(ChargesDataError, match="MCX:GOLDM: no contract multiplier"):
+        SCHEDULE.order_charges(unknown, Product.NRML, Side.BUY, [(1, D("72000"))], DAY)
+
+
 def test_fill_charges_add_up_to_the_order() -> None:
     fills = [(40, D("812.35")), (35, D("812.40")), (25, D("812.30"))]
     per_fill = [

@@ -82,3 +82,25 @@ def test_unlisted_segments_are_skipped() -> None:
     header = "tradingsymbol,exchange,tick_size,lot_size"
     catalog = InstrumentCatalog.from_csv_text(f"{header}\nNIFTY 50,INDICES,0,0\nSBIN,NSE,0.05,1\n")
     assert len(catalog) == 1
+
+
+def test_contract_multipliers_come_from_an_optional_column() -> None:
+    """Kite's dump has no multiplier; where its quantity counts contracts (CDS, BCD, MCX) a
+    row without one has none (orders on it are refused), elsewhere it is 1."""
+    header = "tradingsymbol,exchange,tick_size,lot_size,multiplier"
+    catalog = InstrumentCatalog.from_csv_text(
+        f"{header}\nGOLDM,MCX,1,1,10\nUSDINR,CDS,0.0025,1,1000.0\nCRUDE,MCX,1,1,\nSBIN,NSE,0.05,1,\n"
+    )
+    multipliers = {i.ref.tradingsymbol: i.multiplier for i in catalog}
+    assert multipliers == {"GOLDM": 10, "USDINR": 1000, "CRUDE": None, "SBIN": 1}
+    plain = InstrumentCatalog.from_csv_text(
+        "tradingsymbol,exchange,tick_size,lot_size\nUSDINR,BCD,0.0025,1\nNIFTY,NFO,0.05,65\n"
+    )
+    assert {i.ref.tradingsymbol: i.multiplier for i in plain} == {"USDINR": None, "NIFTY": 1}
+
+
+@pytest.mark.parametrize("value", ["0", "-10", "2.5", "ten"])
+def test_a_bad_multiplier_is_named(value: str) -> None:
+    header = "tradingsymbol,exchange,tick_size,lot_size,multiplier"
+    with pytest.raises(InstrumentDataError, match=r"dump\.csv:2: multiplier: "):
+        InstrumentCatalog.from_csv_text(f"{header}\nGOLDM,MCX,1,1,{value}\n", origin="dump.csv")

@@ -57,6 +57,24 @@ def test_multiplier_scales_pnl() -> None:
     assert p.realised_pnl == D(50)
     q = fills_position([(B, 2, D(100))], multiplier=25)
     assert q.unrealised_pnl(D(103)) == D(150)
+    assert (p.buy_value, p.sell_value) == (D(5000), D(5050))  # rupees, as Kite reports them
+
+
+def test_a_fill_realises_at_the_multiplier_it_carries() -> None:
+    """Fills recorded before orders kept their multiplier read as 1; a later fill of the
+    same contract carries the real one, and what it closes is realised at it."""
+    mcx = InstrumentRef(Exchange.MCX, "GOLDM26DECFUT")
+    view = fold(
+        PositionsProjection(),
+        [
+            fill_event("T1", B, 2, "72000", order=1, instrument=mcx, multiplier=1),
+            fill_event("T2", S, 1, "72100", order=2, instrument=mcx, multiplier=10),
+        ],
+    )
+    (position,) = positions_of(view)
+    assert position.realised_pnl == D(1000)
+    assert position.multiplier == 10
+    assert (position.buy_value, position.sell_value) == (D(144000), D(721000))
 
 
 def test_unrealised_against_marks() -> None:
