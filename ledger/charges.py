@@ -82,12 +82,14 @@ def _paisa(value: Decimal) -> Decimal:
 
 
 def segment_of(instrument: Instrument, product: Product) -> str:
-    """equity_delivery, equity_intraday, futures or options."""
+    """equity_delivery, equity_intraday, equity_mtf, futures or options."""
     kind = instrument.instrument_type.upper()
     if kind in ("CE", "PE"):
         return "options"
     if kind == "FUT" or instrument.ref.exchange in (Exchange.NFO, Exchange.BFO):
         return "futures"
+    if product is Product.MTF:
+        return "equity_mtf"  # delivery's taxes, but brokerage is charged
     return "equity_intraday" if product is Product.MIS else "equity_delivery"
 
 

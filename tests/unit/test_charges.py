@@ -86,8 +86,28 @@ def test_fill_charges_add_up_to_the_order() -> None:
     assert sum(per_fill, D(0)) == order.total
 
 
+def test_mtf_pays_brokerage_on_top_of_delivery_charges() -> None:
+    """Margin trading: 0.3% or Rs 20 per executed order, whichever is lower; the rest as
+    for delivery (it used to be charged as delivery: no brokerage at all)."""
+    fills = [(100, D("800"))]
+    mtf = SCHEDULE.order_charges(SBIN, Product.MTF, Side.BUY, fills, DAY)
+    delivery = SCHEDULE.order_charges(SBIN, Product.CNC, Side.BUY, fills, DAY)
+    assert mtf.brokerage == D("20")  # 0.3% of 80,000 is 240: capped
+    assert (mtf.stt, mtf.exchange_txn, mtf.sebi, mtf.stamp) == (
+        delivery.stt,
+        delivery.exchange_txn,
+        delivery.sebi,
+        delivery.stamp,
+    )
+    assert mtf.gst == D("4.04")  # 18% of 20 + 2.38 + 0.08
+    assert mtf.total == D("118.50")
+    small = SCHEDULE.order_charges(SBIN, Product.MTF, Side.SELL, [(1, D("800"))], DAY)
+    assert small.brokerage == D("2.40")
+
+
 def test_segments() -> None:
     assert segment_of(SBIN, Product.CNC) == "equity_delivery"
+    assert segment_of(SBIN, Product.MTF) == "equity_mtf"
     assert segment_of(SBIN, Product.MIS) == "equity_intraday"
     assert segment_of(NIFTY_FUT, Product.MIS) == "futures"
     assert segment_of(NIFTY_CE, Product.NRML) == "options"
