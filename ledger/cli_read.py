@@ -535,7 +535,14 @@ def rebuild_command(
 
 @app.command()
 def export(
-    out: Annotated[Path, typer.Option("--out", help="The file to write.")],
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out",
+            help="The file to write (replaced only once the export is complete; the"
+            " ledger's own database and projections files are refused).",
+        ),
+    ],
     db: DbOption = None,
     fmt: Annotated[str, typer.Option("--format", help="parquet or jsonl.")] = "parquet",
     since: Annotated[

@@ -18,6 +18,7 @@ projections exactly, because the same folds run over the same events.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -45,7 +46,13 @@ from projections.runner import (
     order_kind,
     stored_records,
 )
-from projections.store import WriterProcessStore, store_for_file, sync_directory, sync_file
+from projections.store import (
+    WriterProcessStore,
+    projections_path_for,
+    store_for_file,
+    sync_directory,
+    sync_file,
+)
 
 Format = Literal["jsonl", "parquet"]
 COLUMNS: Final = ("position", "order_id", "version", "topic", "event_type", "recorded_at", "state")
@@ -107,15 +114,68 @@ def export_log(
     on_record: Callable[[int], None] | None = None,
 ) -> int:
     """Write the log (optionally only events recorded in [since, until)) to `path`.
-    Streams: memory stays flat whatever the log's size. Returns the records written."""
+    Streams: memory stays flat whatever the log's size. Returns the records written.
+
+    All or nothing: the export is written to a file beside `path`, flushed to the disk
+    and moved over `path` only when complete, so an interrupted export leaves what was
+    there (it left a shorter file, which offline-rebuild took for the whole log). The
+    ledger's own files are refused with nothing written (`--out ledger.db` emptied the
+    ledger: its target was truncated before the log was read out of it)."""
     fmt = fmt or format_of(path)
+    target = _export_target(ledger, path)
+    partial = target.with_name(f"{target.stem}.partial-{os.getpid()}{target.suffix}")
     records = _records(ledger, since, until)
-    count = (
-        _write_parquet(path, records, on_record)
-        if fmt == "parquet"
-        else _write_jsonl(path, records, on_record)
-    )
+    try:
+        count = (
+            _write_parquet(partial, records, on_record)
+            if fmt == "parquet"
+            else _write_jsonl(partial, records, on_record)
+        )
+        sync_file(partial)
+        os.replace(partial, target)
+    except BaseException:  # a failure or an interrupt: the target stays as it was
+        partial.unlink(missing_ok=True)
+        raise
+    sync_directory(target.parent)
     return count
+
+
+def _export_target(ledger: OrderLedger, path: str | Path) -> Path:
+    """The file an export of `ledger` may replace: `path` with its symbolic links
+    followed (the link keeps pointing at the new export), checked to be neither a
+    directory nor a device, nor one of the ledger's own files."""
+    given = Path(path)
+    if given.is_dir():
+        # As open() said it before exports were written beside their target.
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+    target = Path(os.path.realpath(given))
+    if target.exists() and not target.is_file():
+        raise ExportError(f"{path}: is not a regular file (an export replaces the file)")
+    database = ledger.storage.sqlite_path if ledger.storage is not None else None
+    if database is not None:
+        for what, own in (("database", database), ("projections", projections_path_for(database))):
+            for name in (own, *(own.with_name(own.name + s) for s in SQLITE_SIDE_FILES)):
+                if _same_file(target, name):
+                    raise ExportError(
+                        f"{path}: is the ledger's own {what} file ({name}); choose another"
+                        " file for the export (nothing was written)"
+                    )
+    return target
+
+
+#: The files SQLite keeps beside a database while it is open or after a crash.
+SQLITE_SIDE_FILES: Final = ("-wal", "-shm", "-journal")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether two paths name one file: spelled alike once resolved, or (both existing)
+    the same file on disk (a hard link)."""
+    if a == Path(os.path.realpath(b)):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # either does not exist
+        return False
 
 
 def _write_jsonl(

@@ -273,6 +273,75 @@ def test_export_time_window(ledger: OrderLedger, tmp_path: Path) -> None:
     assert 0 < first < total
 
 
+def test_an_interrupted_export_leaves_the_file_it_was_replacing(
+    ledger: OrderLedger, tmp_path: Path
+) -> None:
+    """An export is written beside its target and moved over it only when complete: one
+    interrupted half way left a shorter file, which offline-rebuild then took silently
+    for the whole log."""
+    run_session(ledger)
+    total = ledger.count_events()
+    exports = tmp_path / "exports"
+    exports.mkdir()
+    for fmt in ("jsonl", "parquet"):
+        good = exports / f"log.{fmt}"
+        assert export_log(ledger, good) == total
+        before = good.read_bytes()
+
+        def interrupt(count: int) -> None:
+            if count == total // 2:
+                raise KeyboardInterrupt
+
+        with pytest.raises(KeyboardInterrupt):
+            export_log(ledger, good, on_record=interrupt)
+        assert good.read_bytes() == before
+        assert (
+            sorted(p.name for p in exports.iterdir())
+            == ["log.jsonl", "log.parquet"][: 1 + (fmt == "parquet")]
+        )
+    rebuilt = offline_rebuild(exports / "log.jsonl", tmp_path / "x.sqlite", all_projections())
+    assert rebuilt == total
+
+
+def test_export_refuses_the_ledgers_own_files(tmp_path: Path) -> None:
+    """`--out` naming the ledger's database (a slip of the tab key) emptied it: the export
+    truncated its target before reading the log from it. The ledger's files and the
+    projections file beside it are refused, however they are spelled, and nothing is
+    written."""
+    (tmp_path / "sub").mkdir()
+    with open_ledger(tmp_path / "ledger.db", clock=FakeClock()) as ledger:
+        run_session(ledger)
+        projections = store_for_ledger_url(ledger.storage)
+        ProjectionRunner(LedgerLog(ledger), projections, all_projections()).catch_up()
+        projections.close()
+        events = ledger.count_events()
+        (tmp_path / "alias.db").symlink_to(tmp_path / "ledger.db")
+        own = {
+            "ledger.db": "database",
+            "sub/../ledger.db": "database",
+            "alias.db": "database",
+            "ledger.db-wal": "database",
+            "ledger.db-shm": "database",
+            "ledger.db-journal": "database",
+            "ledger.projections.db": "projections",
+            "ledger.projections.db-wal": "projections",
+        }
+
+        def files() -> dict[str, bytes]:  # the -shm file changes as readers come and go
+            return {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+
+        before = files()
+        for name, what in own.items():
+            with pytest.raises(ExportError, match=rf"is the ledger's own {what} file"):
+                export_log(ledger, tmp_path / name, fmt="jsonl")
+        after = files()
+        assert {n: b for n, b in after.items() if not n.endswith("-shm")} == {
+            n: b for n, b in before.items() if not n.endswith("-shm")
+        }
+        assert after.keys() == before.keys()
+        assert ledger.count_events() == events
+
+
 def test_bad_export_files_are_named(tmp_path: Path) -> None:
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"position": 1}\nnot json\n')
