@@ -2,9 +2,9 @@
 
 Kite answers `{"net": [...], "day": [...]}`; the `net` list is what a position is at the
 broker. Each entry is matched to the ledger's position by exchange, tradingsymbol and
-product, and every difference is reported: quantity, average price (beyond a tolerance,
-since Kite rounds), bought and sold quantities, and positions one side has and the other
-lacks. A clean reconciliation is an empty list of differences.
+product, and every difference is reported: quantity, average price (beyond half a paisa,
+all that Kite's rounding to the paisa explains), bought and sold quantities, and positions
+one side has and the other lacks. A clean reconciliation is an empty list of differences.
 """
 
 from __future__ import annotations
@@ -16,7 +16,10 @@ from typing import Any
 
 from projections.positions import Position
 
-DEFAULT_PRICE_TOLERANCE = Decimal("0.01")
+#: How far the broker's average price may be from the ledger's before it is a difference:
+#: half a paisa, all that rounding to the paisa can explain. (It was 0.01 compared with `>`,
+#: so a broker average a whole paisa off, a rupee on 100 shares, reconciled clean.)
+DEFAULT_PRICE_TOLERANCE = Decimal("0.005")
 
 
 @dataclass(frozen=True, slots=True)

@@ -130,6 +130,26 @@ def test_every_difference_is_reported() -> None:
 
 
 @pytest.mark.parametrize(
+    ("broker_average", "differs"),
+    [
+        ("812.35", False),
+        ("812.36", True),  # a paisa more on 100 shares is a rupee: a difference
+        ("812.34", True),
+        ("812.3550", False),  # Kite's rounding: at most half a paisa
+        ("812.3451", False),
+        ("812.3551", True),
+    ],
+)
+def test_an_average_price_a_paisa_off_is_a_difference(broker_average: str, differs: bool) -> None:
+    """The tolerance was `> 0.01`: a broker average a whole paisa off (Rs 1 on 100 shares)
+    reconciled clean. Rounding to the paisa explains at most half of one."""
+    view = fold(PositionsProjection(), [fill_event("T1", Side.BUY, 100, "812.35", order=1)])
+    broker = _broker(quantity=100, buy_quantity=100, average_price=float(broker_average))
+    report = reconcile("AB1234", positions_of(view), broker)
+    assert [d.field for d in report.differences] == (["average_price"] if differs else [])
+
+
+@pytest.mark.parametrize(
     ("payload", "message"),
     [
         ({"data": {}}, "'net' list"),
