@@ -2,9 +2,10 @@
 
 Kite answers `{"net": [...], "day": [...]}`; the `net` list is what a position is at the
 broker. Each entry is matched to the ledger's position by exchange, tradingsymbol and
-product, and every difference is reported: quantity, average price (beyond half a paisa,
-all that Kite's rounding to the paisa explains), bought and sold quantities, and positions
-one side has and the other lacks. A clean reconciliation is an empty list of differences.
+product, and every difference is reported: quantity, bought and sold quantities and
+values, average price (as Kite defines it: `kite_average_price`), and positions one side
+has and the other lacks. Amounts differ when they are more than half a paisa apart, all
+that Kite's rounding to the paisa explains. A clean reconciliation is an empty list of differences.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from projections.base import ZERO, divide
 from projections.positions import Position
 
 #: How far the broker's average price may be from the ledger's before it is a difference:
@@ -76,6 +78,24 @@ def _int(entry: Mapping[str, Any], name: str, where: str) -> int:
     return int(number)
 
 
+def kite_average_price(position: Position) -> Decimal:
+    """A position's average price as Kite's `positions()` gives it: the average price of
+    what was bought while the position is long (buy_value / buy_quantity), of what was
+    sold while it is short, per unit (the values include the contract multiplier).
+
+    Not the ledger's `average_price`, which is the average cost of the open quantity
+    (reductions keep it, additions move it): after buying 10 at 800, selling 5 at 820 and
+    buying 10 at 840 that is 826.67, and Kite's (and the sandbox's) 820. Compared with
+    each other, every position reduced and added to was a difference."""
+    if position.net_quantity > 0:
+        value, quantity = position.buy_value, position.buy_quantity
+    elif position.net_quantity < 0:
+        value, quantity = position.sell_value, position.sell_quantity
+    else:
+        return ZERO
+    return divide(value, quantity * position.multiplier)
+
+
 def reconcile(
     account: str,
     ledger_positions: Iterable[Position],
@@ -131,10 +151,18 @@ def reconcile(
             broker_value = _int(theirs, name, where)
             if ledger_value != broker_value:
                 differences.append(Difference(*key, name, str(ledger_value), str(broker_value)))
+        for name, ledger_amount in (("buy_value", mine.buy_value), ("sell_value", mine.sell_value)):
+            if name in theirs:  # Kite always sends them; a payload without them says nothing
+                broker_amount = _decimal(theirs, name, where)
+                if abs(broker_amount - ledger_amount) > price_tolerance:
+                    differences.append(
+                        Difference(*key, name, str(ledger_amount), str(broker_amount))
+                    )
         if quantity != 0 and mine.net_quantity == quantity:
             broker_average = _decimal(theirs, "average_price", where)
-            if abs(broker_average - mine.average_price) > price_tolerance:
+            ledger_average = kite_average_price(mine)
+            if abs(broker_average - ledger_average) > price_tolerance:
                 differences.append(
-                    Difference(*key, "average_price", str(mine.average_price), str(broker_average))
+                    Difference(*key, "average_price", str(ledger_average), str(broker_average))
                 )
     return ReconciliationReport(account=account, matched=matched, differences=differences)

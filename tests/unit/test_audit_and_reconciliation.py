@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from ledger.domain.values import Exchange, InstrumentRef, Side
+from ledger.domain.values import Exchange, InstrumentRef, Product, Side
 from projections.audit import AuditTrailProjection, details_json, to_csv, to_jsonl, trail
 from projections.positions import PositionsProjection, positions_of
 from projections.reconciliation import BrokerPayloadError, reconcile
@@ -147,6 +147,69 @@ def test_an_average_price_a_paisa_off_is_a_difference(broker_average: str, diffe
     broker = _broker(quantity=100, buy_quantity=100, average_price=float(broker_average))
     report = reconcile("AB1234", positions_of(view), broker)
     assert [d.field for d in report.differences] == (["average_price"] if differs else [])
+
+
+def _kite_net(fills: list[tuple[str, int, str]], product: str = "MIS") -> dict[str, Any]:
+    """Kite's net position for these fills, as Kite (and the sandbox) define it: values are
+    sums of price x quantity; the average is the buy side's average while the position is
+    long, the sell side's while it is short."""
+    buys = [(q, Decimal(p)) for side, q, p in fills if side == "BUY"]
+    sells = [(q, Decimal(p)) for side, q, p in fills if side == "SELL"]
+    bought, sold = sum(q for q, _ in buys), sum(q for q, _ in sells)
+    buy_value, sell_value = sum(q * p for q, p in buys), sum(q * p for q, p in sells)
+    net = bought - sold
+    average = buy_value / bought if net > 0 else sell_value / sold if net < 0 else 0
+    entry = {
+        "tradingsymbol": "SBIN",
+        "exchange": "NSE",
+        "product": product,
+        "quantity": net,
+        "average_price": float(round(Decimal(average), 4)),
+        "buy_quantity": bought,
+        "sell_quantity": sold,
+        "buy_value": float(buy_value),
+        "sell_value": float(sell_value),
+    }
+    return {"status": "success", "data": {"net": [entry], "day": [entry]}}
+
+
+@pytest.mark.parametrize(
+    "fills",
+    [
+        [("BUY", 10, "800"), ("SELL", 5, "820"), ("BUY", 10, "840")],
+        [("SELL", 10, "800"), ("BUY", 5, "780"), ("SELL", 10, "760")],
+        [("BUY", 10, "800"), ("SELL", 15, "820"), ("SELL", 5, "790")],  # flipped short
+    ],
+)
+def test_the_average_price_is_compared_as_kite_defines_it(
+    fills: list[tuple[str, int, str]],
+) -> None:
+    """Kite's average price of a position reduced and added to is its buy (or sell) side's
+    average, not the average cost the ledger's positions carry (826.67 after buying 10 at
+    800, selling 5 at 820, buying 10 at 840; Kite says 820): the two were compared and
+    every such position was reported as a difference."""
+    events = [
+        fill_event(f"T{n}", Side(side), quantity, price, order=n, product=Product.MIS)
+        for n, (side, quantity, price) in enumerate(fills, start=1)
+    ]
+    positions = positions_of(fold(PositionsProjection(), events))
+    assert reconcile("AB1234", positions, _kite_net(fills)).differences == []
+
+
+def test_bought_and_sold_values_are_compared_to_half_a_paisa() -> None:
+    fills = [("BUY", 10, "800"), ("SELL", 5, "820"), ("BUY", 10, "840")]
+    events = [
+        fill_event(f"T{n}", Side(side), quantity, price, order=n, product=Product.MIS)
+        for n, (side, quantity, price) in enumerate(fills, start=1)
+    ]
+    positions = positions_of(fold(PositionsProjection(), events))
+    broker = _kite_net(fills)
+    broker["data"]["net"][0]["sell_value"] = 4100.01
+    broker["data"]["net"][0]["buy_value"] = 16400.004  # a float's noise, not a difference
+    report = reconcile("AB1234", positions, broker)
+    assert [str(d) for d in report.differences] == [
+        "NSE:SBIN MIS: sell_value ledger=4100 broker=4100.01"
+    ]
 
 
 @pytest.mark.parametrize(
