@@ -114,6 +114,39 @@ def test_audit_and_export_from_a_date_take_that_whole_day(demo_dir: Path) -> Non
     assert "exported 29 events" in exported.stdout
 
 
+def test_to_a_date_then_from_the_next_loses_nothing(tmp_path: Path) -> None:
+    """`--to D` was the end of D (23:59:59.999999) taken as an exclusive bound, so an
+    event in D's last microsecond was in neither `--to D` nor `--from D+1`."""
+    from datetime import datetime, timedelta
+
+    from tests.support import FakeClock, accepted, fill, submit_command
+
+    last = datetime(2026, 11, 24, 23, 59, 59, 999999, tzinfo=IST)
+    clock = FakeClock(start=last - timedelta(microseconds=3), step=timedelta(microseconds=1))
+    with open_ledger(tmp_path / "ledger.db", clock=clock) as ledger:
+        order = ledger.submit(submit_command())
+        ledger.record(accepted(order))
+        ledger.record(fill(order, "T1", 100))  # at 23:59:59.999999 IST, still 24 Nov
+        assert ledger.history(order.id)[-1].timestamp == last
+    split = {
+        "24": ["--to", "2026-11-24"],
+        "25": ["--from", "2026-11-25"],
+        "both": ["--from", "2026-11-24", "--to", "2026-11-25"],
+    }
+    exported: dict[str, list[str]] = {}
+    for name, window in split.items():
+        result = run("export", "--format", "jsonl", "--out", f"{name}.jsonl", *window, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        lines = (tmp_path / f"{name}.jsonl").read_text().splitlines()
+        exported[name] = [json.loads(line)["event_type"] for line in lines]
+    day = ["Submitted", "Accepted", "Filled"]
+    assert exported == {"24": day, "25": [], "both": day}
+    audited = run("audit", "--to", "2026-11-24", "--format", "jsonl", cwd=tmp_path)
+    assert [json.loads(line)["event_type"] for line in audited.stdout.splitlines()] == day
+    after = run("audit", "--from", "2026-11-25", "--format", "jsonl", cwd=tmp_path)
+    assert after.stdout == ""
+
+
 def test_rebuild_and_project(demo_dir: Path) -> None:
     rebuilt = run("rebuild", "positions", cwd=demo_dir)
     assert rebuilt.returncode == 0, rebuilt.stderr
