@@ -564,16 +564,28 @@ def export(
     db: DbOption = None,
     fmt: Annotated[str, typer.Option("--format", help="parquet or jsonl.")] = "parquet",
     since: Annotated[
-        str | None, typer.Option("--from", help="Only events recorded from then.")
+        str | None,
+        typer.Option(
+            "--from",
+            help="Only orders with an event recorded from then (a date: from its start);"
+            " each is exported whole.",
+        ),
     ] = None,
     until: Annotated[
         str | None,
         typer.Option(
-            "--to", help="Only events recorded before then (a date: through its end, all of it)."
+            "--to",
+            help="Only orders with an event recorded before then (a date: through its end);"
+            " each is exported whole.",
         ),
     ] = None,
 ) -> None:
-    """Export the log (every event, exactly as stored) to Parquet or JSON lines."""
+    """Export the log (every event, exactly as stored) to Parquet or JSON lines.
+
+    With --from / --to, whole orders: every event of each order that has an event
+    recorded in the window, its events before and after the window included, so that
+    offline-rebuild can fold the export (an order's fill without its submission cannot
+    be folded). An order that spans two windows is in both exports."""
     _check_format(fmt, ("parquet", "jsonl"))
     if not out.parent.exists():
         raise LedgerError(f"--out: directory {out.parent} does not exist")

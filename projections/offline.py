@@ -78,20 +78,20 @@ def _records(
     ledger: OrderLedger, since: datetime | None, until: datetime | None, page: int = 5000
 ) -> Iterator[dict[str, Any]]:
     """Export rows straight from the stored rows: the state exactly as stored, the other
-    columns from it (no event objects are made)."""
+    columns from it (no event objects are made). With a window, whole orders: every event
+    of each order with an event recorded in [since, until) (`_orders_in`)."""
     log = LedgerLog(ledger)
+    wanted = None if since is None and until is None else _orders_in(log, since, until, page)
     after = 0
     while rows := log.stored_rows(after, page):
         for position, order_id, version, topic, state in rows:
+            if wanted is not None and order_id not in wanted:
+                continue
             kind = order_kind(topic, position)
             if kind is None:
                 continue  # another application's event in a shared table
             text = state if isinstance(state, str) else str(state, "utf-8")
             recorded_at = datetime.fromisoformat(parse_state(text)["timestamp"]["_data_"])
-            if since is not None and recorded_at < since:
-                continue
-            if until is not None and recorded_at >= until:
-                continue
             yield {
                 "position": position,
                 "order_id": order_id if len(order_id) == 36 else canonical_id(order_id),
@@ -104,6 +104,30 @@ def _records(
         after = rows[-1][0]
 
 
+def _orders_in(
+    log: LedgerLog, since: datetime | None, until: datetime | None, page: int
+) -> set[str]:
+    """The orders (ids as stored) with an event recorded in [since, until).
+
+    A window exports whole orders, not the events in it one by one: an order submitted
+    before the window and filled in it gave an export with a fill and no submission,
+    which offline-rebuild could not fold (the README's `export --from T --to T` then
+    `offline-rebuild`). Every event of such an order is exported, those before and after
+    the window too, so each order in the export is complete and folds as it does live."""
+    orders: set[str] = set()
+    after = 0
+    while rows := log.stored_rows(after, page):
+        for position, order_id, _version, topic, state in rows:
+            if order_id in orders or order_kind(topic, position) is None:
+                continue
+            text = state if isinstance(state, str) else str(state, "utf-8")
+            recorded_at = datetime.fromisoformat(parse_state(text)["timestamp"]["_data_"])
+            if (since is None or recorded_at >= since) and (until is None or recorded_at < until):
+                orders.add(order_id)
+        after = rows[-1][0]
+    return orders
+
+
 def export_log(
     ledger: OrderLedger,
     path: str | Path,
@@ -113,8 +137,10 @@ def export_log(
     until: datetime | None = None,
     on_record: Callable[[int], None] | None = None,
 ) -> int:
-    """Write the log (optionally only events recorded in [since, until)) to `path`.
-    Streams: memory stays flat whatever the log's size. Returns the records written.
+    """Write the log to `path`: every event, or with `since` / `until` every event of the
+    orders with an event recorded in [since, until) (whole orders, so the export folds:
+    `_orders_in`). Streams: memory stays flat whatever the log's size (a window keeps the
+    set of its order ids). Returns the records written.
 
     All or nothing: the export is written to a file beside `path`, flushed to the disk
     and moved over `path` only when complete, so an interrupted export leaves what was

@@ -273,6 +273,52 @@ def test_export_time_window(ledger: OrderLedger, tmp_path: Path) -> None:
     assert 0 < first < total
 
 
+def test_a_windowed_export_holds_whole_orders_and_rebuilds_offline(
+    ledger: OrderLedger, store: ProjectionStore, tmp_path: Path
+) -> None:
+    """`export --from T --to T` then offline-rebuild (the README's workflow): the window
+    took events one by one, so an order submitted before T and filled inside the window
+    gave a Filled with no Submitted and the rebuild failed. A window now selects whole
+    orders: every event of each order with an event recorded in it."""
+    clock = ledger.clock
+    assert isinstance(clock, FakeClock)
+    before = ledger.submit(submit_command(client_order_id="before"))
+    ledger.record(accepted(before))
+    ledger.submit(submit_command(client_order_id="untouched"))
+    clock.advance(timedelta(minutes=30))
+    start = clock.now
+    ledger.record(fill(before, "T1", 40))
+    inside = ledger.submit(submit_command(client_order_id="inside", side="SELL", quantity=10))
+    ledger.record(accepted(inside, "B-2"))
+    end = clock.now + timedelta(microseconds=1)
+    clock.advance(timedelta(minutes=30))
+    ledger.record(fill(before, "T2", 60))  # after the window: the order is exported whole
+    later = ledger.submit(submit_command(client_order_id="later"))
+    projections = all_projections()
+    ProjectionRunner(LedgerLog(ledger), store, projections).catch_up()
+
+    export = tmp_path / "window.jsonl"
+    assert export_log(ledger, export, since=start, until=end) == 4 + 2
+    exported = [json.loads(line) for line in export.read_text().splitlines()]
+    assert {r["order_id"] for r in exported} == {str(before.id), str(inside.id)}
+    assert str(later.id) not in {r["order_id"] for r in exported}
+    into = tmp_path / "window.sqlite"
+    assert offline_rebuild(export, into, projections) == 6
+    offline = store_for_file(into)
+    try:
+        reports = offline.load_view(_named_projection(projections, "reports")).contents()
+        live = store.load_view(_named_projection(projections, "reports")).contents()
+        for table, rows in reports.items():
+            assert rows == {k: v for k, v in live[table].items() if k in rows}
+        assert {k[0] for k in reports["execution_reports"]} == {str(before.id), str(inside.id)}
+    finally:
+        offline.close()
+
+
+def _named_projection(projections: list[Projection], name: str) -> Projection:
+    return next(p for p in projections if p.name == name)
+
+
 def test_an_interrupted_export_leaves_the_file_it_was_replacing(
     ledger: OrderLedger, tmp_path: Path
 ) -> None:
