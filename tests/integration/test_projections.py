@@ -238,6 +238,41 @@ def test_positions_as_of_a_past_instant(make_ledger: LedgerFactory) -> None:
     assert nets["SBIN"] == 50
 
 
+def test_as_of_takes_each_order_up_to_its_first_event_after_the_instant(
+    make_ledger: LedgerFactory,
+) -> None:
+    """Two writers whose clocks differ by 2 s: an event of an order can be recorded after
+    a later-stamped one. As of T, each event was taken or left by its own time, so an
+    order's acceptance and fill could be in while its submission was out (as_of raised
+    LookupError), and it disagreed with `OrderLedger.get_order(as_of=T)`, which takes an
+    order's events up to its first event after T. Point-in-time projections now do too."""
+    from ledger.domain.errors import OrderNotFound
+
+    strategy = make_ledger(clock=FakeClock(START))
+    gateway = make_ledger(clock=FakeClock(START - timedelta(seconds=2)))
+    instant = START - timedelta(seconds=1)
+    # Submitted after T by the strategy's clock, accepted and filled "before" by the gateway's.
+    late = strategy.submit(submit_command(client_order_id="late"))
+    gateway.record(accepted(late))
+    gateway.record(fill(late, "T1", 100))
+    # Submitted before T, accepted after it, then a fill stamped before it again.
+    early = gateway.submit(submit_command(client_order_id="early", quantity=50))
+    strategy.record(accepted(early, "B-2"))
+    gateway.record(fill(early, "T2", 50))
+
+    views = as_of(LedgerLog(strategy), all_projections(), instant)
+    with pytest.raises(OrderNotFound, match="submitted later"):
+        strategy.get_order(late.id, as_of=instant)
+    then = strategy.get_order(early.id, as_of=instant)
+    reports = views["reports"].contents()["execution_reports"]
+    assert list(reports) == [(str(early.id),)]
+    report = reports[(str(early.id),)]
+    assert (report.status, report.filled_quantity) == (then.status.value, then.filled_quantity)
+    assert (then.status.value, then.filled_quantity) == ("SUBMITTED", 0)
+    assert positions_of(views["positions"]) == []
+    assert [e.event_type for e in views["audit"].rows("audit_trail")] == ["Submitted"]
+
+
 @pytest.mark.parametrize(
     ("fmt", "target"), [("jsonl", "a.duckdb"), ("parquet", "a.sqlite"), ("parquet", "b.duckdb")]
 )
