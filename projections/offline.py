@@ -13,7 +13,9 @@ An export holds one record per event, in log order:
 JSON lines (`.jsonl`) and Parquet (`.parquet`) hold the same columns. An analyst can query
 either directly (DuckDB: `SELECT * FROM 'log.parquet'`), or rebuild the projections into a
 DuckDB or SQLite file with `offline_rebuild` and query those tables; they equal the live
-projections exactly, because the same folds run over the same events.
+projections exactly, because the same folds run over the same events. (In DuckDB, amounts
+are DECIMAL(38,10): one with more than 10 decimal places, such as a computed reference
+price or a charge share to 12 places, is rounded to 10 there; SQLite keeps it exactly.)
 """
 
 from __future__ import annotations

@@ -294,6 +294,56 @@ def test_offline_rebuild_from_an_export_equals_live(
         offline_store.close()
 
 
+def test_duckdb_holds_amounts_to_ten_places_and_sqlite_exactly(
+    ledger: OrderLedger, store: ProjectionStore, tmp_path: Path
+) -> None:
+    """DuckDB's columns are DECIMAL(38,10): an amount with more places (a computed
+    reference price, a charge share to 12 places) is rounded to 10 there, far below the
+    paisa; a SQLite rebuild equals the live projections exactly. (Documented: the README
+    said every offline file equals the live tables exactly.)"""
+    from decimal import Decimal
+
+    reference = Decimal("2436195.35") / 2999  # an arrival VWAP the strategy computed
+    order = ledger.submit(submit_command(reference_price=reference))
+    ledger.record(accepted(order))
+    for trade_id, quantity, charges in (("T1", 99, "0.0236018750"), ("T2", 1, "0.000236018751")):
+        record = fill(order, trade_id, quantity)
+        ledger.record(record.model_copy(update={"charges": Decimal(charges)}))
+    projections = all_projections()
+    ProjectionRunner(LedgerLog(ledger), store, projections).catch_up()
+    export = tmp_path / "log.parquet"
+    export_log(ledger, export)
+    live = tables(store, projections)
+    ten_places = Decimal("1e-10")
+    rounded = 0
+    for target in ("x.sqlite", "x.duckdb"):
+        offline_rebuild(export, tmp_path / target, projections)
+        offline_store = store_for_file(tmp_path / target)
+        try:
+            offline = tables(offline_store, projections)
+        finally:
+            offline_store.close()
+        if target.endswith(".sqlite"):
+            assert offline == live
+            continue
+        for name, views in live.items():
+            for table, rows in views.items():
+                assert offline[name][table].keys() == rows.keys()
+                for key, row in rows.items():
+                    for field, value in zip(row.__slots__, _values(row), strict=True):
+                        kept = getattr(offline[name][table][key], field)
+                        if isinstance(value, Decimal) and value != kept:
+                            assert kept == value.quantize(ten_places), (name, field)
+                            rounded += 1
+                        else:
+                            assert kept == value, (name, table, field)
+    assert rounded  # the reference price, the charges and what follows from them
+
+
+def _values(row: Any) -> list[Any]:
+    return [getattr(row, field) for field in row.__slots__]
+
+
 def test_export_time_window(ledger: OrderLedger, tmp_path: Path) -> None:
     clock = ledger.clock
     assert isinstance(clock, FakeClock)
