@@ -206,7 +206,8 @@ def reconcile(
 ) -> None:
     """Orders, trades and positions at Kite against the ledger: record missed fills (a
     second run adds nothing), adopt orders placed elsewhere, report what still differs."""
-    from projections.positions import PositionsProjection
+    from ledger.domain.values import IST
+    from projections.reconciliation import ledger_positions
     from projections.reconciliation import reconcile as compare_positions
     from projections.runner import LedgerLog
 
@@ -220,8 +221,13 @@ def reconcile(
         while batch := log.read(after, 5000):
             events += batch
             after = batch[-1][0]
-        positions = list(PositionsProjection().fold(events).rows("positions"))
-        report = compare_positions(account, positions, gateway.call("positions"))
+        # Kite's `net` is today's plus what was carried, its `day` today's alone: the
+        # ledger's whole log is compared with the one, its fills of today with the other.
+        today = gateway.ledger.clock().astimezone(IST).date()
+        positions, today_positions = ledger_positions(events, today)
+        report = compare_positions(
+            account, positions, gateway.call("positions"), day_positions=today_positions
+        )
     finally:
         outbox.close()
         gateway.ledger.close()

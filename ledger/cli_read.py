@@ -57,14 +57,11 @@ MarkOption = Annotated[
 
 def parse_instant(text: str, option: str = "--as-of", *, day_starts: bool = False) -> datetime:
     """An ISO time with a zone, or a date in Asia/Kolkata: the end of that day (as of it,
-    up to it), or with `day_starts` its start (from it), so that `--from D --to D` is the
-    whole day D."""
+    up to it), or with `day_starts` its start (from it). An exclusive upper bound
+    (`--to`) is `parse_until`'s."""
     text = text.strip()
-    try:
-        day = date.fromisoformat(text)
-    except ValueError:
-        pass
-    else:
+    day = _as_date(text)
+    if day is not None:
         return datetime.combine(day, time.min if day_starts else time.max, tzinfo=IST)
     try:
         instant = datetime.fromisoformat(text)
@@ -75,6 +72,25 @@ def parse_instant(text: str, option: str = "--as-of", *, day_starts: bool = Fals
     if instant.tzinfo is None:
         raise LedgerError(f"{option}: {text!r} has no time zone (add +05:30 or Z)")
     return instant
+
+
+def parse_until(text: str, option: str = "--to") -> datetime:
+    """An exclusive upper bound: an ISO time with a zone, or a date D in Asia/Kolkata, read
+    as the start of the day after it, so that `--from D --to D` is the whole of day D and
+    `--to D` then `--from D+1` split the log with nothing lost. (The end of D,
+    23:59:59.999999, was used and compared exclusively: an event in D's last microsecond
+    was in neither.)"""
+    day = _as_date(text)
+    if day is not None:
+        return datetime.combine(day + timedelta(days=1), time.min, tzinfo=IST)
+    return parse_instant(text, option)
+
+
+def _as_date(text: str) -> date | None:
+    try:
+        return date.fromisoformat(text.strip())
+    except ValueError:
+        return None
 
 
 def parse_marks(marks: list[str] | None) -> dict[InstrumentRef, Decimal]:
@@ -370,7 +386,9 @@ def audit(
     ] = None,
     until: Annotated[
         str | None,
-        typer.Option("--to", help="To this time (exclusive; a date: through its end)."),
+        typer.Option(
+            "--to", help="Up to this time (exclusive; a date: through its end, all of it)."
+        ),
     ] = None,
     event_type: Annotated[
         list[str] | None, typer.Option("--type", help="Event type, e.g. Filled (repeat).")
@@ -391,7 +409,7 @@ def audit(
     filters: dict[str, Any] = {
         "account": account,
         "since": parse_instant(since, "--from", day_starts=True) if since else None,
-        "until": parse_instant(until, "--to") if until else None,
+        "until": parse_until(until) if until else None,
         "event_types": event_type,
     }
     if order:
@@ -535,22 +553,44 @@ def rebuild_command(
 
 @app.command()
 def export(
-    out: Annotated[Path, typer.Option("--out", help="The file to write.")],
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out",
+            help="The file to write (replaced only once the export is complete; the"
+            " ledger's own database and projections files are refused).",
+        ),
+    ],
     db: DbOption = None,
     fmt: Annotated[str, typer.Option("--format", help="parquet or jsonl.")] = "parquet",
     since: Annotated[
-        str | None, typer.Option("--from", help="Only events recorded from then.")
+        str | None,
+        typer.Option(
+            "--from",
+            help="Only orders with an event recorded from then (a date: from its start);"
+            " each is exported whole.",
+        ),
     ] = None,
     until: Annotated[
-        str | None, typer.Option("--to", help="Only events recorded before then.")
+        str | None,
+        typer.Option(
+            "--to",
+            help="Only orders with an event recorded before then (a date: through its end);"
+            " each is exported whole.",
+        ),
     ] = None,
 ) -> None:
-    """Export the log (every event, exactly as stored) to Parquet or JSON lines."""
+    """Export the log (every event, exactly as stored) to Parquet or JSON lines.
+
+    With --from / --to, whole orders: every event of each order that has an event
+    recorded in the window, its events before and after the window included, so that
+    offline-rebuild can fold the export (an order's fill without its submission cannot
+    be folded). An order that spans two windows is in both exports."""
     _check_format(fmt, ("parquet", "jsonl"))
     if not out.parent.exists():
         raise LedgerError(f"--out: directory {out.parent} does not exist")
     start = parse_instant(since, "--from", day_starts=True) if since else None
-    end = parse_instant(until, "--to") if until else None
+    end = parse_until(until) if until else None
     with _open(db) as ledger, _progress("exporting", LedgerLog(ledger).last_position()) as advance:
         count = export_log(
             ledger,

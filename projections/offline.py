@@ -13,11 +13,14 @@ An export holds one record per event, in log order:
 JSON lines (`.jsonl`) and Parquet (`.parquet`) hold the same columns. An analyst can query
 either directly (DuckDB: `SELECT * FROM 'log.parquet'`), or rebuild the projections into a
 DuckDB or SQLite file with `offline_rebuild` and query those tables; they equal the live
-projections exactly, because the same folds run over the same events.
+projections exactly, because the same folds run over the same events. (In DuckDB, amounts
+are DECIMAL(38,10): one with more than 10 decimal places, such as a computed reference
+price or a charge share to 12 places, is rounded to 10 there; SQLite keeps it exactly.)
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -45,7 +48,13 @@ from projections.runner import (
     order_kind,
     stored_records,
 )
-from projections.store import WriterProcessStore, store_for_file, sync_directory, sync_file
+from projections.store import (
+    WriterProcessStore,
+    projections_path_for,
+    store_for_file,
+    sync_directory,
+    sync_file,
+)
 
 Format = Literal["jsonl", "parquet"]
 COLUMNS: Final = ("position", "order_id", "version", "topic", "event_type", "recorded_at", "state")
@@ -71,20 +80,20 @@ def _records(
     ledger: OrderLedger, since: datetime | None, until: datetime | None, page: int = 5000
 ) -> Iterator[dict[str, Any]]:
     """Export rows straight from the stored rows: the state exactly as stored, the other
-    columns from it (no event objects are made)."""
+    columns from it (no event objects are made). With a window, whole orders: every event
+    of each order with an event recorded in [since, until) (`_orders_in`)."""
     log = LedgerLog(ledger)
+    wanted = None if since is None and until is None else _orders_in(log, since, until, page)
     after = 0
     while rows := log.stored_rows(after, page):
         for position, order_id, version, topic, state in rows:
+            if wanted is not None and order_id not in wanted:
+                continue
             kind = order_kind(topic, position)
             if kind is None:
                 continue  # another application's event in a shared table
             text = state if isinstance(state, str) else str(state, "utf-8")
             recorded_at = datetime.fromisoformat(parse_state(text)["timestamp"]["_data_"])
-            if since is not None and recorded_at < since:
-                continue
-            if until is not None and recorded_at >= until:
-                continue
             yield {
                 "position": position,
                 "order_id": order_id if len(order_id) == 36 else canonical_id(order_id),
@@ -97,6 +106,30 @@ def _records(
         after = rows[-1][0]
 
 
+def _orders_in(
+    log: LedgerLog, since: datetime | None, until: datetime | None, page: int
+) -> set[str]:
+    """The orders (ids as stored) with an event recorded in [since, until).
+
+    A window exports whole orders, not the events in it one by one: an order submitted
+    before the window and filled in it gave an export with a fill and no submission,
+    which offline-rebuild could not fold (the README's `export --from T --to T` then
+    `offline-rebuild`). Every event of such an order is exported, those before and after
+    the window too, so each order in the export is complete and folds as it does live."""
+    orders: set[str] = set()
+    after = 0
+    while rows := log.stored_rows(after, page):
+        for position, order_id, _version, topic, state in rows:
+            if order_id in orders or order_kind(topic, position) is None:
+                continue
+            text = state if isinstance(state, str) else str(state, "utf-8")
+            recorded_at = datetime.fromisoformat(parse_state(text)["timestamp"]["_data_"])
+            if (since is None or recorded_at >= since) and (until is None or recorded_at < until):
+                orders.add(order_id)
+        after = rows[-1][0]
+    return orders
+
+
 def export_log(
     ledger: OrderLedger,
     path: str | Path,
@@ -106,16 +139,71 @@ def export_log(
     until: datetime | None = None,
     on_record: Callable[[int], None] | None = None,
 ) -> int:
-    """Write the log (optionally only events recorded in [since, until)) to `path`.
-    Streams: memory stays flat whatever the log's size. Returns the records written."""
+    """Write the log to `path`: every event, or with `since` / `until` every event of the
+    orders with an event recorded in [since, until) (whole orders, so the export folds:
+    `_orders_in`). Streams: memory stays flat whatever the log's size (a window keeps the
+    set of its order ids). Returns the records written.
+
+    All or nothing: the export is written to a file beside `path`, flushed to the disk
+    and moved over `path` only when complete, so an interrupted export leaves what was
+    there (it left a shorter file, which offline-rebuild took for the whole log). The
+    ledger's own files are refused with nothing written (`--out ledger.db` emptied the
+    ledger: its target was truncated before the log was read out of it)."""
     fmt = fmt or format_of(path)
+    target = _export_target(ledger, path)
+    partial = target.with_name(f"{target.stem}.partial-{os.getpid()}{target.suffix}")
     records = _records(ledger, since, until)
-    count = (
-        _write_parquet(path, records, on_record)
-        if fmt == "parquet"
-        else _write_jsonl(path, records, on_record)
-    )
+    try:
+        count = (
+            _write_parquet(partial, records, on_record)
+            if fmt == "parquet"
+            else _write_jsonl(partial, records, on_record)
+        )
+        sync_file(partial)
+        os.replace(partial, target)
+    except BaseException:  # a failure or an interrupt: the target stays as it was
+        partial.unlink(missing_ok=True)
+        raise
+    sync_directory(target.parent)
     return count
+
+
+def _export_target(ledger: OrderLedger, path: str | Path) -> Path:
+    """The file an export of `ledger` may replace: `path` with its symbolic links
+    followed (the link keeps pointing at the new export), checked to be neither a
+    directory nor a device, nor one of the ledger's own files."""
+    given = Path(path)
+    if given.is_dir():
+        # As open() said it before exports were written beside their target.
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+    target = Path(os.path.realpath(given))
+    if target.exists() and not target.is_file():
+        raise ExportError(f"{path}: is not a regular file (an export replaces the file)")
+    database = ledger.storage.sqlite_path if ledger.storage is not None else None
+    if database is not None:
+        for what, own in (("database", database), ("projections", projections_path_for(database))):
+            for name in (own, *(own.with_name(own.name + s) for s in SQLITE_SIDE_FILES)):
+                if _same_file(target, name):
+                    raise ExportError(
+                        f"{path}: is the ledger's own {what} file ({name}); choose another"
+                        " file for the export (nothing was written)"
+                    )
+    return target
+
+
+#: The files SQLite keeps beside a database while it is open or after a crash.
+SQLITE_SIDE_FILES: Final = ("-wal", "-shm", "-journal")
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether two paths name one file: spelled alike once resolved, or (both existing)
+    the same file on disk (a hard link)."""
+    if a == Path(os.path.realpath(b)):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # either does not exist
+        return False
 
 
 def _write_jsonl(

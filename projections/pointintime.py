@@ -1,7 +1,13 @@
 """Projections as they stood at a past instant, folded from the log.
 
-"As of T" means: every event the ledger had recorded by T (record time at or before T),
-in log order. The same projection classes fold them, into memory: nothing is stored.
+"As of T" means, for each order, its events up to its first event recorded after T (record
+time later than T), in log order: exactly what `OrderLedger.get_order(as_of=T)` takes. The
+same projection classes fold them, into memory: nothing is stored.
+
+Per order, not event by event: writers on several hosts stamp events with their own
+clocks, so a later event of an order can carry an earlier time than the one before it.
+Taking each event by its own time let an order's fill in while its submission was out (the
+folds then raised LookupError) and contradicted `get_order(as_of=T)`.
 """
 
 from __future__ import annotations
@@ -17,16 +23,22 @@ from projections.runner import EventSource, records_of
 def records_until(
     source: EventSource, instant: datetime, batch_size: int = 5000
 ) -> Iterator[Record]:
-    """Every record of an event recorded at or before `instant`, in log order."""
+    """Every record of each order up to that order's first event recorded after
+    `instant`, in log order (module doc)."""
     _check(instant)
+    ended: set[str] = set()  # the orders whose first event after `instant` has been seen
     after = 0
     while True:
         batch = records_of(source, after, batch_size)
         if not batch:
             return
         for record in batch:
-            if datetime.fromisoformat(record.state["timestamp"]["_data_"]) <= instant:
-                yield record
+            if record.order_id in ended:
+                continue
+            if datetime.fromisoformat(record.state["timestamp"]["_data_"]) > instant:
+                ended.add(record.order_id)
+                continue
+            yield record
         after = batch[-1].position
 
 

@@ -1056,7 +1056,12 @@ class PostgresProjectionStore(ProjectionStore):
 
 
 class DuckDBProjectionStore(ProjectionStore):
-    """Projection tables in a DuckDB file, for analysts (no server)."""
+    """Projection tables in a DuckDB file, for analysts (no server).
+
+    Amounts are DECIMAL(38,10), numbers an analyst can sum and compare in SQL; an amount
+    with more than 10 decimal places (a computed reference price, a charge share to 12
+    places) is rounded to 10 here, where SQLite (text) and PostgreSQL (NUMERIC) keep it. Ten
+    places are far below the paisa; a SQLite file is the exact offline copy."""
 
     sql_types = {
         str: "VARCHAR",

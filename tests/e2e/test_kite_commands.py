@@ -11,12 +11,16 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from ledger.application import open_ledger
 from ledger.domain.status import OrderStatus
+from ledger.domain.values import IST
 from ledger.kite.sandbox import KiteSandbox
 from projections import all_projections
 from projections.runner import LedgerLog
@@ -24,6 +28,7 @@ from projections.store import store_for_ledger_url
 from tests.kite_support import client, place_at_kite, submit
 
 CLI = [sys.executable, "-m", "ledger"]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -33,7 +38,10 @@ def sandbox() -> Iterator[KiteSandbox]:
 
 
 def kite_env(box: KiteSandbox) -> dict[str, str]:
+    """The environment of a CLI run against `box`, with this checkout first on the path
+    (`python -m ledger` in another directory found the virtualenv's installed package)."""
     env = {k: v for k, v in os.environ.items() if k != "LEDGER_DATABASE_URL"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     env.update(
         KITE_API_KEY=box.api_key,
         KITE_ACCESS_TOKEN=box.access_token,
@@ -70,6 +78,83 @@ def test_reconcile_adopts_records_and_is_idempotent(tmp_path: Path, sandbox: Kit
     second = reconcile()
     assert second["adopted"] == []
     assert second["events_recorded"] == 0
+
+
+def reconcile_json(tmp_path: Path, box: KiteSandbox) -> dict[str, Any]:
+    result = subprocess.run(
+        [*CLI, "reconcile", "--format", "json"],
+        cwd=tmp_path,
+        env=kite_env(box),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode in (0, 1), result.stderr
+    parsed: dict[str, Any] = json.loads(result.stdout)
+    parsed["exit"] = result.returncode
+    return parsed
+
+
+def trade_at_kite(
+    box: KiteSandbox, side: str, quantity: int, price: str, product: str = "MIS"
+) -> None:
+    """A market order filled in full at `price` (SBIN, intraday unless said otherwise)."""
+    box.set_price("NSE:SBIN", Decimal(price))
+    place_at_kite(
+        client(box),
+        transaction_type=side,
+        quantity=quantity,
+        order_type="MARKET",
+        product=product,
+        market_protection=-1,
+    )
+    box.step(1)
+    box.set_price("NSE:SBIN", Decimal(price))
+
+
+def test_a_position_reduced_and_added_to_reconciles_clean(tmp_path: Path) -> None:
+    """Buy 10 at 800, sell 5 at 820, buy 10 at 840: the ledger's average cost is 826.67,
+    Kite's average price 820 (what was bought, averaged); the two were compared and the
+    reconciliation failed on a position both sides agree on."""
+    with KiteSandbox(seed=9, liquidity_per_step=(1.0, 1.0)) as box:
+        for side, quantity, price in (("BUY", 10, "800"), ("SELL", 5, "820"), ("BUY", 10, "840")):
+            trade_at_kite(box, side, quantity, price)
+        assert client(box).positions()["net"][0]["average_price"] == 820
+        report = reconcile_json(tmp_path, box)
+    assert report["position_differences"] == []
+    assert report["positions_matched"] == 1
+    assert report["exit"] == 0
+
+
+def test_reconcile_on_the_next_trading_days(tmp_path: Path) -> None:
+    """Kite's positions() holds today's and carried positions (a new sandbox is a new day);
+    the ledger's log holds every day. Folded over the whole log and compared as they were,
+    an intraday round trip of yesterday was "missing" at Kite today and bought and sold
+    quantities differed: every reconciliation from the second day on failed."""
+
+    def yesterday() -> datetime:
+        return datetime.now(IST) - timedelta(days=1)
+
+    with KiteSandbox(seed=9, liquidity_per_step=(1.0, 1.0), clock=yesterday) as box:
+        trade_at_kite(box, "BUY", 10, "800")
+        trade_at_kite(box, "SELL", 10, "810")
+        trade_at_kite(box, "BUY", 7, "805", product="CNC")  # in holdings from tomorrow
+        # Records yesterday's fills (compared as of today, by the ledger's clock).
+        first = reconcile_json(tmp_path, box)
+    assert first["events_recorded"] == 6
+    with KiteSandbox(seed=9) as box:  # today, nothing traded yet
+        second = reconcile_json(tmp_path, box)
+    assert second["position_differences"] == []
+    assert second["exit"] == 0
+    with KiteSandbox(seed=9, liquidity_per_step=(1.0, 1.0)) as box:
+        box._sequence = 100  # Kite's trade ids do not repeat; a fresh sandbox's would
+        trade_at_kite(box, "BUY", 5, "810")
+        trade_at_kite(box, "BUY", 3, "812", product="CNC")
+        third = reconcile_json(tmp_path, box)
+    assert third["position_differences"] == []
+    assert third["positions_matched"] == 2
+    assert third["exit"] == 0
 
 
 def test_reconcile_needs_credentials(tmp_path: Path, sandbox: KiteSandbox) -> None:

@@ -19,10 +19,14 @@ from projections import all_projections
 from projections.store import store_for_file, store_for_ledger_url
 
 CLI = [sys.executable, "-m", "ledger"]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """The CLI of this checkout (`python -m` in another directory found the package the
+    virtualenv has installed, which may be another checkout's)."""
     env = {k: v for k, v in os.environ.items() if k != "LEDGER_DATABASE_URL"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     return subprocess.run(
         [*CLI, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120, check=False
     )
@@ -110,6 +114,39 @@ def test_audit_and_export_from_a_date_take_that_whole_day(demo_dir: Path) -> Non
     assert "exported 29 events" in exported.stdout
 
 
+def test_to_a_date_then_from_the_next_loses_nothing(tmp_path: Path) -> None:
+    """`--to D` was the end of D (23:59:59.999999) taken as an exclusive bound, so an
+    event in D's last microsecond was in neither `--to D` nor `--from D+1`."""
+    from datetime import datetime, timedelta
+
+    from tests.support import FakeClock, accepted, fill, submit_command
+
+    last = datetime(2026, 11, 24, 23, 59, 59, 999999, tzinfo=IST)
+    clock = FakeClock(start=last - timedelta(microseconds=3), step=timedelta(microseconds=1))
+    with open_ledger(tmp_path / "ledger.db", clock=clock) as ledger:
+        order = ledger.submit(submit_command())
+        ledger.record(accepted(order))
+        ledger.record(fill(order, "T1", 100))  # at 23:59:59.999999 IST, still 24 Nov
+        assert ledger.history(order.id)[-1].timestamp == last
+    split = {
+        "24": ["--to", "2026-11-24"],
+        "25": ["--from", "2026-11-25"],
+        "both": ["--from", "2026-11-24", "--to", "2026-11-25"],
+    }
+    exported: dict[str, list[str]] = {}
+    for name, window in split.items():
+        result = run("export", "--format", "jsonl", "--out", f"{name}.jsonl", *window, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        lines = (tmp_path / f"{name}.jsonl").read_text().splitlines()
+        exported[name] = [json.loads(line)["event_type"] for line in lines]
+    day = ["Submitted", "Accepted", "Filled"]
+    assert exported == {"24": day, "25": [], "both": day}
+    audited = run("audit", "--to", "2026-11-24", "--format", "jsonl", cwd=tmp_path)
+    assert [json.loads(line)["event_type"] for line in audited.stdout.splitlines()] == day
+    after = run("audit", "--from", "2026-11-25", "--format", "jsonl", cwd=tmp_path)
+    assert after.stdout == ""
+
+
 def test_rebuild_and_project(demo_dir: Path) -> None:
     rebuilt = run("rebuild", "positions", cwd=demo_dir)
     assert rebuilt.returncode == 0, rebuilt.stderr
@@ -167,6 +204,28 @@ def test_paths_that_are_not_what_a_command_wants_are_refused_clearly(demo_dir: P
         assert message in result.stderr, (args, result.stderr)
         assert "Traceback" not in result.stderr
     assert not list(demo_dir.glob("*partial*"))
+
+
+def test_export_over_the_ledger_itself_is_refused_and_writes_nothing(tmp_path: Path) -> None:
+    """`export --db D/ledger.db --out D/ledger.db` left the ledger at 0 bytes: the export
+    truncated its target before reading the log out of it."""
+    from tests.support import FakeClock, accepted, fill, submit_command
+
+    with open_ledger(tmp_path / "ledger.db", clock=FakeClock()) as ledger:
+        order = ledger.submit(submit_command())
+        ledger.record(accepted(order))
+        ledger.record(fill(order, "T1", 100))
+    size = (tmp_path / "ledger.db").stat().st_size
+    for out in ("ledger.db", "./ledger.db", "ledger.projections.db"):
+        result = run("export", "--db", "ledger.db", "--format", "jsonl", "--out", out, cwd=tmp_path)
+        assert result.returncode == 2, (out, result.stdout, result.stderr)
+        assert "is the ledger's own" in result.stderr, result.stderr
+        assert "Traceback" not in result.stderr
+    assert (tmp_path / "ledger.db").stat().st_size == size
+    assert not (tmp_path / "ledger.projections.db").exists()
+    assert not list(tmp_path.glob("*partial*"))
+    with open_ledger(tmp_path / "ledger.db") as ledger:
+        assert ledger.count_events() == 3
 
 
 def test_a_read_command_reads_only_the_projection_it_shows(

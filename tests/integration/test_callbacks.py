@@ -165,3 +165,150 @@ def test_coroutine_handlers_work_on_the_thread_too(
 def test_bad_subscription_name(ledger: OrderLedger, store: ProjectionStore) -> None:
     with pytest.raises(ValueError, match="letters, digits and _"):
         CallbackSubscription(LedgerLog(ledger), store, "drop table;")
+
+
+class Flaky(Recorder):
+    """A recorder whose handler of one kind raises the first `failures` times it is
+    called (a strategy's transient error)."""
+
+    def __init__(self, kind: str, failures: int = 1) -> None:
+        super().__init__()
+        self.failing = kind
+        self.failures = failures
+
+    def _fail(self, kind: str) -> None:
+        if kind == self.failing and self.failures:
+            self.failures -= 1
+            raise RuntimeError(f"transient error in on_{kind}")
+
+    def status(self, report: ExecutionReport) -> None:
+        self._fail("status")
+        super().status(report)
+
+    def fill(self, fill: ReportFill, report: ExecutionReport) -> None:
+        self._fail("fill")
+        self.calls.append(("filled", (fill.trade_id, report.filled_quantity)))
+
+    def report(self, report: ExecutionReport) -> None:
+        self._fail("report")
+        self.calls.append(("report", (report.status, report.filled_quantity)))
+
+    def position(self, position: Position) -> None:
+        self._fail("position")
+        super().position(position)
+
+
+@pytest.mark.parametrize("kind", ["status", "fill", "report", "position"])
+def test_a_handler_that_raises_gets_the_same_callback_again_and_nothing_is_folded_twice(
+    ledger: OrderLedger, store: ProjectionStore, kind: str
+) -> None:
+    """The event was folded into the subscription's views before its callbacks ran and
+    folded again when poll() was called after a handler raised: a 40-share fill came back
+    as a position of 80, the status and final-report callbacks were lost, and a later
+    event raised KeyError on every poll. Now each event is folded once; a retry owes
+    exactly the callbacks not yet made, with the data of that event."""
+    order = ledger.submit(submit_command(quantity=100))
+    ledger.record(accepted(order))
+    ledger.record(fill(order, "T1", 40))
+    ledger.record(fill(order, "T2", 60, price="812.40"))
+    flaky = Flaky(kind)
+    subscription = flaky.subscribe(ledger, store)
+    with pytest.raises(RuntimeError, match=f"on_{kind}"):
+        drain(subscription)
+    drain(subscription)
+    assert flaky.failures == 0
+    assert flaky.calls == [
+        ("status", ("c-1", "SUBMITTED")),
+        ("status", ("c-1", "ACCEPTED")),
+        ("status", ("c-1", "PARTIALLY_FILLED")),
+        ("filled", ("T1", 40)),
+        ("position", ("SBIN", 40)),
+        ("status", ("c-1", "FILLED")),
+        ("filled", ("T2", 100)),
+        ("position", ("SBIN", 100)),
+        ("report", ("FILLED", 100)),
+    ]
+    assert subscription.poll() == 0
+
+
+def test_after_a_handler_raised_a_new_subscription_resumes_at_the_event_that_failed(
+    ledger: OrderLedger, store: ProjectionStore
+) -> None:
+    """What was delivered before the failure is remembered; the failed event's callbacks
+    are all made again by a subscription started afresh (at least once across restarts)."""
+    order = ledger.submit(submit_command(quantity=100))
+    ledger.record(accepted(order))
+    ledger.record(fill(order, "T1", 40))
+    flaky = Flaky("position")
+    with pytest.raises(RuntimeError):
+        drain(flaky.subscribe(ledger, store))
+    again = Recorder()
+    drain(again.subscribe(ledger, store))
+    assert again.calls == [
+        ("status", ("c-1", "PARTIALLY_FILLED")),
+        ("fill", ("c-1", "T1")),
+        ("position", ("SBIN", 40)),
+    ]
+
+
+def test_run_forever_logs_a_failing_handler_and_delivers_again(
+    ledger: OrderLedger, store: ProjectionStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A handler that raised ended the delivery thread (its callbacks stopped for good,
+    with nothing but a traceback on stderr); now the failure is logged and the same
+    callback retried, backing off, until it goes through."""
+    order = ledger.submit(submit_command(quantity=100))
+    ledger.record(accepted(order))
+    ledger.record(fill(order, "T1", 40))
+    flaky = Flaky("fill", failures=2)
+    subscription = flaky.subscribe(ledger, store)
+    with caplog.at_level("ERROR", logger="projections.callbacks"):
+        thread, stop = subscription.start(poll_interval=0.01)
+        try:
+            for _ in range(500):
+                if ("position", ("SBIN", 40)) in flaky.calls:
+                    break
+                time.sleep(0.01)
+            assert thread.is_alive()
+        finally:
+            stop.set()
+            thread.join(10)
+    assert flaky.calls.count(("filled", ("T1", 40))) == 1
+    assert ("position", ("SBIN", 40)) in flaky.calls
+    failures = [r for r in caplog.records if "on_fill" in r.getMessage()]
+    assert len(failures) == 2
+    assert "strategy_a" in failures[0].getMessage()
+    assert subscription.last_error is None
+
+
+def test_run_async_logs_a_failing_handler_and_delivers_again(
+    ledger: OrderLedger, store: ProjectionStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    order = ledger.submit(submit_command(quantity=100))
+    ledger.record(accepted(order))
+    ledger.record(fill(order, "T1", 40))
+    seen: list[tuple[str, int]] = []
+    failures = [1]
+
+    async def on_fill(fill: ReportFill, report: ExecutionReport) -> None:
+        if failures[0]:
+            failures[0] -= 1
+            raise RuntimeError("transient error in on_fill")
+        seen.append((fill.trade_id, report.filled_quantity))
+
+    async def main() -> None:
+        subscription = CallbackSubscription(LedgerLog(ledger), store, "async_x", on_fill=on_fill)
+        stop = asyncio.Event()
+        task = asyncio.create_task(subscription.run_async(stop, poll_interval=0.01))
+        for _ in range(500):
+            if seen or task.done():
+                break
+            await asyncio.sleep(0.01)
+        assert not task.done()
+        stop.set()
+        await task
+
+    with caplog.at_level("ERROR", logger="projections.callbacks"):
+        asyncio.run(main())
+    assert seen == [("T1", 40)]
+    assert any("on_fill" in r.getMessage() for r in caplog.records)

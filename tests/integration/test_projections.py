@@ -238,6 +238,41 @@ def test_positions_as_of_a_past_instant(make_ledger: LedgerFactory) -> None:
     assert nets["SBIN"] == 50
 
 
+def test_as_of_takes_each_order_up_to_its_first_event_after_the_instant(
+    make_ledger: LedgerFactory,
+) -> None:
+    """Two writers whose clocks differ by 2 s: an event of an order can be recorded after
+    a later-stamped one. As of T, each event was taken or left by its own time, so an
+    order's acceptance and fill could be in while its submission was out (as_of raised
+    LookupError), and it disagreed with `OrderLedger.get_order(as_of=T)`, which takes an
+    order's events up to its first event after T. Point-in-time projections now do too."""
+    from ledger.domain.errors import OrderNotFound
+
+    strategy = make_ledger(clock=FakeClock(START))
+    gateway = make_ledger(clock=FakeClock(START - timedelta(seconds=2)))
+    instant = START - timedelta(seconds=1)
+    # Submitted after T by the strategy's clock, accepted and filled "before" by the gateway's.
+    late = strategy.submit(submit_command(client_order_id="late"))
+    gateway.record(accepted(late))
+    gateway.record(fill(late, "T1", 100))
+    # Submitted before T, accepted after it, then a fill stamped before it again.
+    early = gateway.submit(submit_command(client_order_id="early", quantity=50))
+    strategy.record(accepted(early, "B-2"))
+    gateway.record(fill(early, "T2", 50))
+
+    views = as_of(LedgerLog(strategy), all_projections(), instant)
+    with pytest.raises(OrderNotFound, match="submitted later"):
+        strategy.get_order(late.id, as_of=instant)
+    then = strategy.get_order(early.id, as_of=instant)
+    reports = views["reports"].contents()["execution_reports"]
+    assert list(reports) == [(str(early.id),)]
+    report = reports[(str(early.id),)]
+    assert (report.status, report.filled_quantity) == (then.status.value, then.filled_quantity)
+    assert (then.status.value, then.filled_quantity) == ("SUBMITTED", 0)
+    assert positions_of(views["positions"]) == []
+    assert [e.event_type for e in views["audit"].rows("audit_trail")] == ["Submitted"]
+
+
 @pytest.mark.parametrize(
     ("fmt", "target"), [("jsonl", "a.duckdb"), ("parquet", "a.sqlite"), ("parquet", "b.duckdb")]
 )
@@ -259,6 +294,56 @@ def test_offline_rebuild_from_an_export_equals_live(
         offline_store.close()
 
 
+def test_duckdb_holds_amounts_to_ten_places_and_sqlite_exactly(
+    ledger: OrderLedger, store: ProjectionStore, tmp_path: Path
+) -> None:
+    """DuckDB's columns are DECIMAL(38,10): an amount with more places (a computed
+    reference price, a charge share to 12 places) is rounded to 10 there, far below the
+    paisa; a SQLite rebuild equals the live projections exactly. (Documented: the README
+    said every offline file equals the live tables exactly.)"""
+    from decimal import Decimal
+
+    reference = Decimal("2436195.35") / 2999  # an arrival VWAP the strategy computed
+    order = ledger.submit(submit_command(reference_price=reference))
+    ledger.record(accepted(order))
+    for trade_id, quantity, charges in (("T1", 99, "0.0236018750"), ("T2", 1, "0.000236018751")):
+        record = fill(order, trade_id, quantity)
+        ledger.record(record.model_copy(update={"charges": Decimal(charges)}))
+    projections = all_projections()
+    ProjectionRunner(LedgerLog(ledger), store, projections).catch_up()
+    export = tmp_path / "log.parquet"
+    export_log(ledger, export)
+    live = tables(store, projections)
+    ten_places = Decimal("1e-10")
+    rounded = 0
+    for target in ("x.sqlite", "x.duckdb"):
+        offline_rebuild(export, tmp_path / target, projections)
+        offline_store = store_for_file(tmp_path / target)
+        try:
+            offline = tables(offline_store, projections)
+        finally:
+            offline_store.close()
+        if target.endswith(".sqlite"):
+            assert offline == live
+            continue
+        for name, views in live.items():
+            for table, rows in views.items():
+                assert offline[name][table].keys() == rows.keys()
+                for key, row in rows.items():
+                    for field, value in zip(row.__slots__, _values(row), strict=True):
+                        kept = getattr(offline[name][table][key], field)
+                        if isinstance(value, Decimal) and value != kept:
+                            assert kept == value.quantize(ten_places), (name, field)
+                            rounded += 1
+                        else:
+                            assert kept == value, (name, table, field)
+    assert rounded  # the reference price, the charges and what follows from them
+
+
+def _values(row: Any) -> list[Any]:
+    return [getattr(row, field) for field in row.__slots__]
+
+
 def test_export_time_window(ledger: OrderLedger, tmp_path: Path) -> None:
     clock = ledger.clock
     assert isinstance(clock, FakeClock)
@@ -271,6 +356,121 @@ def test_export_time_window(ledger: OrderLedger, tmp_path: Path) -> None:
     second = export_log(ledger, tmp_path / "second.jsonl", since=middle + timedelta(microseconds=1))
     assert first + second == total
     assert 0 < first < total
+
+
+def test_a_windowed_export_holds_whole_orders_and_rebuilds_offline(
+    ledger: OrderLedger, store: ProjectionStore, tmp_path: Path
+) -> None:
+    """`export --from T --to T` then offline-rebuild (the README's workflow): the window
+    took events one by one, so an order submitted before T and filled inside the window
+    gave a Filled with no Submitted and the rebuild failed. A window now selects whole
+    orders: every event of each order with an event recorded in it."""
+    clock = ledger.clock
+    assert isinstance(clock, FakeClock)
+    before = ledger.submit(submit_command(client_order_id="before"))
+    ledger.record(accepted(before))
+    ledger.submit(submit_command(client_order_id="untouched"))
+    clock.advance(timedelta(minutes=30))
+    start = clock.now
+    ledger.record(fill(before, "T1", 40))
+    inside = ledger.submit(submit_command(client_order_id="inside", side="SELL", quantity=10))
+    ledger.record(accepted(inside, "B-2"))
+    end = clock.now + timedelta(microseconds=1)
+    clock.advance(timedelta(minutes=30))
+    ledger.record(fill(before, "T2", 60))  # after the window: the order is exported whole
+    later = ledger.submit(submit_command(client_order_id="later"))
+    projections = all_projections()
+    ProjectionRunner(LedgerLog(ledger), store, projections).catch_up()
+
+    export = tmp_path / "window.jsonl"
+    assert export_log(ledger, export, since=start, until=end) == 4 + 2
+    exported = [json.loads(line) for line in export.read_text().splitlines()]
+    assert {r["order_id"] for r in exported} == {str(before.id), str(inside.id)}
+    assert str(later.id) not in {r["order_id"] for r in exported}
+    into = tmp_path / "window.sqlite"
+    assert offline_rebuild(export, into, projections) == 6
+    offline = store_for_file(into)
+    try:
+        reports = offline.load_view(_named_projection(projections, "reports")).contents()
+        live = store.load_view(_named_projection(projections, "reports")).contents()
+        for table, rows in reports.items():
+            assert rows == {k: v for k, v in live[table].items() if k in rows}
+        assert {k[0] for k in reports["execution_reports"]} == {str(before.id), str(inside.id)}
+    finally:
+        offline.close()
+
+
+def _named_projection(projections: list[Projection], name: str) -> Projection:
+    return next(p for p in projections if p.name == name)
+
+
+def test_an_interrupted_export_leaves_the_file_it_was_replacing(
+    ledger: OrderLedger, tmp_path: Path
+) -> None:
+    """An export is written beside its target and moved over it only when complete: one
+    interrupted half way left a shorter file, which offline-rebuild then took silently
+    for the whole log."""
+    run_session(ledger)
+    total = ledger.count_events()
+    exports = tmp_path / "exports"
+    exports.mkdir()
+    for fmt in ("jsonl", "parquet"):
+        good = exports / f"log.{fmt}"
+        assert export_log(ledger, good) == total
+        before = good.read_bytes()
+
+        def interrupt(count: int) -> None:
+            if count == total // 2:
+                raise KeyboardInterrupt
+
+        with pytest.raises(KeyboardInterrupt):
+            export_log(ledger, good, on_record=interrupt)
+        assert good.read_bytes() == before
+        assert (
+            sorted(p.name for p in exports.iterdir())
+            == ["log.jsonl", "log.parquet"][: 1 + (fmt == "parquet")]
+        )
+    rebuilt = offline_rebuild(exports / "log.jsonl", tmp_path / "x.sqlite", all_projections())
+    assert rebuilt == total
+
+
+def test_export_refuses_the_ledgers_own_files(tmp_path: Path) -> None:
+    """`--out` naming the ledger's database (a slip of the tab key) emptied it: the export
+    truncated its target before reading the log from it. The ledger's files and the
+    projections file beside it are refused, however they are spelled, and nothing is
+    written."""
+    (tmp_path / "sub").mkdir()
+    with open_ledger(tmp_path / "ledger.db", clock=FakeClock()) as ledger:
+        run_session(ledger)
+        projections = store_for_ledger_url(ledger.storage)
+        ProjectionRunner(LedgerLog(ledger), projections, all_projections()).catch_up()
+        projections.close()
+        events = ledger.count_events()
+        (tmp_path / "alias.db").symlink_to(tmp_path / "ledger.db")
+        own = {
+            "ledger.db": "database",
+            "sub/../ledger.db": "database",
+            "alias.db": "database",
+            "ledger.db-wal": "database",
+            "ledger.db-shm": "database",
+            "ledger.db-journal": "database",
+            "ledger.projections.db": "projections",
+            "ledger.projections.db-wal": "projections",
+        }
+
+        def files() -> dict[str, bytes]:  # the -shm file changes as readers come and go
+            return {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+
+        before = files()
+        for name, what in own.items():
+            with pytest.raises(ExportError, match=rf"is the ledger's own {what} file"):
+                export_log(ledger, tmp_path / name, fmt="jsonl")
+        after = files()
+        assert {n: b for n, b in after.items() if not n.endswith("-shm")} == {
+            n: b for n, b in before.items() if not n.endswith("-shm")
+        }
+        assert after.keys() == before.keys()
+        assert ledger.count_events() == events
 
 
 def test_bad_export_files_are_named(tmp_path: Path) -> None:
