@@ -128,6 +128,16 @@ class _Lease:
 REFUSED: tuple[type[BaseException], ...] = (kite_errors.InputException, kite_errors.OrderException)
 
 
+#: Kite's statuses whose records show the order's terms as they stand. A record in any
+#: other status is written while a request is in flight and shows the terms from before it:
+#: after modify_order, MODIFY VALIDATION PENDING / MODIFY PENDING / MODIFIED still carry the
+#: old terms until the exchange confirms (Kite's sample order_info.json); the pre-open ones
+#: (PUT ORDER REQ RECEIVED, VALIDATION PENDING, OPEN PENDING) the terms submitted. A converge
+#: whose history ends in one of those records no terms: the next record will say them.
+SETTLED_STATUSES: Final = frozenset(
+    {"OPEN", "TRIGGER PENDING", "AMO REQ RECEIVED", "COMPLETE", "CANCELLED", "REJECTED"}
+)
+
 #: Orders placed outside the ledger and adopted from Kite's book are named `kite-<order id>`.
 ADOPTED_PREFIX = "kite-"
 ADOPTED_ACTOR = "external"
@@ -571,7 +581,9 @@ class KiteGateway:
                 ),
                 record,
             )
-        count += self._record_modification(order, latest, source, record)
+        settled = latest if latest.status in SETTLED_STATUSES else None
+        if settled is not None:
+            count += self._record_modification(order, settled, source, record)
         for trade in sorted(trades, key=lambda t: t.trade_id):
             count += self._record_fill(order_id, trade, source, record)
         if latest.status == "CANCELLED":
@@ -600,6 +612,8 @@ class KiteGateway:
     def _record_modification(
         self, order: Order, latest: KiteOrder, source: Source, problems: list[str]
     ) -> int:
+        """Record the terms of `latest`, a settled record (see `SETTLED_STATUSES`), where
+        they differ from the ledger's."""
         if latest.status == "REJECTED" or order.lifecycle.is_terminal:
             return 0  # nothing is modified after the end
         changes: dict[str, Any] = {}

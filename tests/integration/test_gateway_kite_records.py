@@ -1,0 +1,62 @@
+"""The gateway against Kite's records as Kite writes them (a scripted fake Kite: the
+sandbox does not write these), on SQLite and PostgreSQL: in-between records, the moments
+at which a reply or a fetch lands, and what Kite changes on its own."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from ledger.application import OrderLedger
+from ledger.commands import ModifyOrder
+from ledger.domain.order import Order
+from tests.kite_support import ScriptedKite, gateway_for, kite_record, submit
+
+
+def _changes(ledger: OrderLedger, order: Order) -> list[tuple[str, Decimal | None]]:
+    """The order's modification events, with the price each names."""
+    return [
+        (type(e).__name__, e.changes.price)
+        for e in ledger.history(order.id)
+        if isinstance(e, Order.ModifyRequested | Order.Modified)
+    ]
+
+
+def test_kites_records_of_a_modification_in_flight_are_not_taken_for_its_terms(
+    ledger: OrderLedger,
+) -> None:
+    """After modify_order Kite's history ends in MODIFY VALIDATION PENDING / MODIFY PENDING
+    / MODIFIED records that still show the old terms (Kite's own sample order_info.json:
+    300 on those, 300.1 on the OPEN after them). Read as the order's terms, they moved the
+    order back to the old price right after the ledger's own modification, and the next
+    poll forward again."""
+    kite = ScriptedKite()
+    gateway = gateway_for(ledger, kite)
+    order = kite.placed(gateway, submit(ledger, "modify", price="812.35"))
+    broker_id = order.broker_order_id or ""
+    opened = kite.histories[broker_id][0]
+    in_flight = {**opened, "order_timestamp": "2026-11-24 09:25:00"}
+
+    def take(params: dict[str, object]) -> None:  # Kite takes it; the exchange has not yet
+        kite.histories[broker_id] += [
+            {**in_flight, "status": "MODIFY VALIDATION PENDING"},
+            {**in_flight, "status": "MODIFY PENDING"},
+        ]
+
+    kite.on_modify = take
+    ledger.request_modify(ModifyOrder(order_id=order.id, price=Decimal("813.00")))
+    gateway.dispatch()
+    assert ledger.get_order(order.id).price == Decimal("813.00")
+
+    kite.histories[broker_id].append({**in_flight, "status": "MODIFIED"})
+    gateway.poll()
+    assert ledger.get_order(order.id).price == Decimal("813.00")
+    kite.histories[broker_id].append(
+        kite_record(order, broker_id, price=813.0, order_timestamp="2026-11-24 09:25:00")
+    )
+    gateway.poll()
+    gateway.poll()
+    assert ledger.get_order(order.id).price == Decimal("813.00")
+    assert _changes(ledger, order) == [
+        ("ModifyRequested", Decimal("813.00")),
+        ("Modified", Decimal("813.00")),
+    ]
