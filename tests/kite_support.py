@@ -53,6 +53,9 @@ class ScriptedKite:
     next_order_id: str = "261124000000001"
     on_modify: Callable[[dict[str, Any]], None] | None = None
     on_cancel: Callable[[dict[str, Any]], None] | None = None
+    #: Called with the order id after a history is read and before it is returned (a
+    #: reply in transit while Kite changes the order).
+    on_history: Callable[[str], None] | None = None
 
     def place_order(self, **params: Any) -> str:
         self.calls.append("place_order")
@@ -80,7 +83,10 @@ class ScriptedKite:
 
     def order_history(self, order_id: str) -> list[dict[str, Any]]:
         self.calls.append("order_history")
-        return list(self.histories.get(order_id, []))
+        answer = list(self.histories.get(order_id, []))
+        if self.on_history is not None:
+            self.on_history(order_id)
+        return answer
 
     def order_trades(self, order_id: str) -> list[dict[str, Any]]:
         self.calls.append("order_trades")

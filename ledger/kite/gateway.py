@@ -221,6 +221,11 @@ class KiteGateway:
         self._broker_by_order: dict[UUID, str] = {}
         self._open: dict[UUID, Order] = {}
         self._position = 0
+        # Reads of Kite's order history are numbered as they start; per order, the number
+        # of the read whose terms the ledger took last (or, for the ledger's own
+        # modification, a number taken once Kite had taken it). See `_converge`.
+        self._fetches = 0
+        self._terms_as_of: dict[UUID, int] = {}
         self.refresh_index()
 
     # ------------------------------------------------------------------ plumbing
@@ -284,6 +289,12 @@ class KiteGateway:
             except (kite_errors.TokenException, kite_errors.PermissionException) as error:
                 raise GatewayError(f"Kite refused the credentials: {error}") from None
         raise GatewayError(f"{method}: still rate limited (429) after 6 tries")
+
+    def _fetch_number(self) -> int:
+        """The next number in the order in which reads of Kite's order history start."""
+        with self._lock:
+            self._fetches += 1
+            return self._fetches
 
     def _record(self, update: Any, problems: list[str]) -> int:
         """Record one update (or the update a callable makes: building it from Kite's
@@ -482,6 +493,9 @@ class KiteGateway:
             except UNKNOWN_OUTCOME:
                 return
             report.modifies_sent.append(order.id)
+            # A history read before now may show the terms from before this change.
+            with self._lock:
+                self._terms_as_of[order.id] = self._fetch_number()
             self._record(
                 RecordModified(
                     order_id=order.id,
@@ -529,6 +543,7 @@ class KiteGateway:
     def converge(self, broker_order_id: str, source: Source) -> ConvergeResult:
         """Fetch one order's history (and its trades, when Kite reports more filled than the
         ledger has) and record what the ledger lacks."""
+        fetch = self._fetch_number()
         history = parse_orders(self.call("order_history", order_id=broker_order_id))
         result = ConvergeResult(broker_order_id, None)
         if not history:
@@ -540,7 +555,7 @@ class KiteGateway:
         if history[-1].filled_quantity != filled:  # saves a call (rate limits) when nothing filled
             trades = parse_trades(self.call("order_trades", order_id=broker_order_id))
         with self._lock:
-            self._converge(history, trades, source, result)
+            self._converge(history, trades, source, result, fetch)
         return result
 
     def _converge(
@@ -549,7 +564,14 @@ class KiteGateway:
         trades: list[KiteTrade],
         source: Source,
         result: ConvergeResult,
+        fetch: int,
     ) -> None:
+        """Record what `history` (`fetch` numbers the read that returned it) and `trades`
+        say that the ledger lacks. Fills (by trade id) and status events are applied once and only
+        forward, whatever the order in which converges run; terms are not: a converge that
+        read Kite before the terms the ledger has were read (by a converge that recorded
+        first) or made (by the ledger's own modification) holds older terms, and records
+        none."""
         latest = history[-1]
         order_id = self.order_for(latest)
         if order_id is None:
@@ -581,9 +603,9 @@ class KiteGateway:
                 ),
                 record,
             )
-        settled = latest if latest.status in SETTLED_STATUSES else None
-        if settled is not None:
-            count += self._record_modification(order, settled, source, record)
+        if latest.status in SETTLED_STATUSES and fetch > self._terms_as_of.get(order_id, 0):
+            self._terms_as_of[order_id] = fetch
+            count += self._record_modification(order, latest, source, record)
         for trade in sorted(trades, key=lambda t: t.trade_id):
             count += self._record_fill(order_id, trade, source, record)
         if latest.status == "CANCELLED":
@@ -607,7 +629,10 @@ class KiteGateway:
                 record,
             )
         result.recorded += count
-        self._remember(self.ledger.get_order(order_id))
+        order = self.ledger.get_order(order_id)
+        self._remember(order)
+        if order.lifecycle.is_terminal:
+            self._terms_as_of.pop(order_id, None)
 
     def _record_modification(
         self, order: Order, latest: KiteOrder, source: Source, problems: list[str]

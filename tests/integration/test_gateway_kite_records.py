@@ -4,11 +4,13 @@ at which a reply or a fetch lands, and what Kite changes on its own."""
 
 from __future__ import annotations
 
+import threading
 from decimal import Decimal
 
 from ledger.application import OrderLedger
 from ledger.commands import ModifyOrder
 from ledger.domain.order import Order
+from ledger.domain.values import Source
 from tests.kite_support import ScriptedKite, gateway_for, kite_record, submit
 
 
@@ -55,6 +57,80 @@ def test_kites_records_of_a_modification_in_flight_are_not_taken_for_its_terms(
     )
     gateway.poll()
     gateway.poll()
+    assert ledger.get_order(order.id).price == Decimal("813.00")
+    assert _changes(ledger, order) == [
+        ("ModifyRequested", Decimal("813.00")),
+        ("Modified", Decimal("813.00")),
+    ]
+
+
+def test_a_converge_that_read_kite_before_another_does_not_move_the_terms_back(
+    ledger: OrderLedger,
+) -> None:
+    """Two converges of one order race (the update worker on a postback, the poller): the
+    one that read Kite's history first but records last must not take its older terms for
+    a new modification and move the order back."""
+    kite = ScriptedKite()
+    gateway = gateway_for(ledger, kite)
+    order = kite.placed(gateway, submit(ledger, "race", price="812.35"))
+    broker_id = order.broker_order_id or ""
+    read, go_on = threading.Event(), threading.Event()
+
+    def in_transit(order_id: str) -> None:  # the first read's reply, held up on its way
+        if not read.is_set():
+            read.set()
+            go_on.wait(5)
+
+    kite.on_history = in_transit
+    worker = threading.Thread(target=gateway.converge, args=(broker_id, Source.POSTBACK))
+    worker.start()
+    try:
+        assert read.wait(5)
+        kite.histories[broker_id].append(
+            kite_record(order, broker_id, price=813.0, order_timestamp="2026-11-24 09:30:00")
+        )
+        gateway.poll()
+        assert ledger.get_order(order.id).price == Decimal("813.00")
+    finally:
+        go_on.set()
+        worker.join(5)
+    assert ledger.get_order(order.id).price == Decimal("813.00")
+    assert _changes(ledger, order) == [("Modified", Decimal("813.00"))]
+
+
+def test_a_converge_that_read_kite_before_the_ledgers_own_modification_keeps_it(
+    ledger: OrderLedger,
+) -> None:
+    """The poller read Kite's history just before the dispatcher's modify_order reached
+    Kite, and records after it: the old price it read is not a modification at Kite."""
+    kite = ScriptedKite()
+    gateway = gateway_for(ledger, kite)
+    order = kite.placed(gateway, submit(ledger, "own", price="812.35"))
+    broker_id = order.broker_order_id or ""
+    read, go_on = threading.Event(), threading.Event()
+
+    def in_transit(order_id: str) -> None:
+        if not read.is_set():
+            read.set()
+            go_on.wait(5)
+
+    def modified_at_kite(params: dict[str, object]) -> None:
+        kite.histories[broker_id].append(
+            kite_record(order, broker_id, price=813.0, order_timestamp="2026-11-24 09:30:00")
+        )
+
+    kite.on_history = in_transit
+    kite.on_modify = modified_at_kite
+    poller = threading.Thread(target=gateway.converge, args=(broker_id, Source.POLL))
+    poller.start()
+    try:
+        assert read.wait(5)
+        ledger.request_modify(ModifyOrder(order_id=order.id, price=Decimal("813.00")))
+        gateway.dispatch()
+        assert ledger.get_order(order.id).price == Decimal("813.00")
+    finally:
+        go_on.set()
+        poller.join(5)
     assert ledger.get_order(order.id).price == Decimal("813.00")
     assert _changes(ledger, order) == [
         ("ModifyRequested", Decimal("813.00")),
