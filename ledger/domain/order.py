@@ -930,7 +930,8 @@ class Order(Aggregate):
             problems.append(Problem("changes", "the order already has these terms"))
         new_type = changes.order_type
         if (
-            new_type is not None
+            requested
+            and new_type is not None
             and new_type.needs_market_protection
             and self.market_protection is None
         ):
@@ -941,6 +942,11 @@ class Order(Aggregate):
                 )
             )
         problems.extend(check_terms(new_terms, self.reference_instrument))
+        if not requested:
+            # Market protection is what the ledger asks of its own MARKET orders; the
+            # broker reports no protection on an order it turned MARKET (a stop changed
+            # in Kite's web app), and what the broker did is a fact, not a request.
+            problems = [p for p in problems if p.field != "market_protection"]
         if new_terms.quantity <= self.filled_quantity and new_terms.quantity > 0:
             problems.append(
                 Problem(

@@ -138,6 +138,9 @@ SETTLED_STATUSES: Final = frozenset(
     {"OPEN", "TRIGGER PENDING", "AMO REQ RECEIVED", "COMPLETE", "CANCELLED", "REJECTED"}
 )
 
+#: Kite's order types that wait for a trigger.
+STOP_TYPES: Final = frozenset(t.value for t in OrderType if t.needs_trigger_price)
+
 #: Orders placed outside the ledger and adopted from Kite's book are named `kite-<order id>`.
 ADOPTED_PREFIX = "kite-"
 ADOPTED_ACTOR = "external"
@@ -651,16 +654,20 @@ class KiteGateway:
                 f"Kite reports an order type the ledger does not know: {latest.order_type!r}"
             )
             return 0
-        if broker_type is not order.order_type:
+        # A new type decides which prices exist: a type change names the new type's
+        # prices, changed or not (`Modified` keeps none of the old type's).
+        new_type = broker_type is not order.order_type
+        if new_type:
             changes["order_type"] = broker_type
-        if broker_type.needs_price and latest.price is not None and latest.price != order.price:
-            changes["price"] = latest.price
+        price, trigger = latest.price, latest.trigger_price
+        if broker_type.needs_price and price is not None and (new_type or price != order.price):
+            changes["price"] = price
         if (
             broker_type.needs_trigger_price
-            and latest.trigger_price is not None
-            and latest.trigger_price != order.trigger_price
+            and trigger is not None
+            and (new_type or trigger != order.trigger_price)
         ):
-            changes["trigger_price"] = latest.trigger_price
+            changes["trigger_price"] = trigger
         if not changes:
             return 0
         return self._record(
@@ -881,11 +888,16 @@ def _same_terms(order: Order, broker_order: KiteOrder) -> bool:
 
 
 def _trigger_time(history: Iterable[KiteOrder]) -> Any:
+    """When Kite's history shows the stop order triggered: its first record OPEN or
+    COMPLETE after TRIGGER PENDING, while still a stop order. (A stop changed to LIMIT or
+    MARKET at Kite also leaves TRIGGER PENDING for OPEN, without triggering.)"""
     waiting = False
     for snapshot in history:
         if snapshot.status == "TRIGGER PENDING":
             waiting = True
         elif waiting and snapshot.status in ("OPEN", "COMPLETE"):
+            if snapshot.order_type not in STOP_TYPES:
+                return None
             return snapshot.exchange_update_timestamp or snapshot.order_timestamp
     return None
 

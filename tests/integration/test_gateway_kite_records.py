@@ -10,7 +10,7 @@ from decimal import Decimal
 from ledger.application import OrderLedger
 from ledger.commands import ModifyOrder
 from ledger.domain.order import Order
-from ledger.domain.values import Source
+from ledger.domain.values import OrderType, Source
 from tests.kite_support import ScriptedKite, gateway_for, kite_record, submit
 
 
@@ -136,3 +136,61 @@ def test_a_converge_that_read_kite_before_the_ledgers_own_modification_keeps_it(
         ("ModifyRequested", Decimal("813.00")),
         ("Modified", Decimal("813.00")),
     ]
+
+
+def test_an_order_type_changed_at_kite_is_recorded_with_the_new_types_prices(
+    ledger: OrderLedger,
+) -> None:
+    """Kite lets a stop order be changed to LIMIT or MARKET (its web app, another tool). The
+    change came with no price when the price stayed (a LIMIT without one), and a MARKET
+    order the broker reports was held to the request rule that it carry market protection:
+    refused on every poll, for ever. And the stop's TRIGGER PENDING -> OPEN, which here is
+    the type change, was read as a trigger."""
+    kite = ScriptedKite()
+    gateway = gateway_for(ledger, kite)
+    stop = kite.placed(
+        gateway,
+        submit(
+            ledger,
+            "to-limit",
+            side="SELL",
+            order_type="SL",
+            price="795.00",
+            trigger_price="796.00",
+        ),
+        status="TRIGGER PENDING",
+    )
+    to_market = kite.placed(
+        gateway,
+        submit(ledger, "to-market", order_type="SL", price="812.35", trigger_price="812.00"),
+        status="TRIGGER PENDING",
+    )
+    for order, changed in (
+        (stop, {"order_type": "LIMIT", "trigger_price": 0}),
+        (to_market, {"order_type": "MARKET", "price": 0, "trigger_price": 0}),
+    ):
+        broker_id = order.broker_order_id or ""
+        kite.histories[broker_id].append(
+            kite_record(order, broker_id, order_timestamp="2026-11-24 09:40:00", **changed)
+        )
+        assert gateway.converge(broker_id, Source.POSTBACK).problems == []
+    assert gateway.poll().problems == []
+
+    limit = ledger.get_order(stop.id)
+    assert (limit.order_type, limit.price, limit.trigger_price) == (
+        OrderType.LIMIT,
+        Decimal("795.00"),
+        None,
+    )
+    market = ledger.get_order(to_market.id)
+    assert (market.order_type, market.price, market.trigger_price) == (OrderType.MARKET, None, None)
+    for order in (limit, market):
+        assert order.triggered_at is None
+        assert [type(e).__name__ for e in ledger.history(order.id)] == [
+            "Submitted",
+            "Accepted",
+            "Modified",
+        ]
+    before = ledger.count_events()
+    assert gateway.poll().problems == []
+    assert ledger.count_events() == before

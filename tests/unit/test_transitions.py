@@ -311,6 +311,25 @@ def test_modify_to_market_without_protection_is_refused() -> None:
     assert "market protection" in str(result)
 
 
+def test_a_stop_order_the_broker_turned_market_is_recorded_without_market_protection() -> None:
+    """Market protection is the ledger's rule for the MARKET orders it sends; a stop order
+    changed to MARKET at Kite carries none, and what the broker did is recorded."""
+    order = given(submitted(), accepted())
+    notice = OrderChanges(order_type=OrderType.MARKET)
+    result = when(
+        order,
+        lambda o: o.record_modified(notice, source=Source.BROKER, broker_timestamp=None, at=NOW),
+    )
+    assert isinstance(result, list), result
+    assert [type(e).__name__ for e in result] == ["Modified"]
+    assert (order.order_type, order.price, order.trigger_price, order.market_protection) == (
+        OrderType.MARKET,
+        None,
+        None,
+        None,
+    )
+
+
 def test_trigger_of_a_limit_order_is_refused() -> None:
     order = given(submitted(order_type=OrderType.LIMIT, trigger_price=None), accepted())
     result = when(order, ACTIONS["Triggered"])
