@@ -295,6 +295,9 @@ class Order(Aggregate):
                 order.pending = None
                 order.pending_changes = None
             order._move(self.KIND)
+            if order.lifecycle.is_terminal:  # cut to what had filled: complete
+                order.pending = None
+                order.pending_changes = None
 
     class ModifyRejected(Event):
         """Kite refused a modification; the order stays as it was."""
@@ -947,11 +950,21 @@ class Order(Aggregate):
             # broker reports no protection on an order it turned MARKET (a stop changed
             # in Kite's web app), and what the broker did is a fact, not a request.
             problems = [p for p in problems if p.field != "market_protection"]
-        if new_terms.quantity <= self.filled_quantity and new_terms.quantity > 0:
+        if requested and 0 < new_terms.quantity <= self.filled_quantity:
             problems.append(
                 Problem(
                     "quantity",
                     f"must be more than the {self.filled_quantity} already filled,"
+                    f" got {new_terms.quantity}",
+                )
+            )
+        elif 0 < new_terms.quantity < self.filled_quantity:
+            # The broker may cut an order to what has filled (which completes it), never
+            # below it.
+            problems.append(
+                Problem(
+                    "quantity",
+                    f"must not be less than the {self.filled_quantity} already filled,"
                     f" got {new_terms.quantity}",
                 )
             )

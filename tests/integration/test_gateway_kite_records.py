@@ -10,8 +10,9 @@ from decimal import Decimal
 from ledger.application import OrderLedger
 from ledger.commands import ModifyOrder
 from ledger.domain.order import Order
+from ledger.domain.status import OrderStatus
 from ledger.domain.values import OrderType, Source
-from tests.kite_support import ScriptedKite, gateway_for, kite_record, submit
+from tests.kite_support import ScriptedKite, gateway_for, kite_record, kite_trade, submit
 
 
 def _changes(ledger: OrderLedger, order: Order) -> list[tuple[str, Decimal | None]]:
@@ -194,3 +195,63 @@ def test_an_order_type_changed_at_kite_is_recorded_with_the_new_types_prices(
     before = ledger.count_events()
     assert gateway.poll().problems == []
     assert ledger.count_events() == before
+
+
+def test_an_order_kite_cut_to_what_had_filled_is_filled(ledger: OrderLedger) -> None:
+    """Kite cut the order from 100 to 50 (modified at Kite) and it completed with 50
+    filled. The ledger had all 50 filled before it learnt of the cut (the converge read the
+    history just before the cut and the trades just after the last fill): Kite's quantity,
+    equal to what had filled, was refused, and the order stayed PARTIALLY_FILLED 50/100
+    for ever while Kite said COMPLETE."""
+    kite = ScriptedKite()
+    gateway = gateway_for(ledger, kite)
+    order = kite.placed(gateway, submit(ledger, "cut", quantity=100, price="812.35"))
+    broker_id = order.broker_order_id or ""
+    opened = kite.histories[broker_id][0]
+    part = {**opened, "filled_quantity": 40, "pending_quantity": 60, "average_price": 812.35}
+    kite.histories[broker_id].append(part)
+    kite.trade_book = [kite_trade(order, broker_id, "T1", 40, "812.35")]
+
+    def cut_and_filled(order_id: str) -> None:  # while the history read is on its way
+        kite.on_history = None
+        done = {**part, "quantity": 50, "filled_quantity": 50, "pending_quantity": 0}
+        kite.histories[broker_id] += [
+            {**part, "status": "MODIFY VALIDATION PENDING"},
+            {**part, "status": "MODIFY PENDING"},
+            {**part, "status": "MODIFIED"},
+            {**part, "quantity": 50, "pending_quantity": 10},
+            {**done, "status": "COMPLETE", "order_timestamp": "2026-11-24 09:30:00"},
+        ]
+        kite.trade_book.append(kite_trade(order, broker_id, "T2", 10, "812.35"))
+
+    kite.on_history = cut_and_filled
+    gateway.converge(broker_id, Source.POSTBACK)
+    assert ledger.get_order(order.id).filled_quantity == 50
+    assert gateway.poll().problems == []
+    done = ledger.get_order(order.id)
+    assert (done.status, done.quantity, done.filled_quantity) == (OrderStatus.FILLED, 50, 50)
+    assert [type(e).__name__ for e in ledger.history(order.id)][-1] == "Modified"
+    assert gateway.poll().recorded == 0
+
+
+def test_kite_cannot_cut_an_order_below_what_has_filled(ledger: OrderLedger) -> None:
+    """A quantity below what has filled is impossible: refused and reported, not applied."""
+    kite = ScriptedKite()
+    gateway = gateway_for(ledger, kite)
+    order = kite.placed(gateway, submit(ledger, "below", quantity=100, price="812.35"))
+    broker_id = order.broker_order_id or ""
+    kite.trade_book = [kite_trade(order, broker_id, "T1", 40, "812.35")]
+    part = kite_record(order, broker_id, filled_quantity=40, pending_quantity=60)
+    kite.histories[broker_id].append(part)
+    assert gateway.converge(broker_id, Source.POLL).problems == []
+    kite.histories[broker_id].append({**part, "quantity": 30, "pending_quantity": 0})
+    problems = gateway.converge(broker_id, Source.POLL).problems
+    assert problems == [
+        "RecordModified refused: quantity: must not be less than the 40 already filled, got 30"
+    ]
+    still = ledger.get_order(order.id)
+    assert (still.status, still.quantity, still.filled_quantity) == (
+        OrderStatus.PARTIALLY_FILLED,
+        100,
+        40,
+    )
