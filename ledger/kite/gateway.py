@@ -44,7 +44,7 @@ from ledger.commands import (
 )
 from ledger.domain.errors import LedgerError, OrderNotFound
 from ledger.domain.order import Order
-from ledger.domain.status import EventKind
+from ledger.domain.status import EventKind, OrderStatus
 from ledger.domain.values import IST, Exchange, InstrumentRef, OrderType, Source
 from ledger.kite.limiter import RateLimiter
 from ledger.kite.outbox import Attempt, Outbox
@@ -807,8 +807,7 @@ class KiteGateway:
         }.get(update.status)
         if expected is None or order.lifecycle.value not in expected:
             return False
-        untriggered = order.order_type.needs_trigger_price and order.triggered_at is None
-        return not (update.status == "OPEN" and untriggered)
+        return not _trigger_unrecorded(order, update)
 
     # ------------------------------------------------------------------ polling and reconciliation
 
@@ -832,6 +831,7 @@ class KiteGateway:
                     and order.quantity == broker_order.quantity
                     # a modification made at Kite (its web app, another tool) with no prompt
                     and (order.lifecycle.is_terminal or _same_terms(order, broker_order))
+                    and not _trigger_unrecorded(order, broker_order)
                 )
                 if up_to_date:
                     continue
@@ -887,17 +887,25 @@ def _same_terms(order: Order, broker_order: KiteOrder) -> bool:
     )
 
 
+def _trigger_unrecorded(order: Order, broker_order: KiteOrder) -> bool:
+    """Whether Kite shows a stop order past its trigger (a triggered stop is OPEN at Kite,
+    or COMPLETE) that the ledger still has waiting for it."""
+    return (
+        order.lifecycle is OrderStatus.ACCEPTED
+        and order.order_type.needs_trigger_price
+        and order.triggered_at is None
+        and broker_order.order_type in STOP_TYPES
+        and broker_order.status in ("OPEN", "COMPLETE")
+    )
+
+
 def _trigger_time(history: Iterable[KiteOrder]) -> Any:
     """When Kite's history shows the stop order triggered: its first record OPEN or
-    COMPLETE after TRIGGER PENDING, while still a stop order. (A stop changed to LIMIT or
-    MARKET at Kite also leaves TRIGGER PENDING for OPEN, without triggering.)"""
-    waiting = False
+    COMPLETE as a stop order (Kite shows a stop waiting for its trigger as TRIGGER
+    PENDING). A stop changed to LIMIT or MARKET at Kite also leaves TRIGGER PENDING for
+    OPEN, but as a LIMIT or MARKET order: that is no trigger."""
     for snapshot in history:
-        if snapshot.status == "TRIGGER PENDING":
-            waiting = True
-        elif waiting and snapshot.status in ("OPEN", "COMPLETE"):
-            if snapshot.order_type not in STOP_TYPES:
-                return None
+        if snapshot.status in ("OPEN", "COMPLETE") and snapshot.order_type in STOP_TYPES:
             return snapshot.exchange_update_timestamp or snapshot.order_timestamp
     return None
 

@@ -5,13 +5,14 @@ at which a reply or a fetch lands, and what Kite changes on its own."""
 from __future__ import annotations
 
 import threading
+from datetime import datetime
 from decimal import Decimal
 
 from ledger.application import OrderLedger
 from ledger.commands import ModifyOrder
 from ledger.domain.order import Order
 from ledger.domain.status import OrderStatus
-from ledger.domain.values import OrderType, Source
+from ledger.domain.values import IST, OrderType, Source
 from tests.kite_support import ScriptedKite, gateway_for, kite_record, kite_trade, submit
 
 
@@ -255,3 +256,36 @@ def test_kite_cannot_cut_an_order_below_what_has_filled(ledger: OrderLedger) -> 
         100,
         40,
     )
+
+
+def test_polling_records_a_stop_order_that_triggered_with_no_prompt(ledger: OrderLedger) -> None:
+    """Kite shows a triggered stop order as OPEN. With no postback (or at start-up), the
+    poll took the ledger's untriggered order for up to date and never recorded the
+    trigger."""
+    kite = ScriptedKite()
+    gateway = gateway_for(ledger, kite)
+    stops = [
+        kite.placed(
+            gateway,
+            submit(
+                ledger,
+                f"stop-{n}",
+                side="SELL",
+                order_type="SL",
+                price="795.00",
+                trigger_price="796.00",
+            ),
+            status="TRIGGER PENDING",
+        )
+        for n in range(2)
+    ]
+    for stop, look in zip(stops, (gateway.poll, gateway.reconcile), strict=True):
+        broker_id = stop.broker_order_id or ""
+        kite.histories[broker_id].append(
+            kite_record(stop, broker_id, exchange_update_timestamp="2026-11-24 10:05:00")
+        )
+        assert look().problems == []
+        now = ledger.get_order(stop.id)
+        assert now.status is OrderStatus.TRIGGERED
+        assert now.triggered_at == datetime(2026, 11, 24, 10, 5, tzinfo=IST)
+    assert gateway.poll().recorded == 0
