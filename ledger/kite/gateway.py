@@ -790,13 +790,7 @@ class KiteGateway:
             or order.filled_quantity != update.filled_quantity
         ):
             return False
-        if order.quantity != update.quantity:
-            return False
-        if (
-            update.order_type in ("LIMIT", "SL")
-            and update.price is not None
-            and update.price != order.price
-        ):
+        if order.quantity != update.quantity or not _same_terms(order, update):
             return False
         expected = {
             "COMPLETE": {"FILLED"},

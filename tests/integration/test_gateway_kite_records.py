@@ -4,15 +4,19 @@ at which a reply or a fetch lands, and what Kite changes on its own."""
 
 from __future__ import annotations
 
+import json
 import threading
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
 
 from ledger.application import OrderLedger
 from ledger.commands import ModifyOrder
 from ledger.domain.order import Order
 from ledger.domain.status import OrderStatus
 from ledger.domain.values import IST, OrderType, Source
+from ledger.kite.postbacks import expected_checksum
+from ledger.kite.service import KiteService
 from tests.kite_support import ScriptedKite, gateway_for, kite_record, kite_trade, submit
 
 
@@ -289,3 +293,61 @@ def test_polling_records_a_stop_order_that_triggered_with_no_prompt(ledger: Orde
         assert now.status is OrderStatus.TRIGGERED
         assert now.triggered_at == datetime(2026, 11, 24, 10, 5, tzinfo=IST)
     assert gateway.poll().recorded == 0
+
+
+def test_an_update_that_moves_a_trigger_price_is_converged_not_dropped(
+    ledger: OrderLedger,
+) -> None:
+    """A postback or WebSocket update is skipped when the ledger already knows all it
+    says; that test compared the price (of LIMIT and SL orders only) and never the trigger
+    price, so an update for a trigger moved at Kite was dropped unread."""
+    kite = ScriptedKite()
+    gateway = gateway_for(ledger, kite)
+    service = KiteService(gateway, api_secret="secret", app_id=1234)
+    service.worker.start()
+    try:
+        stop = kite.placed(
+            gateway,
+            submit(
+                ledger, "sl", side="SELL", order_type="SL", price="795.00", trigger_price="796.00"
+            ),
+            status="TRIGGER PENDING",
+        )
+        market_stop = kite.placed(
+            gateway,
+            submit(
+                ledger,
+                "sl-m",
+                side="SELL",
+                quantity=10,
+                order_type="SL-M",
+                trigger_price="796.00",
+                market_protection="-1",
+            ),
+            status="TRIGGER PENDING",
+        )
+        moved: dict[str, dict[str, Any]] = {}
+        for order, trigger in ((stop, 797.0), (market_stop, 790.0)):
+            broker_id = order.broker_order_id or ""
+            moved[broker_id] = kite_record(
+                order,
+                broker_id,
+                status="TRIGGER PENDING",
+                trigger_price=trigger,
+                order_timestamp="2026-11-24 09:30:00",
+            )
+            kite.histories[broker_id].append(moved[broker_id])
+        postback = {**moved[stop.broker_order_id or ""], "app_id": 1234}
+        postback["checksum"] = expected_checksum(
+            postback["order_id"], postback["order_timestamp"], "secret"
+        )
+        assert service.accept_postback(json.dumps(postback).encode()) == (200, "accepted")
+        service.on_websocket_update(None, {**moved[market_stop.broker_order_id or ""]})
+        service.worker.drain()
+        assert service.worker.skipped == 0
+        assert ledger.get_order(stop.id).trigger_price == Decimal("797.00")
+        assert ledger.get_order(market_stop.id).trigger_price == Decimal("790.00")
+        service.accept_postback(json.dumps(postback).encode())  # a repeat: nothing new
+        assert service.worker.skipped == 1
+    finally:
+        service.worker.stop()
