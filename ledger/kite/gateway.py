@@ -439,6 +439,10 @@ class KiteGateway:
         assert order.broker_order_id is not None
         version = self._request_version(order, Order.CancelRequested)
         previous = self.outbox.attempt(str(order.id), "cancel", version)
+        if previous is not None and previous.sent:
+            # Kite took it: the order's history will say the outcome. Sent again, it is
+            # refused ("being processed") while the exchange works on the first.
+            return
         if previous is not None and self.clock() - previous.last_attempt < self.grace:
             return
         with self._claimed(str(order.id), "cancel", version, previous) as lease:
@@ -460,6 +464,7 @@ class KiteGateway:
                 return
             except UNKNOWN_OUTCOME:
                 return
+            self.outbox.mark_sent(str(order.id), "cancel", version)
             report.cancels_sent.append(order.id)
             self.converge(order.broker_order_id, Source.BROKER)
 

@@ -10,11 +10,14 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+from kiteconnect import exceptions as kite_errors
+
 from ledger.application import OrderLedger
-from ledger.commands import ModifyOrder
+from ledger.commands import CancelOrder, ModifyOrder
 from ledger.domain.order import Order
 from ledger.domain.status import OrderStatus
 from ledger.domain.values import IST, OrderType, Source
+from ledger.kite.outbox import Attempt, Outbox
 from ledger.kite.postbacks import expected_checksum
 from ledger.kite.service import KiteService
 from tests.kite_support import ScriptedKite, gateway_for, kite_record, kite_trade, submit
@@ -351,3 +354,75 @@ def test_an_update_that_moves_a_trigger_price_is_converged_not_dropped(
         assert service.worker.skipped == 1
     finally:
         service.worker.stop()
+
+
+def test_a_cancellation_kite_took_is_not_sent_again(ledger: OrderLedger) -> None:
+    """Kite took the cancel_order call; the exchange had not confirmed yet (CANCEL PENDING)
+    when the grace ran out, and the dispatcher sent it again. Kite refused the repeat ("being
+    processed") and that refusal was recorded as CancelRejected, although the first
+    cancellation stood. A send whose outcome is unknown is still sent again."""
+    now = [1_800_000_000.0]
+    kite = ScriptedKite()
+    gateway = gateway_for(ledger, kite, clock=lambda: now[0], unknown_outcome_grace=3.0)
+    order = kite.placed(gateway, submit(ledger, "cancel", price="812.35"))
+    broker_id = order.broker_order_id or ""
+    opened = kite.histories[broker_id][0]
+    sends: list[str] = []
+
+    def cancel(params: dict[str, object]) -> None:
+        sends.append("cancel")
+        if len(sends) == 1:
+            raise OSError("connection reset")  # did Kite get it? unknown
+        if len(sends) == 2:
+            kite.histories[broker_id].append({**opened, "status": "CANCEL PENDING"})
+            return
+        raise kite_errors.OrderException(
+            "Order cannot be cancelled as it is being processed. Try later."
+        )
+
+    kite.on_cancel = cancel
+    ledger.request_cancel(CancelOrder(order_id=order.id))
+    gateway.dispatch()
+    assert len(sends) == 1
+    now[0] += 10
+    gateway.dispatch()  # the outcome was unknown: sent again
+    assert len(sends) == 2
+    for _ in range(3):
+        now[0] += 10
+        gateway.dispatch()
+        assert ledger.get_order(order.id).status is OrderStatus.PENDING_CANCEL
+    assert len(sends) == 2
+
+    kite.histories[broker_id].append(
+        {**opened, "status": "CANCELLED", "cancelled_quantity": 100, "pending_quantity": 0}
+    )
+    gateway.poll()
+    assert [type(e).__name__ for e in ledger.history(order.id)] == [
+        "Submitted",
+        "Accepted",
+        "CancelRequested",
+        "Cancelled",
+    ]
+
+
+def test_an_outbox_table_made_before_the_sent_mark_is_given_it(ledger: OrderLedger) -> None:
+    """A ledger's outbox made by an earlier version has no `sent` column: opening it adds
+    the column, keeps its rows (not sent), and a second opening changes nothing."""
+    assert ledger.storage is not None
+    first = Outbox(ledger.storage)
+    first._conn.execute("DROP TABLE gateway_outbox")
+    first._conn.execute(
+        "CREATE TABLE gateway_outbox (order_id TEXT NOT NULL, request TEXT NOT NULL,"
+        " version INTEGER NOT NULL, attempts INTEGER NOT NULL,"
+        " last_attempt DOUBLE PRECISION NOT NULL, PRIMARY KEY (order_id, request, version))"
+    )
+    first._conn.execute("INSERT INTO gateway_outbox VALUES ('o-1', 'cancel', 3, 1, 1800000000.0)")
+    first.close()
+    outbox = Outbox(ledger.storage)
+    try:
+        assert outbox.attempt("o-1", "cancel", 3) == Attempt(1, 1_800_000_000.0, sent=False)
+        outbox.mark_sent("o-1", "cancel", 3)
+        Outbox(ledger.storage).close()
+        assert outbox.attempt("o-1", "cancel", 3) == Attempt(1, 1_800_000_000.0, sent=True)
+    finally:
+        outbox.close()
