@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
+from datetime import datetime
 from decimal import Decimal
 from typing import Any, Final
 from uuid import UUID
@@ -136,6 +137,11 @@ REFUSED: tuple[type[BaseException], ...] = (kite_errors.InputException, kite_err
 #: whose history ends in one of those records no terms: the next record will say them.
 SETTLED_STATUSES: Final = frozenset(
     {"OPEN", "TRIGGER PENDING", "AMO REQ RECEIVED", "COMPLETE", "CANCELLED", "REJECTED"}
+)
+
+#: Kite's statuses before it (and the exchange) have taken an order.
+PRE_OPEN_STATUSES: Final = frozenset(
+    {"PUT ORDER REQ RECEIVED", "VALIDATION PENDING", "OPEN PENDING"}
 )
 
 #: Kite's order types that wait for a trigger.
@@ -596,7 +602,7 @@ class KiteGateway:
                 exchange_order_id=next(
                     (h.exchange_order_id for h in reversed(history) if h.exchange_order_id), None
                 ),
-                broker_timestamp=latest.order_timestamp,
+                broker_timestamp=_accepted_at(history),
                 source=source,
             ),
             record,
@@ -884,6 +890,14 @@ def _same_terms(order: Order, broker_order: KiteOrder) -> bool:
         and broker_order.trigger_price is not None
         and broker_order.trigger_price != order.trigger_price
     )
+
+
+def _accepted_at(history: list[KiteOrder]) -> datetime | None:
+    """When Kite took the order: the time on its first record past the pre-open ones (OPEN,
+    TRIGGER PENDING, AMO REQ RECEIVED, or an end). Not the latest record's: Kite moves
+    order_timestamp on each modification."""
+    taken = next((h for h in history if h.status not in PRE_OPEN_STATUSES), history[0])
+    return taken.order_timestamp or taken.exchange_timestamp
 
 
 def _trigger_unrecorded(order: Order, broker_order: KiteOrder) -> bool:

@@ -20,7 +20,8 @@ from ledger.domain.values import IST, OrderType, Source
 from ledger.kite.outbox import Attempt, Outbox
 from ledger.kite.postbacks import expected_checksum
 from ledger.kite.service import KiteService
-from tests.kite_support import ScriptedKite, gateway_for, kite_record, kite_trade, submit
+from tests.kite_support import ACCOUNT, ScriptedKite, gateway_for, kite_record, kite_trade, submit
+from tests.property.fuzz import kite_sample
 
 
 def _changes(ledger: OrderLedger, order: Order) -> list[tuple[str, Decimal | None]]:
@@ -426,3 +427,20 @@ def test_an_outbox_table_made_before_the_sent_mark_is_given_it(ledger: OrderLedg
         assert outbox.attempt("o-1", "cancel", 3) == Attempt(1, 1_800_000_000.0, sent=True)
     finally:
         outbox.close()
+
+
+def test_an_order_is_accepted_at_the_time_kite_opened_it_not_at_its_last_change(
+    ledger: OrderLedger,
+) -> None:
+    """Kite moves order_timestamp on each modification: Kite's sample history (placed
+    11:06:52, modified 11:08:16) was adopted as accepted at 11:08:16."""
+    history = kite_sample("order_info.json")["data"]
+    broker_id = str(history[0]["order_id"])
+    kite = ScriptedKite(histories={broker_id: history})
+    gateway = gateway_for(ledger, kite)
+    assert gateway.reconcile().adopted == [broker_id]
+    adopted = ledger.find_order(ACCOUNT, f"kite-{broker_id}")
+    opened_at = datetime(2017, 12, 29, 11, 6, 52, tzinfo=IST)
+    assert adopted.accepted_at == opened_at
+    (accepted,) = [e for e in ledger.history(adopted.id) if isinstance(e, Order.Accepted)]
+    assert accepted.broker_timestamp == opened_at
