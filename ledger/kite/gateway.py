@@ -716,7 +716,9 @@ class KiteGateway:
     def _charges_for(self, order: Order, trade: KiteTrade) -> Decimal | None:
         try:
             instrument = self.ledger.instruments.get(order.instrument)
-            day = (trade.fill_timestamp or self.ledger.clock()).astimezone(IST).date()
+            # The day the fill is dated (as `_record_fill` dates it), whose schedule applies.
+            at = trade.fill_timestamp or trade.exchange_timestamp or self.ledger.clock()
+            day = at.astimezone(IST).date()
             earlier = [(f.quantity, f.price) for f in order.fills]
             return self.charges.fill_charges(
                 instrument,

@@ -6,22 +6,25 @@ from __future__ import annotations
 
 import json
 import threading
-from datetime import datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 
 from kiteconnect import exceptions as kite_errors
 
 from ledger.application import OrderLedger
+from ledger.charges import ChargesSchedule
 from ledger.commands import CancelOrder, ModifyOrder
 from ledger.domain.order import Order
 from ledger.domain.status import OrderStatus
-from ledger.domain.values import IST, OrderType, Source
+from ledger.domain.values import IST, OrderType, Product, Side, Source
 from ledger.kite.outbox import Attempt, Outbox
 from ledger.kite.postbacks import expected_checksum
 from ledger.kite.service import KiteService
+from tests.conftest import LedgerFactory
 from tests.kite_support import ACCOUNT, ScriptedKite, gateway_for, kite_record, kite_trade, submit
 from tests.property.fuzz import kite_sample
+from tests.support import FakeClock
 
 
 def _changes(ledger: OrderLedger, order: Order) -> list[tuple[str, Decimal | None]]:
@@ -444,3 +447,48 @@ def test_an_order_is_accepted_at_the_time_kite_opened_it_not_at_its_last_change(
     assert adopted.accepted_at == opened_at
     (accepted,) = [e for e in ledger.history(adopted.id) if isinstance(e, Order.Accepted)]
     assert accepted.broker_timestamp == opened_at
+
+
+def test_a_fills_charges_are_those_of_the_day_it_is_dated(make_ledger: LedgerFactory) -> None:
+    """A trade without fill_timestamp is dated by its exchange_timestamp; its charges were
+    worked out on the schedule of the day the gateway ran (the clock): a reconciliation on
+    2 April of a trade of 31 March used April's STT."""
+    ledger = make_ledger(clock=FakeClock(datetime(2026, 4, 2, 4, 0, tzinfo=UTC)))
+    kite = ScriptedKite()
+    gateway = gateway_for(ledger, kite)
+    order = kite.placed(
+        gateway,
+        submit(
+            ledger,
+            "future",
+            exchange="NFO",
+            tradingsymbol="NIFTY26DECFUT",
+            side="SELL",
+            product="NRML",
+            quantity=65,
+            price="23000.0",
+        ),
+    )
+    broker_id = order.broker_order_id or ""
+    traded = "2026-03-31 15:00:00"
+    kite.trade_book = [
+        {
+            **kite_trade(order, broker_id, "T1", 65, "23000"),
+            "fill_timestamp": None,
+            "exchange_timestamp": traded,
+        }
+    ]
+    kite.histories[broker_id].append(
+        kite_record(order, broker_id, status="COMPLETE", filled_quantity=65, pending_quantity=0)
+    )
+    assert gateway.converge(broker_id, Source.POLL).problems == []
+    (fill,) = ledger.get_order(order.id).fills
+    assert fill.exchange_timestamp == datetime(2026, 3, 31, 15, 0, tzinfo=IST)
+    schedule = ChargesSchedule.bundled()
+    future = ledger.instruments.get(order.instrument)
+
+    def on(day: date) -> Decimal:
+        return schedule.fill_charges(future, Product.NRML, Side.SELL, [], (65, Decimal(23000)), day)
+
+    assert on(date(2026, 3, 31)) != on(date(2026, 4, 2))
+    assert fill.charges == on(date(2026, 3, 31))
