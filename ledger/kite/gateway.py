@@ -189,6 +189,8 @@ class OrdersReconciliation:
     adopted: list[str] = field(default_factory=list)
     recorded: int = 0
     problems: list[str] = field(default_factory=list)
+    #: Where the ledger and Kite still disagree on an order after converging.
+    differences: list[str] = field(default_factory=list)
 
 
 class KiteGateway:
@@ -819,8 +821,18 @@ class KiteGateway:
     # ------------------------------------------------------------------ polling and reconciliation
 
     def poll(self, source: Source = Source.POLL) -> OrdersReconciliation:
-        """Compare Kite's order book and trade book with the ledger; converge what differs."""
+        """Compare Kite's order book and trade book with the ledger; converge what differs,
+        and report what still differs (`differences`): Kite's status against the ledger's,
+        and the ledger's working orders that Kite's book does not list. A difference is
+        only reported: the ledger records only what Kite reports."""
         result = OrdersReconciliation()
+        # Taken before Kite's book is read: an order accepted after this may be missing
+        # from the book only because the book was read first.
+        unlisted = {
+            order.broker_order_id: order
+            for order in self.open_orders()
+            if order.broker_order_id is not None and order.account == self.account
+        }
         broker_orders = parse_orders(self.call("orders"))
         trades = parse_trades(self.call("trades"))
         trade_ids: dict[str, set[str]] = {}
@@ -828,26 +840,45 @@ class KiteGateway:
             trade_ids.setdefault(trade.order_id, set()).add(trade.trade_id)
         result.broker_orders = len(broker_orders)
         for broker_order in broker_orders:
+            unlisted.pop(broker_order.order_id, None)
             order_id = self.order_for(broker_order)
+            if order_id is None or not self._up_to_date(order_id, broker_order, trade_ids):
+                converged = self.converge(broker_order.order_id, source)
+                if order_id is None and converged.order_id is not None:
+                    result.adopted.append(broker_order.order_id)
+                result.recorded += converged.recorded
+                result.problems.extend(converged.problems)
+                order_id = converged.order_id
             if order_id is not None:
                 order = self.ledger.get_order(order_id)
-                up_to_date = (
-                    order.broker_order_id == broker_order.order_id
-                    and trade_ids.get(broker_order.order_id, set()) <= order.trade_ids
-                    and (order.lifecycle.is_terminal or not broker_order.is_terminal)
-                    and order.quantity == broker_order.quantity
-                    # a modification made at Kite (its web app, another tool) with no prompt
-                    and (order.lifecycle.is_terminal or _same_terms(order, broker_order))
-                    and not _trigger_unrecorded(order, broker_order)
-                )
-                if up_to_date:
-                    continue
-            converged = self.converge(broker_order.order_id, source)
-            if order_id is None and converged.order_id is not None:
-                result.adopted.append(broker_order.order_id)
-            result.recorded += converged.recorded
-            result.problems.extend(converged.problems)
+                if order.broker_order_id == broker_order.order_id and not _status_agrees(
+                    order, broker_order
+                ):
+                    result.differences.append(
+                        f"{_described(order)}: the ledger has it {order.status.value},"
+                        f" Kite {broker_order.status}"
+                    )
+        for order in unlisted.values():
+            result.differences.append(
+                f"{_described(order)}: the ledger has it {order.status.value},"
+                " Kite's order book does not list it"
+            )
         return result
+
+    def _up_to_date(
+        self, order_id: UUID, broker_order: KiteOrder, trade_ids: dict[str, set[str]]
+    ) -> bool:
+        """Whether the ledger's order already has all that Kite's book says of it."""
+        order = self.ledger.get_order(order_id)
+        return (
+            order.broker_order_id == broker_order.order_id
+            and trade_ids.get(broker_order.order_id, set()) <= order.trade_ids
+            and (order.lifecycle.is_terminal or not broker_order.is_terminal)
+            and order.quantity == broker_order.quantity
+            # a modification made at Kite (its web app, another tool) with no prompt
+            and (order.lifecycle.is_terminal or _same_terms(order, broker_order))
+            and not _trigger_unrecorded(order, broker_order)
+        )
 
     def reconcile(self) -> OrdersReconciliation:
         """At start-up and on demand: every broker order and trade against the ledger."""
@@ -892,6 +923,27 @@ def _same_terms(order: Order, broker_order: KiteOrder) -> bool:
         and broker_order.trigger_price is not None
         and broker_order.trigger_price != order.trigger_price
     )
+
+
+#: The ledger's statuses that agree with each of Kite's final statuses (Kite shows an order
+#: that lapsed, IOC or day end, as CANCELLED). Kite's other statuses are of a working order.
+_AGREEING: Final = {
+    "COMPLETE": frozenset({OrderStatus.FILLED}),
+    "CANCELLED": frozenset({OrderStatus.CANCELLED, OrderStatus.EXPIRED}),
+    "REJECTED": frozenset({OrderStatus.REJECTED}),
+}
+
+
+def _status_agrees(order: Order, broker_order: KiteOrder) -> bool:
+    """Whether the ledger's status of an order agrees with the status Kite shows."""
+    agreeing = _AGREEING.get(broker_order.status)
+    if agreeing is None:
+        return order.lifecycle.is_open
+    return order.lifecycle in agreeing
+
+
+def _described(order: Order) -> str:
+    return f"order {order.id} ({order.client_order_id}, Kite {order.broker_order_id})"
 
 
 def _accepted_at(history: list[KiteOrder]) -> datetime | None:

@@ -14,7 +14,7 @@ from kiteconnect import exceptions as kite_errors
 
 from ledger.application import OrderLedger
 from ledger.charges import ChargesSchedule
-from ledger.commands import CancelOrder, ModifyOrder
+from ledger.commands import CancelOrder, ModifyOrder, RecordCancelled
 from ledger.domain.order import Order
 from ledger.domain.status import OrderStatus
 from ledger.domain.values import IST, OrderType, Product, Side, Source
@@ -492,3 +492,31 @@ def test_a_fills_charges_are_those_of_the_day_it_is_dated(make_ledger: LedgerFac
 
     assert on(date(2026, 3, 31)) != on(date(2026, 4, 2))
     assert fill.charges == on(date(2026, 3, 31))
+
+
+def test_reconciliation_reports_orders_the_ledger_and_kite_disagree_on(
+    ledger: OrderLedger,
+) -> None:
+    """Reconciliation walked Kite's order book only: a ledger order that had ended counted
+    as up to date whatever Kite said, and an open ledger order that Kite's book no longer
+    lists (a DAY order Kite cancelled at the close while the ledger was down) was never
+    mentioned. Both are reported; nothing is recorded that Kite did not report."""
+    kite = ScriptedKite()
+    gateway = gateway_for(ledger, kite)
+    ended = kite.placed(gateway, submit(ledger, "ended", price="740.00"))
+    ledger.record(RecordCancelled(order_id=ended.id, reason="a postback for another order"))
+    gone = kite.placed(gateway, submit(ledger, "gone", price="740.00"))
+    del kite.histories[gone.broker_order_id or ""]
+    agreed = kite.placed(gateway, submit(ledger, "agreed", price="740.00"))
+    before = ledger.count_events()
+
+    found = gateway.reconcile()
+    assert found.differences == [
+        f"order {ended.id} (ended, Kite {ended.broker_order_id}): the ledger has it"
+        " CANCELLED, Kite OPEN",
+        f"order {gone.id} (gone, Kite {gone.broker_order_id}): the ledger has it"
+        " ACCEPTED, Kite's order book does not list it",
+    ]
+    assert str(agreed.id) not in " ".join(found.differences)
+    assert found.problems == []
+    assert ledger.count_events() == before
