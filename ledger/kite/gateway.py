@@ -661,7 +661,7 @@ class KiteGateway:
         if latest.quantity != order.quantity:
             changes["quantity"] = latest.quantity
         try:
-            broker_type = OrderType(latest.order_type)
+            broker_type = OrderType(_booked_type(order, latest))
         except ValueError:
             problems.append(
                 f"Kite reports an order type the ledger does not know: {latest.order_type!r}"
@@ -913,7 +913,7 @@ def placement_params(order: Order) -> dict[str, Any]:
 
 def _same_terms(order: Order, broker_order: KiteOrder) -> bool:
     """Whether the ledger has the order type and prices Kite shows for a working order."""
-    if broker_order.order_type != order.order_type.value:
+    if _booked_type(order, broker_order) != order.order_type.value:
         return False
     kind = order.order_type
     if kind.needs_price and broker_order.price is not None and broker_order.price != order.price:
@@ -952,6 +952,23 @@ def _accepted_at(history: list[KiteOrder]) -> datetime | None:
     order_timestamp on each modification."""
     taken = next((h for h in history if h.status not in PRE_OPEN_STATUSES), history[0])
     return taken.order_timestamp or taken.exchange_timestamp
+
+
+#: What Kite books a market order with market protection as: a limit order (SL-M: SL) at
+#: the protection price.
+_PROTECTED_BOOKING: Final = {OrderType.MARKET: "LIMIT", OrderType.SL_M: "SL"}
+
+
+def _booked_type(order: Order, broker_order: KiteOrder) -> str:
+    """The order type Kite shows for `order`; the ledger's own where Kite booked its
+    market order with protection as a limit one (that is the same order, as placed, not
+    a modification: its price is the protection's limit, not a term of the order)."""
+    if (
+        broker_order.booked_with_market_protection
+        and _PROTECTED_BOOKING.get(order.order_type) == broker_order.order_type
+    ):
+        return order.order_type.value
+    return broker_order.order_type
 
 
 def _trigger_unrecorded(order: Order, broker_order: KiteOrder) -> bool:

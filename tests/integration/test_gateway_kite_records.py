@@ -520,3 +520,52 @@ def test_reconciliation_reports_orders_the_ledger_and_kite_disagree_on(
     assert str(agreed.id) not in " ".join(found.differences)
     assert found.problems == []
     assert ledger.count_events() == before
+
+
+def test_a_market_order_kite_books_as_a_protected_limit_is_the_same_order(
+    ledger: OrderLedger,
+) -> None:
+    """Kite books a MARKET order with market protection as a LIMIT order at the protection
+    price, tagged "mktp" (the TATASTEEL record in Kite's sample orders.json). The ledger
+    took that for a MARKET -> LIMIT modification nobody made, and dropped the order's
+    market protection."""
+    kite = ScriptedKite()
+    gateway = gateway_for(ledger, kite)
+    order = kite.placed(
+        gateway,
+        submit(ledger, "market", quantity=10, order_type="MARKET", market_protection="2"),
+    )
+    broker_id = order.broker_order_id or ""
+    booked = kite_record(
+        order,
+        broker_id,
+        order_type="LIMIT",
+        price=828.6,
+        tags=[order.tag, "mktp", "mktp:2.00"],
+    )
+    kite.histories[broker_id] = [booked]
+    assert gateway.poll().problems == []
+    kite.trade_book = [kite_trade(order, broker_id, "T1", 10, "812.35")]
+    kite.histories[broker_id].append(
+        {
+            **booked,
+            "status": "COMPLETE",
+            "filled_quantity": 10,
+            "pending_quantity": 0,
+            "average_price": 812.35,
+        }
+    )
+    assert gateway.converge(broker_id, Source.POSTBACK).problems == []
+    assert gateway.poll().recorded == 0
+    done = ledger.get_order(order.id)
+    assert (done.status, done.order_type, done.price, done.market_protection) == (
+        OrderStatus.FILLED,
+        OrderType.MARKET,
+        None,
+        Decimal(2),
+    )
+    assert [type(e).__name__ for e in ledger.history(order.id)] == [
+        "Submitted",
+        "Accepted",
+        "Filled",
+    ]
