@@ -149,8 +149,11 @@ def serve(
     if startup is not None:
         console.print(
             f"reconciled {startup.broker_orders} broker orders: {startup.recorded} events recorded,"
-            f" {len(startup.adopted)} adopted, {len(startup.problems)} problems"
+            f" {len(startup.adopted)} adopted, {len(startup.problems)} problems,"
+            f" {len(startup.differences)} differences"
         )
+        for difference in startup.differences:
+            console.print(f"  differs: {difference}")
     ticker = None
     if ws_root:
         from kiteconnect import KiteTicker
@@ -236,6 +239,7 @@ def reconcile(
         "events_recorded": orders.recorded,
         "adopted": orders.adopted,
         "order_problems": orders.problems,
+        "order_differences": orders.differences,
         "positions_matched": report.matched,
         "position_differences": [str(d) for d in report.differences],
     }
@@ -246,5 +250,5 @@ def reconcile(
         return
     for key, value in result.items():
         console.print(f"{key}: {value}")
-    if report.differences or orders.problems:
+    if report.differences or orders.problems or orders.differences:
         raise typer.Exit(1)

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
@@ -28,14 +29,144 @@ def client(sandbox: KiteSandbox) -> KiteConnect:
     return KiteConnect(sandbox.api_key, sandbox.access_token, root=sandbox.root, timeout=10)
 
 
-def gateway_for(ledger: OrderLedger, sandbox: KiteSandbox, **kwargs: Any) -> KiteGateway:
+def gateway_for(
+    ledger: OrderLedger, sandbox: KiteSandbox | ScriptedKite, **kwargs: Any
+) -> KiteGateway:
     assert ledger.storage is not None
     kwargs.setdefault("unknown_outcome_grace", 0.2)
     # Kite's real limits make a test wait 100 ms a call; the limiter has its own tests.
     kwargs.setdefault("limiter", RateLimiter({"orders": ((1.0, 1000),), "other": ((1.0, 1000),)}))
-    return KiteGateway(
-        ledger, client(sandbox), outbox=Outbox(ledger.storage), account=ACCOUNT, **kwargs
-    )
+    kite = sandbox if isinstance(sandbox, ScriptedKite) else client(sandbox)
+    return KiteGateway(ledger, kite, outbox=Outbox(ledger.storage), account=ACCOUNT, **kwargs)
+
+
+@dataclass
+class ScriptedKite:
+    """A fake Kite client whose answers the test writes, for what the sandbox does not do
+    (Kite's in-between records, a reply at an awkward moment): each broker order's history
+    (the order book shows each one's latest record), the trade book, and what a modify or
+    cancel call does (`on_modify` / `on_cancel` may change the histories or raise)."""
+
+    histories: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    trade_book: list[dict[str, Any]] = field(default_factory=list)
+    calls: list[str] = field(default_factory=list)
+    next_order_id: str = "261124000000001"
+    on_modify: Callable[[dict[str, Any]], None] | None = None
+    on_cancel: Callable[[dict[str, Any]], None] | None = None
+    #: Called with the order id after a history is read and before it is returned (a
+    #: reply in transit while Kite changes the order).
+    on_history: Callable[[str], None] | None = None
+
+    def place_order(self, **params: Any) -> str:
+        self.calls.append("place_order")
+        return self.next_order_id
+
+    def modify_order(self, **params: Any) -> str:
+        self.calls.append("modify_order")
+        if self.on_modify is not None:
+            self.on_modify(params)
+        return str(params["order_id"])
+
+    def cancel_order(self, **params: Any) -> str:
+        self.calls.append("cancel_order")
+        if self.on_cancel is not None:
+            self.on_cancel(params)
+        return str(params["order_id"])
+
+    def orders(self) -> list[dict[str, Any]]:
+        self.calls.append("orders")
+        return [history[-1] for history in self.histories.values() if history]
+
+    def trades(self) -> list[dict[str, Any]]:
+        self.calls.append("trades")
+        return list(self.trade_book)
+
+    def order_history(self, order_id: str) -> list[dict[str, Any]]:
+        self.calls.append("order_history")
+        answer = list(self.histories.get(order_id, []))
+        if self.on_history is not None:
+            self.on_history(order_id)
+        return answer
+
+    def order_trades(self, order_id: str) -> list[dict[str, Any]]:
+        self.calls.append("order_trades")
+        return [t for t in self.trade_book if t["order_id"] == order_id]
+
+    def placed(self, gateway: KiteGateway, order: Order, **kite: Any) -> Order:
+        """Dispatch `order` (submitted) so Kite takes it; Kite's history then holds one
+        record of it, OPEN (or as `kite` overrides), and the ledger's order is returned."""
+        broker_id = self.next_order_id
+        gateway.dispatch()
+        self.histories[broker_id] = [kite_record(order, broker_id, **kite)]
+        self.next_order_id = str(int(broker_id) + 1)
+        accepted = gateway.ledger.get_order(order.id)
+        assert accepted.broker_order_id == broker_id
+        return accepted
+
+
+def kite_record(order: Order, broker_id: str, **overrides: Any) -> dict[str, Any]:
+    """Kite's record of `order` (the shape of orders() and order_history()), OPEN and
+    unfilled at 09:20 on the ledger's test day, with any field overridden."""
+    record: dict[str, Any] = {
+        "placed_by": ACCOUNT,
+        "order_id": broker_id,
+        "exchange_order_id": "1100000000000001",
+        "parent_order_id": None,
+        "status": "OPEN",
+        "status_message": None,
+        "order_timestamp": "2026-11-24 09:20:00",
+        "exchange_update_timestamp": "2026-11-24 09:20:00",
+        "exchange_timestamp": "2026-11-24 09:20:00",
+        "variety": order.variety.value,
+        "exchange": order.instrument.exchange.value,
+        "tradingsymbol": order.instrument.tradingsymbol,
+        "instrument_token": 779521,
+        "order_type": order.order_type.value,
+        "transaction_type": order.side.value,
+        "validity": order.validity.value,
+        "product": order.product.value,
+        "quantity": order.quantity,
+        "disclosed_quantity": 0,
+        "price": float(order.price) if order.price is not None else 0,
+        "trigger_price": float(order.trigger_price) if order.trigger_price is not None else 0,
+        "average_price": 0,
+        "filled_quantity": 0,
+        "pending_quantity": order.quantity,
+        "cancelled_quantity": 0,
+        "market_protection": 0,
+        "meta": {},
+        "tag": order.tag,
+        "tags": [order.tag],
+        "guid": f"scripted-{broker_id}",
+    }
+    record.update(overrides)
+    return record
+
+
+def kite_trade(
+    order: Order,
+    broker_id: str,
+    trade_id: str,
+    quantity: int,
+    price: str,
+    at: str | None = "2026-11-24 09:21:00",
+) -> dict[str, Any]:
+    """Kite's record of one trade of `order` (the shape of trades() and order_trades())."""
+    return {
+        "trade_id": trade_id,
+        "order_id": broker_id,
+        "exchange_order_id": "1100000000000001",
+        "exchange": order.instrument.exchange.value,
+        "tradingsymbol": order.instrument.tradingsymbol,
+        "instrument_token": 779521,
+        "product": order.product.value,
+        "transaction_type": order.side.value,
+        "quantity": quantity,
+        "average_price": float(price),
+        "fill_timestamp": at,
+        "order_timestamp": at[-8:] if at else None,
+        "exchange_timestamp": at,
+    }
 
 
 @contextmanager

@@ -295,6 +295,9 @@ class Order(Aggregate):
                 order.pending = None
                 order.pending_changes = None
             order._move(self.KIND)
+            if order.lifecycle.is_terminal:  # cut to what had filled: complete
+                order.pending = None
+                order.pending_changes = None
 
     class ModifyRejected(Event):
         """Kite refused a modification; the order stays as it was."""
@@ -930,7 +933,8 @@ class Order(Aggregate):
             problems.append(Problem("changes", "the order already has these terms"))
         new_type = changes.order_type
         if (
-            new_type is not None
+            requested
+            and new_type is not None
             and new_type.needs_market_protection
             and self.market_protection is None
         ):
@@ -941,11 +945,26 @@ class Order(Aggregate):
                 )
             )
         problems.extend(check_terms(new_terms, self.reference_instrument))
-        if new_terms.quantity <= self.filled_quantity and new_terms.quantity > 0:
+        if not requested:
+            # Market protection is what the ledger asks of its own MARKET orders; the
+            # broker reports no protection on an order it turned MARKET (a stop changed
+            # in Kite's web app), and what the broker did is a fact, not a request.
+            problems = [p for p in problems if p.field != "market_protection"]
+        if requested and 0 < new_terms.quantity <= self.filled_quantity:
             problems.append(
                 Problem(
                     "quantity",
                     f"must be more than the {self.filled_quantity} already filled,"
+                    f" got {new_terms.quantity}",
+                )
+            )
+        elif 0 < new_terms.quantity < self.filled_quantity:
+            # The broker may cut an order to what has filled (which completes it), never
+            # below it.
+            problems.append(
+                Problem(
+                    "quantity",
+                    f"must not be less than the {self.filled_quantity} already filled,"
                     f" got {new_terms.quantity}",
                 )
             )

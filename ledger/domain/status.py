@@ -9,7 +9,9 @@ The table admits what happens in the real world, not only the happy path:
 * an IOC order going from submitted straight to cancelled, or a market order from submitted
   straight to filled when the acceptance notice is overtaken by the fill;
 * the broker's acceptance (with its order id) arriving after a fill or even after the order
-  ended, because the placement reply lost the race against a postback.
+  ended, because the placement reply lost the race against a postback;
+* the broker cutting a partly filled order's quantity to what has filled, which completes
+  it (a modification made at Kite).
 
 A pending modify or cancel request is not a status of its own in the table: it is a flag
 beside the lifecycle status, so that a fill while a cancel is pending moves the lifecycle on
@@ -70,6 +72,8 @@ class Target(Enum):
     SAME = "same"  # the lifecycle status does not change
     BY_FILLED_QUANTITY = "by filled quantity"  # PARTIALLY_FILLED, or FILLED when complete
     LATE_FILL = "late fill"  # stays where it is, or FILLED if the late fill completes it
+    #: stays where it is, or FILLED if the broker cut the quantity to what has filled
+    CUT_TO_FILLED = "cut to filled"
 
 
 S = OrderStatus
@@ -112,7 +116,11 @@ TRANSITIONS: Final[dict[OrderStatus, dict[EventKind, OrderStatus | Target]]] = {
         **_WORKING_ORDER,
         K.REJECTED: S.REJECTED,
     },
-    S.PARTIALLY_FILLED: dict(_WORKING_ORDER),
+    S.PARTIALLY_FILLED: {
+        **_WORKING_ORDER,
+        # Kite cuts an order's quantity to what has filled, and the order is complete.
+        K.MODIFIED: Target.CUT_TO_FILLED,
+    },
     S.FILLED: {
         K.ACCEPTED: Target.SAME,  # the broker's ids, learnt after the order ended
     },
@@ -148,7 +156,7 @@ def next_status(
         return status
     if target is Target.BY_FILLED_QUANTITY:
         return S.FILLED if filled_quantity >= quantity else S.PARTIALLY_FILLED
-    if target is Target.LATE_FILL:
+    if target is Target.LATE_FILL or target is Target.CUT_TO_FILLED:
         return S.FILLED if filled_quantity >= quantity else status
     assert isinstance(target, OrderStatus)
     return target

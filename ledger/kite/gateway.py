@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
+from datetime import datetime
 from decimal import Decimal
 from typing import Any, Final
 from uuid import UUID
@@ -44,7 +45,7 @@ from ledger.commands import (
 )
 from ledger.domain.errors import LedgerError, OrderNotFound
 from ledger.domain.order import Order
-from ledger.domain.status import EventKind
+from ledger.domain.status import EventKind, OrderStatus
 from ledger.domain.values import IST, Exchange, InstrumentRef, OrderType, Source
 from ledger.kite.limiter import RateLimiter
 from ledger.kite.outbox import Attempt, Outbox
@@ -128,6 +129,24 @@ class _Lease:
 REFUSED: tuple[type[BaseException], ...] = (kite_errors.InputException, kite_errors.OrderException)
 
 
+#: Kite's statuses whose records show the order's terms as they stand. A record in any
+#: other status is written while a request is in flight and shows the terms from before it:
+#: after modify_order, MODIFY VALIDATION PENDING / MODIFY PENDING / MODIFIED still carry the
+#: old terms until the exchange confirms (Kite's sample order_info.json); the pre-open ones
+#: (PUT ORDER REQ RECEIVED, VALIDATION PENDING, OPEN PENDING) the terms submitted. A converge
+#: whose history ends in one of those records no terms: the next record will say them.
+SETTLED_STATUSES: Final = frozenset(
+    {"OPEN", "TRIGGER PENDING", "AMO REQ RECEIVED", "COMPLETE", "CANCELLED", "REJECTED"}
+)
+
+#: Kite's statuses before it (and the exchange) have taken an order.
+PRE_OPEN_STATUSES: Final = frozenset(
+    {"PUT ORDER REQ RECEIVED", "VALIDATION PENDING", "OPEN PENDING"}
+)
+
+#: Kite's order types that wait for a trigger.
+STOP_TYPES: Final = frozenset(t.value for t in OrderType if t.needs_trigger_price)
+
 #: Orders placed outside the ledger and adopted from Kite's book are named `kite-<order id>`.
 ADOPTED_PREFIX = "kite-"
 ADOPTED_ACTOR = "external"
@@ -170,6 +189,8 @@ class OrdersReconciliation:
     adopted: list[str] = field(default_factory=list)
     recorded: int = 0
     problems: list[str] = field(default_factory=list)
+    #: Where the ledger and Kite still disagree on an order after converging.
+    differences: list[str] = field(default_factory=list)
 
 
 class KiteGateway:
@@ -211,6 +232,11 @@ class KiteGateway:
         self._broker_by_order: dict[UUID, str] = {}
         self._open: dict[UUID, Order] = {}
         self._position = 0
+        # Reads of Kite's order history are numbered as they start; per order, the number
+        # of the read whose terms the ledger took last (or, for the ledger's own
+        # modification, a number taken once Kite had taken it). See `_converge`.
+        self._fetches = 0
+        self._terms_as_of: dict[UUID, int] = {}
         self.refresh_index()
 
     # ------------------------------------------------------------------ plumbing
@@ -274,6 +300,12 @@ class KiteGateway:
             except (kite_errors.TokenException, kite_errors.PermissionException) as error:
                 raise GatewayError(f"Kite refused the credentials: {error}") from None
         raise GatewayError(f"{method}: still rate limited (429) after 6 tries")
+
+    def _fetch_number(self) -> int:
+        """The next number in the order in which reads of Kite's order history start."""
+        with self._lock:
+            self._fetches += 1
+            return self._fetches
 
     def _record(self, update: Any, problems: list[str]) -> int:
         """Record one update (or the update a callable makes: building it from Kite's
@@ -415,6 +447,10 @@ class KiteGateway:
         assert order.broker_order_id is not None
         version = self._request_version(order, Order.CancelRequested)
         previous = self.outbox.attempt(str(order.id), "cancel", version)
+        if previous is not None and previous.sent:
+            # Kite took it: the order's history will say the outcome. Sent again, it is
+            # refused ("being processed") while the exchange works on the first.
+            return
         if previous is not None and self.clock() - previous.last_attempt < self.grace:
             return
         with self._claimed(str(order.id), "cancel", version, previous) as lease:
@@ -436,6 +472,7 @@ class KiteGateway:
                 return
             except UNKNOWN_OUTCOME:
                 return
+            self.outbox.mark_sent(str(order.id), "cancel", version)
             report.cancels_sent.append(order.id)
             self.converge(order.broker_order_id, Source.BROKER)
 
@@ -472,6 +509,9 @@ class KiteGateway:
             except UNKNOWN_OUTCOME:
                 return
             report.modifies_sent.append(order.id)
+            # A history read before now may show the terms from before this change.
+            with self._lock:
+                self._terms_as_of[order.id] = self._fetch_number()
             self._record(
                 RecordModified(
                     order_id=order.id,
@@ -519,6 +559,7 @@ class KiteGateway:
     def converge(self, broker_order_id: str, source: Source) -> ConvergeResult:
         """Fetch one order's history (and its trades, when Kite reports more filled than the
         ledger has) and record what the ledger lacks."""
+        fetch = self._fetch_number()
         history = parse_orders(self.call("order_history", order_id=broker_order_id))
         result = ConvergeResult(broker_order_id, None)
         if not history:
@@ -530,7 +571,7 @@ class KiteGateway:
         if history[-1].filled_quantity != filled:  # saves a call (rate limits) when nothing filled
             trades = parse_trades(self.call("order_trades", order_id=broker_order_id))
         with self._lock:
-            self._converge(history, trades, source, result)
+            self._converge(history, trades, source, result, fetch)
         return result
 
     def _converge(
@@ -539,7 +580,14 @@ class KiteGateway:
         trades: list[KiteTrade],
         source: Source,
         result: ConvergeResult,
+        fetch: int,
     ) -> None:
+        """Record what `history` (`fetch` numbers the read that returned it) and `trades`
+        say that the ledger lacks. Fills (by trade id) and status events are applied once and only
+        forward, whatever the order in which converges run; terms are not: a converge that
+        read Kite before the terms the ledger has were read (by a converge that recorded
+        first) or made (by the ledger's own modification) holds older terms, and records
+        none."""
         latest = history[-1]
         order_id = self.order_for(latest)
         if order_id is None:
@@ -556,7 +604,7 @@ class KiteGateway:
                 exchange_order_id=next(
                     (h.exchange_order_id for h in reversed(history) if h.exchange_order_id), None
                 ),
-                broker_timestamp=latest.order_timestamp,
+                broker_timestamp=_accepted_at(history),
                 source=source,
             ),
             record,
@@ -571,7 +619,9 @@ class KiteGateway:
                 ),
                 record,
             )
-        count += self._record_modification(order, latest, source, record)
+        if latest.status in SETTLED_STATUSES and fetch > self._terms_as_of.get(order_id, 0):
+            self._terms_as_of[order_id] = fetch
+            count += self._record_modification(order, latest, source, record)
         for trade in sorted(trades, key=lambda t: t.trade_id):
             count += self._record_fill(order_id, trade, source, record)
         if latest.status == "CANCELLED":
@@ -595,33 +645,42 @@ class KiteGateway:
                 record,
             )
         result.recorded += count
-        self._remember(self.ledger.get_order(order_id))
+        order = self.ledger.get_order(order_id)
+        self._remember(order)
+        if order.lifecycle.is_terminal:
+            self._terms_as_of.pop(order_id, None)
 
     def _record_modification(
         self, order: Order, latest: KiteOrder, source: Source, problems: list[str]
     ) -> int:
+        """Record the terms of `latest`, a settled record (see `SETTLED_STATUSES`), where
+        they differ from the ledger's."""
         if latest.status == "REJECTED" or order.lifecycle.is_terminal:
             return 0  # nothing is modified after the end
         changes: dict[str, Any] = {}
         if latest.quantity != order.quantity:
             changes["quantity"] = latest.quantity
         try:
-            broker_type = OrderType(latest.order_type)
+            broker_type = OrderType(_booked_type(order, latest))
         except ValueError:
             problems.append(
                 f"Kite reports an order type the ledger does not know: {latest.order_type!r}"
             )
             return 0
-        if broker_type is not order.order_type:
+        # A new type decides which prices exist: a type change names the new type's
+        # prices, changed or not (`Modified` keeps none of the old type's).
+        new_type = broker_type is not order.order_type
+        if new_type:
             changes["order_type"] = broker_type
-        if broker_type.needs_price and latest.price is not None and latest.price != order.price:
-            changes["price"] = latest.price
+        price, trigger = latest.price, latest.trigger_price
+        if broker_type.needs_price and price is not None and (new_type or price != order.price):
+            changes["price"] = price
         if (
             broker_type.needs_trigger_price
-            and latest.trigger_price is not None
-            and latest.trigger_price != order.trigger_price
+            and trigger is not None
+            and (new_type or trigger != order.trigger_price)
         ):
-            changes["trigger_price"] = latest.trigger_price
+            changes["trigger_price"] = trigger
         if not changes:
             return 0
         return self._record(
@@ -659,7 +718,9 @@ class KiteGateway:
     def _charges_for(self, order: Order, trade: KiteTrade) -> Decimal | None:
         try:
             instrument = self.ledger.instruments.get(order.instrument)
-            day = (trade.fill_timestamp or self.ledger.clock()).astimezone(IST).date()
+            # The day the fill is dated (as `_record_fill` dates it), whose schedule applies.
+            at = trade.fill_timestamp or trade.exchange_timestamp or self.ledger.clock()
+            day = at.astimezone(IST).date()
             earlier = [(f.quantity, f.price) for f in order.fills]
             return self.charges.fill_charges(
                 instrument,
@@ -744,13 +805,7 @@ class KiteGateway:
             or order.filled_quantity != update.filled_quantity
         ):
             return False
-        if order.quantity != update.quantity:
-            return False
-        if (
-            update.order_type in ("LIMIT", "SL")
-            and update.price is not None
-            and update.price != order.price
-        ):
+        if order.quantity != update.quantity or not _same_terms(order, update):
             return False
         expected = {
             "COMPLETE": {"FILLED"},
@@ -761,14 +816,23 @@ class KiteGateway:
         }.get(update.status)
         if expected is None or order.lifecycle.value not in expected:
             return False
-        untriggered = order.order_type.needs_trigger_price and order.triggered_at is None
-        return not (update.status == "OPEN" and untriggered)
+        return not _trigger_unrecorded(order, update)
 
     # ------------------------------------------------------------------ polling and reconciliation
 
     def poll(self, source: Source = Source.POLL) -> OrdersReconciliation:
-        """Compare Kite's order book and trade book with the ledger; converge what differs."""
+        """Compare Kite's order book and trade book with the ledger; converge what differs,
+        and report what still differs (`differences`): Kite's status against the ledger's,
+        and the ledger's working orders that Kite's book does not list. A difference is
+        only reported: the ledger records only what Kite reports."""
         result = OrdersReconciliation()
+        # Taken before Kite's book is read: an order accepted after this may be missing
+        # from the book only because the book was read first.
+        unlisted = {
+            order.broker_order_id: order
+            for order in self.open_orders()
+            if order.broker_order_id is not None and order.account == self.account
+        }
         broker_orders = parse_orders(self.call("orders"))
         trades = parse_trades(self.call("trades"))
         trade_ids: dict[str, set[str]] = {}
@@ -776,25 +840,45 @@ class KiteGateway:
             trade_ids.setdefault(trade.order_id, set()).add(trade.trade_id)
         result.broker_orders = len(broker_orders)
         for broker_order in broker_orders:
+            unlisted.pop(broker_order.order_id, None)
             order_id = self.order_for(broker_order)
+            if order_id is None or not self._up_to_date(order_id, broker_order, trade_ids):
+                converged = self.converge(broker_order.order_id, source)
+                if order_id is None and converged.order_id is not None:
+                    result.adopted.append(broker_order.order_id)
+                result.recorded += converged.recorded
+                result.problems.extend(converged.problems)
+                order_id = converged.order_id
             if order_id is not None:
                 order = self.ledger.get_order(order_id)
-                up_to_date = (
-                    order.broker_order_id == broker_order.order_id
-                    and trade_ids.get(broker_order.order_id, set()) <= order.trade_ids
-                    and (order.lifecycle.is_terminal or not broker_order.is_terminal)
-                    and order.quantity == broker_order.quantity
-                    # a modification made at Kite (its web app, another tool) with no prompt
-                    and (order.lifecycle.is_terminal or _same_terms(order, broker_order))
-                )
-                if up_to_date:
-                    continue
-            converged = self.converge(broker_order.order_id, source)
-            if order_id is None and converged.order_id is not None:
-                result.adopted.append(broker_order.order_id)
-            result.recorded += converged.recorded
-            result.problems.extend(converged.problems)
+                if order.broker_order_id == broker_order.order_id and not _status_agrees(
+                    order, broker_order
+                ):
+                    result.differences.append(
+                        f"{_described(order)}: the ledger has it {order.status.value},"
+                        f" Kite {broker_order.status}"
+                    )
+        for order in unlisted.values():
+            result.differences.append(
+                f"{_described(order)}: the ledger has it {order.status.value},"
+                " Kite's order book does not list it"
+            )
         return result
+
+    def _up_to_date(
+        self, order_id: UUID, broker_order: KiteOrder, trade_ids: dict[str, set[str]]
+    ) -> bool:
+        """Whether the ledger's order already has all that Kite's book says of it."""
+        order = self.ledger.get_order(order_id)
+        return (
+            order.broker_order_id == broker_order.order_id
+            and trade_ids.get(broker_order.order_id, set()) <= order.trade_ids
+            and (order.lifecycle.is_terminal or not broker_order.is_terminal)
+            and order.quantity == broker_order.quantity
+            # a modification made at Kite (its web app, another tool) with no prompt
+            and (order.lifecycle.is_terminal or _same_terms(order, broker_order))
+            and not _trigger_unrecorded(order, broker_order)
+        )
 
     def reconcile(self) -> OrdersReconciliation:
         """At start-up and on demand: every broker order and trade against the ledger."""
@@ -829,7 +913,7 @@ def placement_params(order: Order) -> dict[str, Any]:
 
 def _same_terms(order: Order, broker_order: KiteOrder) -> bool:
     """Whether the ledger has the order type and prices Kite shows for a working order."""
-    if broker_order.order_type != order.order_type.value:
+    if _booked_type(order, broker_order) != order.order_type.value:
         return False
     kind = order.order_type
     if kind.needs_price and broker_order.price is not None and broker_order.price != order.price:
@@ -841,12 +925,71 @@ def _same_terms(order: Order, broker_order: KiteOrder) -> bool:
     )
 
 
+#: The ledger's statuses that agree with each of Kite's final statuses (Kite shows an order
+#: that lapsed, IOC or day end, as CANCELLED). Kite's other statuses are of a working order.
+_AGREEING: Final = {
+    "COMPLETE": frozenset({OrderStatus.FILLED}),
+    "CANCELLED": frozenset({OrderStatus.CANCELLED, OrderStatus.EXPIRED}),
+    "REJECTED": frozenset({OrderStatus.REJECTED}),
+}
+
+
+def _status_agrees(order: Order, broker_order: KiteOrder) -> bool:
+    """Whether the ledger's status of an order agrees with the status Kite shows."""
+    agreeing = _AGREEING.get(broker_order.status)
+    if agreeing is None:
+        return order.lifecycle.is_open
+    return order.lifecycle in agreeing
+
+
+def _described(order: Order) -> str:
+    return f"order {order.id} ({order.client_order_id}, Kite {order.broker_order_id})"
+
+
+def _accepted_at(history: list[KiteOrder]) -> datetime | None:
+    """When Kite took the order: the time on its first record past the pre-open ones (OPEN,
+    TRIGGER PENDING, AMO REQ RECEIVED, or an end). Not the latest record's: Kite moves
+    order_timestamp on each modification."""
+    taken = next((h for h in history if h.status not in PRE_OPEN_STATUSES), history[0])
+    return taken.order_timestamp or taken.exchange_timestamp
+
+
+#: What Kite books a market order with market protection as: a limit order (SL-M: SL) at
+#: the protection price.
+_PROTECTED_BOOKING: Final = {OrderType.MARKET: "LIMIT", OrderType.SL_M: "SL"}
+
+
+def _booked_type(order: Order, broker_order: KiteOrder) -> str:
+    """The order type Kite shows for `order`; the ledger's own where Kite booked its
+    market order with protection as a limit one (that is the same order, as placed, not
+    a modification: its price is the protection's limit, not a term of the order)."""
+    if (
+        broker_order.booked_with_market_protection
+        and _PROTECTED_BOOKING.get(order.order_type) == broker_order.order_type
+    ):
+        return order.order_type.value
+    return broker_order.order_type
+
+
+def _trigger_unrecorded(order: Order, broker_order: KiteOrder) -> bool:
+    """Whether Kite shows a stop order past its trigger (a triggered stop is OPEN at Kite,
+    or COMPLETE) that the ledger still has waiting for it."""
+    return (
+        order.lifecycle is OrderStatus.ACCEPTED
+        and order.order_type.needs_trigger_price
+        and order.triggered_at is None
+        and broker_order.order_type in STOP_TYPES
+        and broker_order.status in ("OPEN", "COMPLETE")
+    )
+
+
 def _trigger_time(history: Iterable[KiteOrder]) -> Any:
-    waiting = False
+    """When Kite's history shows the stop order triggered: its first record OPEN or
+    COMPLETE as a stop order (Kite shows a stop waiting for its trigger as TRIGGER
+    PENDING). A stop changed to LIMIT or MARKET at Kite also leaves TRIGGER PENDING for
+    OPEN, but as a LIMIT or MARKET order: that is no trigger."""
     for snapshot in history:
-        if snapshot.status == "TRIGGER PENDING":
-            waiting = True
-        elif waiting and snapshot.status in ("OPEN", "COMPLETE"):
+        if snapshot.status in ("OPEN", "COMPLETE") and snapshot.order_type in STOP_TYPES:
             return snapshot.exchange_update_timestamp or snapshot.order_timestamp
     return None
 

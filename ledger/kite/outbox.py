@@ -5,6 +5,10 @@ Before the dispatcher sends, it writes here that it is about to, and commits; af
 timeout, an error whose outcome is unknown, or a crash, that row tells the next dispatcher
 to look the order up at Kite by its tag instead of sending it again. So an order is never
 placed twice: at worst it is looked up once more than needed.
+
+A request Kite is known to have taken is marked `sent` (after the reply, so a crash before
+the mark leaves the outcome unknown, as before): a cancellation Kite took is not sent
+again while the exchange works on it.
 """
 
 from __future__ import annotations
@@ -16,10 +20,12 @@ from typing import Any
 
 from ledger.persistence import StorageSettings
 
+#: Added after the table was first made: a table made before gets it on opening.
+_SENT_COLUMN = "sent INTEGER NOT NULL DEFAULT 0"
 _CREATE = (
     "CREATE TABLE IF NOT EXISTS gateway_outbox (order_id TEXT NOT NULL, request TEXT NOT NULL,"
     " version INTEGER NOT NULL, attempts INTEGER NOT NULL, last_attempt DOUBLE PRECISION NOT NULL,"
-    " PRIMARY KEY (order_id, request, version))"
+    f" {_SENT_COLUMN}, PRIMARY KEY (order_id, request, version))"
 )
 
 
@@ -29,6 +35,8 @@ class Attempt:
     #: Epoch seconds: when the latest attempt ended or, while it may still be sending, the
     #: end of its lease (a time to come), before which nobody else may send.
     last_attempt: float
+    #: Kite answered a send of it with success.
+    sent: bool = False
 
 
 class Outbox:
@@ -56,16 +64,48 @@ class Outbox:
             )
             self._mark = "%s"
         self._conn.execute(_CREATE)
+        self._add_sent_column()
+
+    def _add_sent_column(self) -> None:
+        """Give a table made before `sent` existed that column (several processes may
+        open the outbox at once: whoever comes second finds it there)."""
+        if self.backend == "sqlite":
+            columns = {row[1] for row in self._conn.execute("PRAGMA table_info(gateway_outbox)")}
+            if "sent" not in columns:
+                try:
+                    self._conn.execute(f"ALTER TABLE gateway_outbox ADD COLUMN {_SENT_COLUMN}")
+                except sqlite3.OperationalError as error:
+                    if "duplicate column" not in str(error):
+                        raise
+            return
+        found = self._conn.execute(
+            "SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema()"
+            " AND table_name = 'gateway_outbox' AND column_name = 'sent'"
+        ).fetchone()
+        if found is None:
+            self._conn.execute(
+                f"ALTER TABLE gateway_outbox ADD COLUMN IF NOT EXISTS {_SENT_COLUMN}"
+            )
 
     def attempt(self, order_id: str, request: str, version: int) -> Attempt | None:
         m = self._mark
         with self._lock:
             row = self._conn.execute(
-                f"SELECT attempts, last_attempt FROM gateway_outbox WHERE order_id = {m}"
+                f"SELECT attempts, last_attempt, sent FROM gateway_outbox WHERE order_id = {m}"
                 f" AND request = {m} AND version = {m}",
                 (order_id, request, version),
             ).fetchone()
-        return Attempt(int(row[0]), float(row[1])) if row else None
+        return Attempt(int(row[0]), float(row[1]), bool(row[2])) if row else None
+
+    def mark_sent(self, order_id: str, request: str, version: int) -> None:
+        """Kite answered a send of this request with success: it is not to be sent again."""
+        m = self._mark
+        with self._lock:
+            self._conn.execute(
+                f"UPDATE gateway_outbox SET sent = 1 WHERE order_id = {m} AND request = {m}"
+                f" AND version = {m}",
+                (order_id, request, version),
+            )
 
     def claim(
         self, order_id: str, request: str, version: int, previous: Attempt | None, until: float

@@ -140,6 +140,14 @@ class KiteOrder(_Payload):
     def is_terminal(self) -> bool:
         return self.status in TERMINAL_STATUSES
 
+    @property
+    def booked_with_market_protection(self) -> bool:
+        """Whether Kite booked this order, placed as a market order with market protection,
+        as a limit order at the protection price: Kite tags it "mktp" (its sample
+        orders.json: tags ["mktp", "mktp:2.00"])."""
+        tags = (self.model_extra or {}).get("tags")
+        return isinstance(tags, list) and "mktp" in tags
+
 
 class KiteTrade(_Payload):
     """A trade as `trades()` and `order_trades()` describe it."""

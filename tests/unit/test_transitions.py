@@ -283,6 +283,32 @@ def test_modify_to_less_than_filled_is_refused() -> None:
     assert "40 already filled" in str(result)
 
 
+def test_the_broker_cutting_the_quantity_to_what_has_filled_completes_the_order() -> None:
+    """Kite reports an order cut to what has filled as COMPLETE; below that is impossible."""
+    order = given(submitted(), accepted(), filled("T1", 40))
+    below = when(
+        order,
+        lambda o: o.record_modified(
+            OrderChanges(quantity=39), source=Source.BROKER, broker_timestamp=None, at=NOW
+        ),
+    )
+    assert isinstance(below, InvalidCommand)
+    assert "must not be less than the 40 already filled" in str(below)
+    cut = when(
+        order,
+        lambda o: o.record_modified(
+            OrderChanges(quantity=40), source=Source.BROKER, broker_timestamp=None, at=NOW
+        ),
+    )
+    assert isinstance(cut, list)
+    assert [type(e).__name__ for e in cut] == ["Modified"]
+    assert (order.status, order.quantity, order.remaining_quantity) == (S.FILLED, 40, 0)
+    replayed = given(
+        submitted(), accepted(), cancel_requested(), filled("T1", 40), modified(quantity=40)
+    )
+    assert (replayed.status, replayed.pending) == (S.FILLED, None)
+
+
 def test_modify_that_changes_nothing_is_refused() -> None:
     order = given(submitted(), accepted())
     result = when(
@@ -309,6 +335,25 @@ def test_modify_to_market_without_protection_is_refused() -> None:
     )
     assert isinstance(result, InvalidCommand)
     assert "market protection" in str(result)
+
+
+def test_a_stop_order_the_broker_turned_market_is_recorded_without_market_protection() -> None:
+    """Market protection is the ledger's rule for the MARKET orders it sends; a stop order
+    changed to MARKET at Kite carries none, and what the broker did is recorded."""
+    order = given(submitted(), accepted())
+    notice = OrderChanges(order_type=OrderType.MARKET)
+    result = when(
+        order,
+        lambda o: o.record_modified(notice, source=Source.BROKER, broker_timestamp=None, at=NOW),
+    )
+    assert isinstance(result, list), result
+    assert [type(e).__name__ for e in result] == ["Modified"]
+    assert (order.order_type, order.price, order.trigger_price, order.market_protection) == (
+        OrderType.MARKET,
+        None,
+        None,
+        None,
+    )
 
 
 def test_trigger_of_a_limit_order_is_refused() -> None:

@@ -1,0 +1,571 @@
+"""The gateway against Kite's records as Kite writes them (a scripted fake Kite: the
+sandbox does not write these), on SQLite and PostgreSQL: in-between records, the moments
+at which a reply or a fetch lands, and what Kite changes on its own."""
+
+from __future__ import annotations
+
+import json
+import threading
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from typing import Any
+
+from kiteconnect import exceptions as kite_errors
+
+from ledger.application import OrderLedger
+from ledger.charges import ChargesSchedule
+from ledger.commands import CancelOrder, ModifyOrder, RecordCancelled
+from ledger.domain.order import Order
+from ledger.domain.status import OrderStatus
+from ledger.domain.values import IST, OrderType, Product, Side, Source
+from ledger.kite.outbox import Attempt, Outbox
+from ledger.kite.postbacks import expected_checksum
+from ledger.kite.service import KiteService
+from tests.conftest import LedgerFactory
+from tests.kite_support import ACCOUNT, ScriptedKite, gateway_for, kite_record, kite_trade, submit
+from tests.property.fuzz import kite_sample
+from tests.support import FakeClock
+
+
+def _changes(ledger: OrderLedger, order: Order) -> list[tuple[str, Decimal | None]]:
+    """The order's modification events, with the price each names."""
+    return [
+        (type(e).__name__, e.changes.price)
+        for e in ledger.history(order.id)
+        if isinstance(e, Order.ModifyRequested | Order.Modified)
+    ]
+
+
+def test_kites_records_of_a_modification_in_flight_are_not_taken_for_its_terms(
+    ledger: OrderLedger,
+) -> None:
+    """After modify_order Kite's history ends in MODIFY VALIDATION PENDING / MODIFY PENDING
+    / MODIFIED records that still show the old terms (Kite's own sample order_info.json:
+    300 on those, 300.1 on the OPEN after them). Read as the order's terms, they moved the
+    order back to the old price right after the ledger's own modification, and the next
+    poll forward again."""
+    kite = ScriptedKite()
+    gateway = gateway_for(ledger, kite)
+    order = kite.placed(gateway, submit(ledger, "modify", price="812.35"))
+    broker_id = order.broker_order_id or ""
+    opened = kite.histories[broker_id][0]
+    in_flight = {**opened, "order_timestamp": "2026-11-24 09:25:00"}
+
+    def take(params: dict[str, object]) -> None:  # Kite takes it; the exchange has not yet
+        kite.histories[broker_id] += [
+            {**in_flight, "status": "MODIFY VALIDATION PENDING"},
+            {**in_flight, "status": "MODIFY PENDING"},
+        ]
+
+    kite.on_modify = take
+    ledger.request_modify(ModifyOrder(order_id=order.id, price=Decimal("813.00")))
+    gateway.dispatch()
+    assert ledger.get_order(order.id).price == Decimal("813.00")
+
+    kite.histories[broker_id].append({**in_flight, "status": "MODIFIED"})
+    gateway.poll()
+    assert ledger.get_order(order.id).price == Decimal("813.00")
+    kite.histories[broker_id].append(
+        kite_record(order, broker_id, price=813.0, order_timestamp="2026-11-24 09:25:00")
+    )
+    gateway.poll()
+    gateway.poll()
+    assert ledger.get_order(order.id).price == Decimal("813.00")
+    assert _changes(ledger, order) == [
+        ("ModifyRequested", Decimal("813.00")),
+        ("Modified", Decimal("813.00")),
+    ]
+
+
+def test_a_converge_that_read_kite_before_another_does_not_move_the_terms_back(
+    ledger: OrderLedger,
+) -> None:
+    """Two converges of one order race (the update worker on a postback, the poller): the
+    one that read Kite's history first but records last must not take its older terms for
+    a new modification and move the order back."""
+    kite = ScriptedKite()
+    gateway = gateway_for(ledger, kite)
+    order = kite.placed(gateway, submit(ledger, "race", price="812.35"))
+    broker_id = order.broker_order_id or ""
+    read, go_on = threading.Event(), threading.Event()
+
+    def in_transit(order_id: str) -> None:  # the first read's reply, held up on its way
+        if not read.is_set():
+            read.set()
+            go_on.wait(5)
+
+    kite.on_history = in_transit
+    worker = threading.Thread(target=gateway.converge, args=(broker_id, Source.POSTBACK))
+    worker.start()
+    try:
+        assert read.wait(5)
+        kite.histories[broker_id].append(
+            kite_record(order, broker_id, price=813.0, order_timestamp="2026-11-24 09:30:00")
+        )
+        gateway.poll()
+        assert ledger.get_order(order.id).price == Decimal("813.00")
+    finally:
+        go_on.set()
+        worker.join(5)
+    assert ledger.get_order(order.id).price == Decimal("813.00")
+    assert _changes(ledger, order) == [("Modified", Decimal("813.00"))]
+
+
+def test_a_converge_that_read_kite_before_the_ledgers_own_modification_keeps_it(
+    ledger: OrderLedger,
+) -> None:
+    """The poller read Kite's history just before the dispatcher's modify_order reached
+    Kite, and records after it: the old price it read is not a modification at Kite."""
+    kite = ScriptedKite()
+    gateway = gateway_for(ledger, kite)
+    order = kite.placed(gateway, submit(ledger, "own", price="812.35"))
+    broker_id = order.broker_order_id or ""
+    read, go_on = threading.Event(), threading.Event()
+
+    def in_transit(order_id: str) -> None:
+        if not read.is_set():
+            read.set()
+            go_on.wait(5)
+
+    def modified_at_kite(params: dict[str, object]) -> None:
+        kite.histories[broker_id].append(
+            kite_record(order, broker_id, price=813.0, order_timestamp="2026-11-24 09:30:00")
+        )
+
+    kite.on_history = in_transit
+    kite.on_modify = modified_at_kite
+    poller = threading.Thread(target=gateway.converge, args=(broker_id, Source.POLL))
+    poller.start()
+    try:
+        assert read.wait(5)
+        ledger.request_modify(ModifyOrder(order_id=order.id, price=Decimal("813.00")))
+        gateway.dispatch()
+        assert ledger.get_order(order.id).price == Decimal("813.00")
+    finally:
+        go_on.set()
+        poller.join(5)
+    assert ledger.get_order(order.id).price == Decimal("813.00")
+    assert _changes(ledger, order) == [
+        ("ModifyRequested", Decimal("813.00")),
+        ("Modified", Decimal("813.00")),
+    ]
+
+
+def test_an_order_type_changed_at_kite_is_recorded_with_the_new_types_prices(
+    ledger: OrderLedger,
+) -> None:
+    """Kite lets a stop order be changed to LIMIT or MARKET (its web app, another tool). The
+    change came with no price when the price stayed (a LIMIT without one), and a MARKET
+    order the broker reports was held to the request rule that it carry market protection:
+    refused on every poll, for ever. And the stop's TRIGGER PENDING -> OPEN, which here is
+    the type change, was read as a trigger."""
+    kite = ScriptedKite()
+    gateway = gateway_for(ledger, kite)
+    stop = kite.placed(
+        gateway,
+        submit(
+            ledger,
+            "to-limit",
+            side="SELL",
+            order_type="SL",
+            price="795.00",
+            trigger_price="796.00",
+        ),
+        status="TRIGGER PENDING",
+    )
+    to_market = kite.placed(
+        gateway,
+        submit(ledger, "to-market", order_type="SL", price="812.35", trigger_price="812.00"),
+        status="TRIGGER PENDING",
+    )
+    for order, changed in (
+        (stop, {"order_type": "LIMIT", "trigger_price": 0}),
+        (to_market, {"order_type": "MARKET", "price": 0, "trigger_price": 0}),
+    ):
+        broker_id = order.broker_order_id or ""
+        kite.histories[broker_id].append(
+            kite_record(order, broker_id, order_timestamp="2026-11-24 09:40:00", **changed)
+        )
+        assert gateway.converge(broker_id, Source.POSTBACK).problems == []
+    assert gateway.poll().problems == []
+
+    limit = ledger.get_order(stop.id)
+    assert (limit.order_type, limit.price, limit.trigger_price) == (
+        OrderType.LIMIT,
+        Decimal("795.00"),
+        None,
+    )
+    market = ledger.get_order(to_market.id)
+    assert (market.order_type, market.price, market.trigger_price) == (OrderType.MARKET, None, None)
+    for order in (limit, market):
+        assert order.triggered_at is None
+        assert [type(e).__name__ for e in ledger.history(order.id)] == [
+            "Submitted",
+            "Accepted",
+            "Modified",
+        ]
+    before = ledger.count_events()
+    assert gateway.poll().problems == []
+    assert ledger.count_events() == before
+
+
+def test_an_order_kite_cut_to_what_had_filled_is_filled(ledger: OrderLedger) -> None:
+    """Kite cut the order from 100 to 50 (modified at Kite) and it completed with 50
+    filled. The ledger had all 50 filled before it learnt of the cut (the converge read the
+    history just before the cut and the trades just after the last fill): Kite's quantity,
+    equal to what had filled, was refused, and the order stayed PARTIALLY_FILLED 50/100
+    for ever while Kite said COMPLETE."""
+    kite = ScriptedKite()
+    gateway = gateway_for(ledger, kite)
+    order = kite.placed(gateway, submit(ledger, "cut", quantity=100, price="812.35"))
+    broker_id = order.broker_order_id or ""
+    opened = kite.histories[broker_id][0]
+    part = {**opened, "filled_quantity": 40, "pending_quantity": 60, "average_price": 812.35}
+    kite.histories[broker_id].append(part)
+    kite.trade_book = [kite_trade(order, broker_id, "T1", 40, "812.35")]
+
+    def cut_and_filled(order_id: str) -> None:  # while the history read is on its way
+        kite.on_history = None
+        done = {**part, "quantity": 50, "filled_quantity": 50, "pending_quantity": 0}
+        kite.histories[broker_id] += [
+            {**part, "status": "MODIFY VALIDATION PENDING"},
+            {**part, "status": "MODIFY PENDING"},
+            {**part, "status": "MODIFIED"},
+            {**part, "quantity": 50, "pending_quantity": 10},
+            {**done, "status": "COMPLETE", "order_timestamp": "2026-11-24 09:30:00"},
+        ]
+        kite.trade_book.append(kite_trade(order, broker_id, "T2", 10, "812.35"))
+
+    kite.on_history = cut_and_filled
+    gateway.converge(broker_id, Source.POSTBACK)
+    assert ledger.get_order(order.id).filled_quantity == 50
+    assert gateway.poll().problems == []
+    done = ledger.get_order(order.id)
+    assert (done.status, done.quantity, done.filled_quantity) == (OrderStatus.FILLED, 50, 50)
+    assert [type(e).__name__ for e in ledger.history(order.id)][-1] == "Modified"
+    assert gateway.poll().recorded == 0
+
+
+def test_kite_cannot_cut_an_order_below_what_has_filled(ledger: OrderLedger) -> None:
+    """A quantity below what has filled is impossible: refused and reported, not applied."""
+    kite = ScriptedKite()
+    gateway = gateway_for(ledger, kite)
+    order = kite.placed(gateway, submit(ledger, "below", quantity=100, price="812.35"))
+    broker_id = order.broker_order_id or ""
+    kite.trade_book = [kite_trade(order, broker_id, "T1", 40, "812.35")]
+    part = kite_record(order, broker_id, filled_quantity=40, pending_quantity=60)
+    kite.histories[broker_id].append(part)
+    assert gateway.converge(broker_id, Source.POLL).problems == []
+    kite.histories[broker_id].append({**part, "quantity": 30, "pending_quantity": 0})
+    problems = gateway.converge(broker_id, Source.POLL).problems
+    assert problems == [
+        "RecordModified refused: quantity: must not be less than the 40 already filled, got 30"
+    ]
+    still = ledger.get_order(order.id)
+    assert (still.status, still.quantity, still.filled_quantity) == (
+        OrderStatus.PARTIALLY_FILLED,
+        100,
+        40,
+    )
+
+
+def test_polling_records_a_stop_order_that_triggered_with_no_prompt(ledger: OrderLedger) -> None:
+    """Kite shows a triggered stop order as OPEN. With no postback (or at start-up), the
+    poll took the ledger's untriggered order for up to date and never recorded the
+    trigger."""
+    kite = ScriptedKite()
+    gateway = gateway_for(ledger, kite)
+    stops = [
+        kite.placed(
+            gateway,
+            submit(
+                ledger,
+                f"stop-{n}",
+                side="SELL",
+                order_type="SL",
+                price="795.00",
+                trigger_price="796.00",
+            ),
+            status="TRIGGER PENDING",
+        )
+        for n in range(2)
+    ]
+    for stop, look in zip(stops, (gateway.poll, gateway.reconcile), strict=True):
+        broker_id = stop.broker_order_id or ""
+        kite.histories[broker_id].append(
+            kite_record(stop, broker_id, exchange_update_timestamp="2026-11-24 10:05:00")
+        )
+        assert look().problems == []
+        now = ledger.get_order(stop.id)
+        assert now.status is OrderStatus.TRIGGERED
+        assert now.triggered_at == datetime(2026, 11, 24, 10, 5, tzinfo=IST)
+    assert gateway.poll().recorded == 0
+
+
+def test_an_update_that_moves_a_trigger_price_is_converged_not_dropped(
+    ledger: OrderLedger,
+) -> None:
+    """A postback or WebSocket update is skipped when the ledger already knows all it
+    says; that test compared the price (of LIMIT and SL orders only) and never the trigger
+    price, so an update for a trigger moved at Kite was dropped unread."""
+    kite = ScriptedKite()
+    gateway = gateway_for(ledger, kite)
+    service = KiteService(gateway, api_secret="secret", app_id=1234)
+    service.worker.start()
+    try:
+        stop = kite.placed(
+            gateway,
+            submit(
+                ledger, "sl", side="SELL", order_type="SL", price="795.00", trigger_price="796.00"
+            ),
+            status="TRIGGER PENDING",
+        )
+        market_stop = kite.placed(
+            gateway,
+            submit(
+                ledger,
+                "sl-m",
+                side="SELL",
+                quantity=10,
+                order_type="SL-M",
+                trigger_price="796.00",
+                market_protection="-1",
+            ),
+            status="TRIGGER PENDING",
+        )
+        moved: dict[str, dict[str, Any]] = {}
+        for order, trigger in ((stop, 797.0), (market_stop, 790.0)):
+            broker_id = order.broker_order_id or ""
+            moved[broker_id] = kite_record(
+                order,
+                broker_id,
+                status="TRIGGER PENDING",
+                trigger_price=trigger,
+                order_timestamp="2026-11-24 09:30:00",
+            )
+            kite.histories[broker_id].append(moved[broker_id])
+        postback = {**moved[stop.broker_order_id or ""], "app_id": 1234}
+        postback["checksum"] = expected_checksum(
+            postback["order_id"], postback["order_timestamp"], "secret"
+        )
+        assert service.accept_postback(json.dumps(postback).encode()) == (200, "accepted")
+        service.on_websocket_update(None, {**moved[market_stop.broker_order_id or ""]})
+        service.worker.drain()
+        assert service.worker.skipped == 0
+        assert ledger.get_order(stop.id).trigger_price == Decimal("797.00")
+        assert ledger.get_order(market_stop.id).trigger_price == Decimal("790.00")
+        service.accept_postback(json.dumps(postback).encode())  # a repeat: nothing new
+        assert service.worker.skipped == 1
+    finally:
+        service.worker.stop()
+
+
+def test_a_cancellation_kite_took_is_not_sent_again(ledger: OrderLedger) -> None:
+    """Kite took the cancel_order call; the exchange had not confirmed yet (CANCEL PENDING)
+    when the grace ran out, and the dispatcher sent it again. Kite refused the repeat ("being
+    processed") and that refusal was recorded as CancelRejected, although the first
+    cancellation stood. A send whose outcome is unknown is still sent again."""
+    now = [1_800_000_000.0]
+    kite = ScriptedKite()
+    gateway = gateway_for(ledger, kite, clock=lambda: now[0], unknown_outcome_grace=3.0)
+    order = kite.placed(gateway, submit(ledger, "cancel", price="812.35"))
+    broker_id = order.broker_order_id or ""
+    opened = kite.histories[broker_id][0]
+    sends: list[str] = []
+
+    def cancel(params: dict[str, object]) -> None:
+        sends.append("cancel")
+        if len(sends) == 1:
+            raise OSError("connection reset")  # did Kite get it? unknown
+        if len(sends) == 2:
+            kite.histories[broker_id].append({**opened, "status": "CANCEL PENDING"})
+            return
+        raise kite_errors.OrderException(
+            "Order cannot be cancelled as it is being processed. Try later."
+        )
+
+    kite.on_cancel = cancel
+    ledger.request_cancel(CancelOrder(order_id=order.id))
+    gateway.dispatch()
+    assert len(sends) == 1
+    now[0] += 10
+    gateway.dispatch()  # the outcome was unknown: sent again
+    assert len(sends) == 2
+    for _ in range(3):
+        now[0] += 10
+        gateway.dispatch()
+        assert ledger.get_order(order.id).status is OrderStatus.PENDING_CANCEL
+    assert len(sends) == 2
+
+    kite.histories[broker_id].append(
+        {**opened, "status": "CANCELLED", "cancelled_quantity": 100, "pending_quantity": 0}
+    )
+    gateway.poll()
+    assert [type(e).__name__ for e in ledger.history(order.id)] == [
+        "Submitted",
+        "Accepted",
+        "CancelRequested",
+        "Cancelled",
+    ]
+
+
+def test_an_outbox_table_made_before_the_sent_mark_is_given_it(ledger: OrderLedger) -> None:
+    """A ledger's outbox made by an earlier version has no `sent` column: opening it adds
+    the column, keeps its rows (not sent), and a second opening changes nothing."""
+    assert ledger.storage is not None
+    first = Outbox(ledger.storage)
+    first._conn.execute("DROP TABLE gateway_outbox")
+    first._conn.execute(
+        "CREATE TABLE gateway_outbox (order_id TEXT NOT NULL, request TEXT NOT NULL,"
+        " version INTEGER NOT NULL, attempts INTEGER NOT NULL,"
+        " last_attempt DOUBLE PRECISION NOT NULL, PRIMARY KEY (order_id, request, version))"
+    )
+    first._conn.execute("INSERT INTO gateway_outbox VALUES ('o-1', 'cancel', 3, 1, 1800000000.0)")
+    first.close()
+    outbox = Outbox(ledger.storage)
+    try:
+        assert outbox.attempt("o-1", "cancel", 3) == Attempt(1, 1_800_000_000.0, sent=False)
+        outbox.mark_sent("o-1", "cancel", 3)
+        Outbox(ledger.storage).close()
+        assert outbox.attempt("o-1", "cancel", 3) == Attempt(1, 1_800_000_000.0, sent=True)
+    finally:
+        outbox.close()
+
+
+def test_an_order_is_accepted_at_the_time_kite_opened_it_not_at_its_last_change(
+    ledger: OrderLedger,
+) -> None:
+    """Kite moves order_timestamp on each modification: Kite's sample history (placed
+    11:06:52, modified 11:08:16) was adopted as accepted at 11:08:16."""
+    history = kite_sample("order_info.json")["data"]
+    broker_id = str(history[0]["order_id"])
+    kite = ScriptedKite(histories={broker_id: history})
+    gateway = gateway_for(ledger, kite)
+    assert gateway.reconcile().adopted == [broker_id]
+    adopted = ledger.find_order(ACCOUNT, f"kite-{broker_id}")
+    opened_at = datetime(2017, 12, 29, 11, 6, 52, tzinfo=IST)
+    assert adopted.accepted_at == opened_at
+    (accepted,) = [e for e in ledger.history(adopted.id) if isinstance(e, Order.Accepted)]
+    assert accepted.broker_timestamp == opened_at
+
+
+def test_a_fills_charges_are_those_of_the_day_it_is_dated(make_ledger: LedgerFactory) -> None:
+    """A trade without fill_timestamp is dated by its exchange_timestamp; its charges were
+    worked out on the schedule of the day the gateway ran (the clock): a reconciliation on
+    2 April of a trade of 31 March used April's STT."""
+    ledger = make_ledger(clock=FakeClock(datetime(2026, 4, 2, 4, 0, tzinfo=UTC)))
+    kite = ScriptedKite()
+    gateway = gateway_for(ledger, kite)
+    order = kite.placed(
+        gateway,
+        submit(
+            ledger,
+            "future",
+            exchange="NFO",
+            tradingsymbol="NIFTY26DECFUT",
+            side="SELL",
+            product="NRML",
+            quantity=65,
+            price="23000.0",
+        ),
+    )
+    broker_id = order.broker_order_id or ""
+    traded = "2026-03-31 15:00:00"
+    kite.trade_book = [
+        {
+            **kite_trade(order, broker_id, "T1", 65, "23000"),
+            "fill_timestamp": None,
+            "exchange_timestamp": traded,
+        }
+    ]
+    kite.histories[broker_id].append(
+        kite_record(order, broker_id, status="COMPLETE", filled_quantity=65, pending_quantity=0)
+    )
+    assert gateway.converge(broker_id, Source.POLL).problems == []
+    (fill,) = ledger.get_order(order.id).fills
+    assert fill.exchange_timestamp == datetime(2026, 3, 31, 15, 0, tzinfo=IST)
+    schedule = ChargesSchedule.bundled()
+    future = ledger.instruments.get(order.instrument)
+
+    def on(day: date) -> Decimal:
+        return schedule.fill_charges(future, Product.NRML, Side.SELL, [], (65, Decimal(23000)), day)
+
+    assert on(date(2026, 3, 31)) != on(date(2026, 4, 2))
+    assert fill.charges == on(date(2026, 3, 31))
+
+
+def test_reconciliation_reports_orders_the_ledger_and_kite_disagree_on(
+    ledger: OrderLedger,
+) -> None:
+    """Reconciliation walked Kite's order book only: a ledger order that had ended counted
+    as up to date whatever Kite said, and an open ledger order that Kite's book no longer
+    lists (a DAY order Kite cancelled at the close while the ledger was down) was never
+    mentioned. Both are reported; nothing is recorded that Kite did not report."""
+    kite = ScriptedKite()
+    gateway = gateway_for(ledger, kite)
+    ended = kite.placed(gateway, submit(ledger, "ended", price="740.00"))
+    ledger.record(RecordCancelled(order_id=ended.id, reason="a postback for another order"))
+    gone = kite.placed(gateway, submit(ledger, "gone", price="740.00"))
+    del kite.histories[gone.broker_order_id or ""]
+    agreed = kite.placed(gateway, submit(ledger, "agreed", price="740.00"))
+    before = ledger.count_events()
+
+    found = gateway.reconcile()
+    assert found.differences == [
+        f"order {ended.id} (ended, Kite {ended.broker_order_id}): the ledger has it"
+        " CANCELLED, Kite OPEN",
+        f"order {gone.id} (gone, Kite {gone.broker_order_id}): the ledger has it"
+        " ACCEPTED, Kite's order book does not list it",
+    ]
+    assert str(agreed.id) not in " ".join(found.differences)
+    assert found.problems == []
+    assert ledger.count_events() == before
+
+
+def test_a_market_order_kite_books_as_a_protected_limit_is_the_same_order(
+    ledger: OrderLedger,
+) -> None:
+    """Kite books a MARKET order with market protection as a LIMIT order at the protection
+    price, tagged "mktp" (the TATASTEEL record in Kite's sample orders.json). The ledger
+    took that for a MARKET -> LIMIT modification nobody made, and dropped the order's
+    market protection."""
+    kite = ScriptedKite()
+    gateway = gateway_for(ledger, kite)
+    order = kite.placed(
+        gateway,
+        submit(ledger, "market", quantity=10, order_type="MARKET", market_protection="2"),
+    )
+    broker_id = order.broker_order_id or ""
+    booked = kite_record(
+        order,
+        broker_id,
+        order_type="LIMIT",
+        price=828.6,
+        tags=[order.tag, "mktp", "mktp:2.00"],
+    )
+    kite.histories[broker_id] = [booked]
+    assert gateway.poll().problems == []
+    kite.trade_book = [kite_trade(order, broker_id, "T1", 10, "812.35")]
+    kite.histories[broker_id].append(
+        {
+            **booked,
+            "status": "COMPLETE",
+            "filled_quantity": 10,
+            "pending_quantity": 0,
+            "average_price": 812.35,
+        }
+    )
+    assert gateway.converge(broker_id, Source.POSTBACK).problems == []
+    assert gateway.poll().recorded == 0
+    done = ledger.get_order(order.id)
+    assert (done.status, done.order_type, done.price, done.market_protection) == (
+        OrderStatus.FILLED,
+        OrderType.MARKET,
+        None,
+        Decimal(2),
+    )
+    assert [type(e).__name__ for e in ledger.history(order.id)] == [
+        "Submitted",
+        "Accepted",
+        "Filled",
+    ]
