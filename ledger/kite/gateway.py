@@ -147,6 +147,9 @@ PRE_OPEN_STATUSES: Final = frozenset(
 #: Kite's order types that wait for a trigger.
 STOP_TYPES: Final = frozenset(t.value for t in OrderType if t.needs_trigger_price)
 
+#: Settled statuses of an order that still works at the exchange.
+WORKING_STATUSES: Final = frozenset({"OPEN", "TRIGGER PENDING", "AMO REQ RECEIVED"})
+
 #: Orders placed outside the ledger and adopted from Kite's book are named `kite-<order id>`.
 ADOPTED_PREFIX = "kite-"
 ADOPTED_ACTOR = "external"
@@ -447,11 +450,13 @@ class KiteGateway:
         assert order.broker_order_id is not None
         version = self._request_version(order, Order.CancelRequested)
         previous = self.outbox.attempt(str(order.id), "cancel", version)
-        if previous is not None and previous.sent:
-            # Kite took it: the order's history will say the outcome. Sent again, it is
-            # refused ("being processed") while the exchange works on the first.
-            return
         if previous is not None and self.clock() - previous.last_attempt < self.grace:
+            return
+        if previous is not None and previous.sent and not self._working_at_kite(order):
+            # Kite took it and the exchange is working on it (or has cancelled it: the
+            # order's history says so): sent again, it is refused ("being processed").
+            # Only an order Kite still shows working, settled, after the grace (the
+            # exchange refused the cancellation) is sent it again.
             return
         with self._claimed(str(order.id), "cancel", version, previous) as lease:
             if lease is None:
@@ -475,6 +480,12 @@ class KiteGateway:
             self.outbox.mark_sent(str(order.id), "cancel", version)
             report.cancels_sent.append(order.id)
             self.converge(order.broker_order_id, Source.BROKER)
+
+    def _working_at_kite(self, order: Order) -> bool:
+        """Whether Kite's latest record of the order shows it working and settled."""
+        assert order.broker_order_id is not None
+        history = parse_orders(self.call("order_history", order_id=order.broker_order_id))
+        return bool(history) and history[-1].status in WORKING_STATUSES
 
     def _send_modify(self, order: Order, report: DispatchReport) -> None:
         assert order.broker_order_id is not None

@@ -569,3 +569,44 @@ def test_a_market_order_kite_books_as_a_protected_limit_is_the_same_order(
         "Accepted",
         "Filled",
     ]
+
+
+def test_a_cancellation_the_exchange_refused_after_kite_took_it_is_sent_again(
+    ledger: OrderLedger,
+) -> None:
+    """Kite took the cancel_order call, then the exchange refused the cancellation and Kite
+    shows the order OPEN again. A cancel marked sent is not sent again while Kite shows it
+    in flight, but here nothing would ever conclude it: the order stayed PENDING_CANCEL for
+    good and every modify was refused. After the grace it is sent again, and a refusal of
+    that is recorded."""
+    now = [1_800_000_000.0]
+    kite = ScriptedKite()
+    gateway = gateway_for(ledger, kite, clock=lambda: now[0], unknown_outcome_grace=3.0)
+    order = kite.placed(gateway, submit(ledger, "refused-cancel", price="812.35"))
+    broker_id = order.broker_order_id or ""
+    opened = kite.histories[broker_id][0]
+    sends: list[str] = []
+
+    def cancel(params: dict[str, object]) -> None:
+        sends.append("cancel")
+        if len(sends) == 1:
+            kite.histories[broker_id].append({**opened, "status": "CANCEL PENDING"})
+            kite.histories[broker_id].append({**opened, "status": "OPEN"})  # exchange: no
+            return
+        raise kite_errors.OrderException("Order cannot be cancelled")
+
+    kite.on_cancel = cancel
+    ledger.request_cancel(CancelOrder(order_id=order.id))
+    gateway.dispatch()
+    assert len(sends) == 1
+    assert ledger.get_order(order.id).status is OrderStatus.PENDING_CANCEL
+    gateway.dispatch()  # within the grace: not sent again
+    assert len(sends) == 1
+    now[0] += 10
+    gateway.dispatch()
+    assert len(sends) == 2
+    assert ledger.get_order(order.id).status is OrderStatus.ACCEPTED
+    assert [type(e).__name__ for e in ledger.history(order.id)][-2:] == [
+        "CancelRequested",
+        "CancelRejected",
+    ]
