@@ -3,8 +3,7 @@
 * Adding to a position (or opening one) moves the average price to the quantity-weighted
   mean of the old position and the fill.
 * Reducing a position keeps the average and realises (fill price - average) x quantity
-  (the other way round for a short). The average is kept to 10 decimal places; when the
-  position goes flat its realised P&L is made exactly sell value - buy value.
+  (the other way round for a short).
 * A fill larger than the position flips it: the old side is closed at the fill price and
   the rest opens a new position at the fill price.
 
@@ -119,6 +118,7 @@ def fill_cell(
         closing = min(quantity, abs(net))
         direction = 1 if net > 0 else -1
         realised = (price - cell.average_price) * closing * direction * multiplier
+        cell.realised_pnl += realised
         new_net = net + signed
         if new_net == 0:
             cell.average_price = ZERO
@@ -134,14 +134,6 @@ def fill_cell(
     else:
         cell.sell_quantity += quantity
         cell.sell_value += value
-    if new_net == 0:
-        # Flat: every unit bought has been sold, so what the position has realised is
-        # exactly its sell value less its buy value. The average is rounded at every add,
-        # and what was realised against it may have drifted from that by fractions of a
-        # paisa (a paisa, over a thousand fills of millions of shares); going flat makes
-        # it exact again, and this fill realises the difference.
-        realised = cell.sell_value - cell.buy_value - cell.realised_pnl
-    cell.realised_pnl += realised
     if charges is not None:
         cell.charges += charges
     return realised

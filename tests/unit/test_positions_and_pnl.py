@@ -156,21 +156,3 @@ def test_realised_plus_unrealised_is_the_mark_to_market_of_the_fills(
 def test_instrument_ref_of_a_position() -> None:
     p = fold(PositionsProjection(), [fill_event("T1", B, 1, "10", order=1)])
     assert positions_of(p)[0].instrument == InstrumentRef(Exchange.NSE, "SBIN")
-
-
-def test_a_flat_position_has_realised_exactly_its_sells_less_its_buys() -> None:
-    """The average is kept to 10 places, so realising against it drifts by fractions of a
-    paisa (here a whole paisa: 1.0333333333 for 1.0333...); going flat makes it exact, in
-    the positions, the strategy's book and the day's P&L alike."""
-    fills = [(B, 100_000_000, D("1.00")), (B, 200_000_000, D("1.05")), (S, 300_000_000, D("1.10"))]
-    position = fills_position(fills)
-    assert position.net_quantity == 0
-    assert position.realised_pnl == position.sell_value - position.buy_value == D(20_000_000)
-    events = [
-        fill_event(f"T{n}", side, quantity, str(price), order=n)
-        for n, (side, quantity, price) in enumerate(fills, start=1)
-    ]
-    (folded,) = positions_of(fold(PositionsProjection(), events))
-    assert folded.realised_pnl == D(20_000_000)
-    (line,) = pnl_report(fold(PnlProjection(), events), by="day")
-    assert line.realised_pnl == D(20_000_000)
