@@ -945,10 +945,12 @@ class Order(Aggregate):
                 )
             )
         problems.extend(check_terms(new_terms, self.reference_instrument))
-        if not requested:
+        if not requested or new_type is None:
             # Market protection is what the ledger asks of its own MARKET orders; the
             # broker reports no protection on an order it turned MARKET (a stop changed
-            # in Kite's web app), and what the broker did is a fact, not a request.
+            # in Kite's web app), and what the broker did is a fact, not a request. A
+            # request that keeps the type cannot give the order protection either (a
+            # modification carries none), so it is not refused for the order's own lack.
             problems = [p for p in problems if p.field != "market_protection"]
         if requested and 0 < new_terms.quantity <= self.filled_quantity:
             problems.append(

@@ -356,6 +356,36 @@ def test_a_stop_order_the_broker_turned_market_is_recorded_without_market_protec
     )
 
 
+def test_an_order_the_broker_turned_market_can_still_be_modified() -> None:
+    """A modification cannot carry market protection, so an order the broker turned MARKET
+    (or SL-M) without any would refuse every modification for good; a request that keeps
+    the type is not asked for what the order lacks. Changing to MARKET still is."""
+    for broker_type, trigger in ((OrderType.MARKET, None), (OrderType.SL_M, D("812.00"))):
+        order = given(submitted(), accepted())
+        order.record_modified(
+            OrderChanges(order_type=broker_type, trigger_price=trigger),
+            source=Source.BROKER,
+            broker_timestamp=None,
+            at=NOW,
+        )
+        order.collect_events()
+        result = when(
+            order,
+            lambda o: o.request_modify(OrderChanges(quantity=200), actor="strategy", at=NOW),
+        )
+        assert isinstance(result, list), result
+        assert [type(e).__name__ for e in result] == ["ModifyRequested"]
+    limit = given(submitted(order_type=OrderType.LIMIT, trigger_price=None), accepted())
+    refused = when(
+        limit,
+        lambda o: o.request_modify(
+            OrderChanges(order_type=OrderType.MARKET), actor="strategy", at=NOW
+        ),
+    )
+    assert isinstance(refused, InvalidCommand)
+    assert "carries no market protection" in str(refused)
+
+
 def test_trigger_of_a_limit_order_is_refused() -> None:
     order = given(submitted(order_type=OrderType.LIMIT, trigger_price=None), accepted())
     result = when(order, ACTIONS["Triggered"])
