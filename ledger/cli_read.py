@@ -24,7 +24,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
 from ledger.application import OrderLedger
-from ledger.cli import DbOption, _money, _open, app, console, write_out
+from ledger.cli import DbOption, _money, _open, app, console, errors, write_out
 from ledger.domain.errors import LedgerError
 from ledger.domain.values import IST, Exchange, InstrumentRef
 from ledger.projection_process import interrupt_when_parent_exits
@@ -600,7 +600,8 @@ def export(
             until=end,
             on_record=lambda _: advance(1),
         )
-    console.print(f"exported {count} events to {out}")
+    # On stderr: with `--out /dev/stdout` the export itself is on stdout.
+    errors.print(f"exported {count} events to {out}")
 
 
 @app.command("verify")

@@ -24,6 +24,7 @@ import errno
 import json
 import os
 import shutil
+import stat
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -148,19 +149,34 @@ def export_log(
     and moved over `path` only when complete, so an interrupted export leaves what was
     there (it left a shorter file, which offline-rebuild took for the whole log). The
     ledger's own files are refused with nothing written (`--out ledger.db` emptied the
-    ledger: its target was truncated before the log was read out of it)."""
+    ledger: its target was truncated before the log was read out of it).
+
+    Where that cannot be done it is written as before, straight into `path`: a pipe or a
+    terminal (`--out /dev/stdout`), a directory the exporter may not write in, a file that
+    cannot be replaced (one bind-mounted into a container: copied over once complete)."""
     fmt = fmt or format_of(path)
-    target = _export_target(ledger, path)
-    partial = target.with_name(f"{target.stem}.partial-{os.getpid()}{target.suffix}")
+    target, stream = _export_target(ledger, path)
     records = _records(ledger, since, until)
+    if stream:  # nothing there to keep: written as it goes
+        return _write_export(fmt, target, records, on_record)
+    partial = target.with_name(f"{target.stem}.partial-{os.getpid()}{target.suffix}")
     try:
-        count = (
-            _write_parquet(partial, records, on_record)
-            if fmt == "parquet"
-            else _write_jsonl(partial, records, on_record)
-        )
+        partial.open("wb").close()
+    except OSError as error:
+        if error.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise
+        return _write_export(fmt, target, records, on_record)  # no room beside it
+    try:
+        count = _write_export(fmt, partial, records, on_record)
         sync_file(partial)
-        os.replace(partial, target)
+        try:
+            os.replace(partial, target)
+        except OSError as error:
+            if error.errno not in (errno.EBUSY, errno.EXDEV):
+                raise
+            _copy_over(partial, target)  # a mount point: rewritten, not replaced
+            partial.unlink()
+            return count
     except BaseException:  # a failure or an interrupt: the target stays as it was
         partial.unlink(missing_ok=True)
         raise
@@ -168,14 +184,40 @@ def export_log(
     return count
 
 
-def _export_target(ledger: OrderLedger, path: str | Path) -> Path:
+def _write_export(
+    fmt: Format,
+    path: Path,
+    records: Iterator[dict[str, Any]],
+    on_record: Callable[[int], None] | None,
+) -> int:
+    if fmt == "parquet":
+        return _write_parquet(path, records, on_record)
+    return _write_jsonl(path, records, on_record)
+
+
+def _copy_over(source: Path, target: Path) -> None:
+    """Rewrite `target` with the bytes of the complete export `source`, durably."""
+    with source.open("rb") as reader, target.open("wb") as writer:
+        shutil.copyfileobj(reader, writer)
+        writer.flush()
+        os.fsync(writer.fileno())
+
+
+def _export_target(ledger: OrderLedger, path: str | Path) -> tuple[Path, bool]:
     """The file an export of `ledger` may replace: `path` with its symbolic links
     followed (the link keeps pointing at the new export), checked to be neither a
-    directory nor a device, nor one of the ledger's own files."""
+    directory nor a block device, nor one of the ledger's own files; and whether it is a
+    stream (a pipe, a terminal, a character device) to write straight into."""
     given = Path(path)
     if given.is_dir():
         # As open() said it before exports were written beside their target.
         raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+    try:
+        mode = given.stat().st_mode
+    except OSError:  # not there yet
+        mode = 0
+    if stat.S_ISFIFO(mode) or stat.S_ISCHR(mode) or stat.S_ISSOCK(mode):
+        return given, True
     target = Path(os.path.realpath(given))
     if target.exists() and not target.is_file():
         raise ExportError(f"{path}: is not a regular file (an export replaces the file)")
@@ -188,7 +230,7 @@ def _export_target(ledger: OrderLedger, path: str | Path) -> Path:
                         f"{path}: is the ledger's own {what} file ({name}); choose another"
                         " file for the export (nothing was written)"
                     )
-    return target
+    return target, False
 
 
 #: The files SQLite keeps beside a database while it is open or after a crash.

@@ -50,7 +50,13 @@ def test_positions_json_equals_offline_rebuild(demo_dir: Path) -> None:
 
     exported = run("export", "--format", "parquet", "--out", "log.parquet", cwd=demo_dir)
     assert exported.returncode == 0, exported.stderr
-    assert "exported 29 events" in exported.stdout
+    assert "exported 29 events" in exported.stderr
+    # Into a pipe: the export alone on stdout (the summary is on stderr).
+    piped = run("export", "--format", "jsonl", "--out", "/dev/stdout", cwd=demo_dir)
+    assert piped.returncode == 0, piped.stderr
+    assert [json.loads(line)["position"] for line in piped.stdout.splitlines()] == list(
+        range(1, 30)
+    )
     rebuilt = run("offline-rebuild", "--from", "log.parquet", "--into", "a.duckdb", cwd=demo_dir)
     assert rebuilt.returncode == 0, rebuilt.stderr
     offline = store_for_file(demo_dir / "a.duckdb")
@@ -111,7 +117,7 @@ def test_audit_and_export_from_a_date_take_that_whole_day(demo_dir: Path) -> Non
     lower = run("audit", "--type", "filled", "--format", "jsonl", cwd=demo_dir)
     assert len(lower.stdout.splitlines()) == 8
     exported = run("export", "--from", day, "--format", "jsonl", "--out", "d.jsonl", cwd=demo_dir)
-    assert "exported 29 events" in exported.stdout
+    assert "exported 29 events" in exported.stderr
 
 
 def test_to_a_date_then_from_the_next_loses_nothing(tmp_path: Path) -> None:

@@ -3,7 +3,10 @@ offline rebuilds. Every test runs on SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import threading
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, ClassVar
@@ -432,6 +435,52 @@ def test_an_interrupted_export_leaves_the_file_it_was_replacing(
         )
     rebuilt = offline_rebuild(exports / "log.jsonl", tmp_path / "x.sqlite", all_projections())
     assert rebuilt == total
+
+
+def test_an_export_goes_where_it_cannot_be_written_beside_its_target(
+    ledger: OrderLedger, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Writing beside the target and moving over it broke exports that worked before: into
+    a pipe (`--out /dev/stdout | ...`), into a file in a directory the exporter may not
+    write in, and over a file bind-mounted into a container (which cannot be replaced).
+    Those are written straight into the target, as before."""
+    run_session(ledger)
+    total = ledger.count_events()
+    out = tmp_path / "out"
+    out.mkdir()
+    fifo = out / "pipe"
+    os.mkfifo(fifo)
+    received: list[bytes] = []
+    reader = threading.Thread(target=lambda: received.append(fifo.read_bytes()), daemon=True)
+    reader.start()
+    assert export_log(ledger, fifo, fmt="jsonl") == total
+    reader.join(timeout=30)
+    assert len(received[0].splitlines()) == total
+
+    target = out / "log.jsonl"
+    target.write_text("old\n")
+
+    def busy(source: object, destination: object) -> None:
+        raise OSError(errno.EBUSY, os.strerror(errno.EBUSY))
+
+    with monkeypatch.context() as patch:
+        patch.setattr("projections.offline.os.replace", busy)
+        assert export_log(ledger, target) == total
+    assert len(target.read_text().splitlines()) == total
+    assert sorted(p.name for p in out.iterdir()) == ["log.jsonl", "pipe"]
+
+    real_open = Path.open
+
+    def no_room_beside(self: Path, *args: Any, **kwargs: Any) -> Any:
+        if ".partial-" in self.name:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(self))
+        return real_open(self, *args, **kwargs)
+
+    target.write_text("old\n")
+    with monkeypatch.context() as patch:
+        patch.setattr(Path, "open", no_room_beside)
+        assert export_log(ledger, target) == total
+    assert len(target.read_text().splitlines()) == total
 
 
 def test_export_refuses_the_ledgers_own_files(tmp_path: Path) -> None:
