@@ -18,6 +18,7 @@ from ledger.commands import CancelOrder, ModifyOrder, RecordCancelled
 from ledger.domain.order import Order
 from ledger.domain.status import OrderStatus
 from ledger.domain.values import IST, OrderType, Product, Side, Source
+from ledger.kite.gateway import KiteGateway
 from ledger.kite.outbox import Attempt, Outbox
 from ledger.kite.postbacks import expected_checksum
 from ledger.kite.service import KiteService
@@ -365,10 +366,7 @@ def test_a_cancellation_kite_took_is_not_sent_again(ledger: OrderLedger) -> None
     when the grace ran out, and the dispatcher sent it again. Kite refused the repeat ("being
     processed") and that refusal was recorded as CancelRejected, although the first
     cancellation stood. A send whose outcome is unknown is still sent again."""
-    now = [1_800_000_000.0]
-    kite = ScriptedKite()
-    gateway = gateway_for(ledger, kite, clock=lambda: now[0], unknown_outcome_grace=3.0)
-    order = kite.placed(gateway, submit(ledger, "cancel", price="812.35"))
+    now, kite, gateway, order = _placed_on_a_clock(ledger, "cancel")
     broker_id = order.broker_order_id or ""
     opened = kite.histories[broker_id][0]
     sends: list[str] = []
@@ -579,10 +577,7 @@ def test_a_cancellation_the_exchange_refused_after_kite_took_it_is_sent_again(
     in flight, but here nothing would ever conclude it: the order stayed PENDING_CANCEL for
     good and every modify was refused. After the grace it is sent again, and a refusal of
     that is recorded."""
-    now = [1_800_000_000.0]
-    kite = ScriptedKite()
-    gateway = gateway_for(ledger, kite, clock=lambda: now[0], unknown_outcome_grace=3.0)
-    order = kite.placed(gateway, submit(ledger, "refused-cancel", price="812.35"))
+    now, kite, gateway, order = _placed_on_a_clock(ledger, "refused-cancel")
     broker_id = order.broker_order_id or ""
     opened = kite.histories[broker_id][0]
     sends: list[str] = []
@@ -610,3 +605,14 @@ def test_a_cancellation_the_exchange_refused_after_kite_took_it_is_sent_again(
         "CancelRequested",
         "CancelRejected",
     ]
+
+
+def _placed_on_a_clock(
+    ledger: OrderLedger, client_order_id: str
+) -> tuple[list[float], ScriptedKite, KiteGateway, Order]:
+    """An order placed at a scripted Kite by a gateway whose clock (`now[0]`) the test
+    moves, with a grace of 3 s for sends whose outcome is unknown."""
+    now = [1_800_000_000.0]
+    kite = ScriptedKite()
+    gateway = gateway_for(ledger, kite, clock=lambda: now[0], unknown_outcome_grace=3.0)
+    return now, kite, gateway, kite.placed(gateway, submit(ledger, client_order_id, price="812.35"))

@@ -121,37 +121,15 @@ def test_v2_events_read_as_multiplier_1_and_still_verify(v2_ledger: OrderLedger)
 def test_a_new_fill_on_a_v2_order_carries_its_multiplier_and_chains_on(
     v2_ledger: OrderLedger,
 ) -> None:
-    partial = next(o for o in v2_ledger.all_orders() if o.status is OrderStatus.PARTIALLY_FILLED)
-    before = partial.chain_hash
-    v2_ledger.record(
-        RecordFill(
-            order_id=partial.id,
-            trade_id="after-multiplier-1",
-            exchange=partial.instrument.exchange,
-            tradingsymbol=partial.instrument.tradingsymbol,
-            quantity=1,
-            price=partial.price or Decimal("1"),
-        )
-    )
-    last = v2_ledger.history(partial.id)[-1]
+    partial, last = _fill_the_partly_filled_order(v2_ledger, "after-multiplier-1")
     assert isinstance(last, Order.Filled)
     assert last.multiplier == 1
-    assert last.previous_hash == before is not None
-    assert write_checkpoint(v2_ledger) is not None
-    report = check_integrity(v2_ledger)
-    assert report.ok, report.findings
-    assert (report.chains.unchained, report.chains.chained) == (0, 182)
+    assert last.previous_hash == partial.chain_hash is not None
+    assert _chains_after_a_checkpoint(v2_ledger) == (0, 182)
 
 
 def test_projections_fold_v2_events(v2_ledger: OrderLedger) -> None:
-    store = store_for_ledger_url(v2_ledger.storage)
-    try:
-        rebuild(LedgerLog(v2_ledger), store, all_projections())
-        report = verify(v2_ledger, store, all_projections())
-        assert report.ok, report.problems
-        assert report.events == 181
-    finally:
-        store.close()
+    _rebuild_and_verify(v2_ledger)
 
 
 def test_v1_events_upcast_with_no_chain(old_ledger: OrderLedger) -> None:
@@ -161,38 +139,17 @@ def test_v1_events_upcast_with_no_chain(old_ledger: OrderLedger) -> None:
 
 
 def test_new_events_on_a_v1_order_start_a_chain(old_ledger: OrderLedger) -> None:
-    partial = next(o for o in old_ledger.all_orders() if o.status is OrderStatus.PARTIALLY_FILLED)
-    old_ledger.record(
-        RecordFill(
-            order_id=partial.id,
-            trade_id="after-upgrade-1",
-            exchange=partial.instrument.exchange,
-            tradingsymbol=partial.instrument.tradingsymbol,
-            quantity=1,
-            price=partial.price or Decimal("1"),
-        )
-    )
+    partial, last = _fill_the_partly_filled_order(old_ledger, "after-upgrade-1")
     order = old_ledger.get_order(partial.id)
-    last = old_ledger.history(partial.id)[-1]
     assert last.previous_hash is None  # the event before it has no hash
     assert last.event_hash is not None
     assert order.chain_hash == last.event_hash
     assert order.filled_quantity == partial.filled_quantity + 1
-    assert write_checkpoint(old_ledger) is not None
-    report = check_integrity(old_ledger)
-    assert report.ok, report.findings
-    assert (report.chains.unchained, report.chains.chained) == (181, 1)
+    assert _chains_after_a_checkpoint(old_ledger) == (181, 1)
 
 
 def test_projections_fold_v1_events(old_ledger: OrderLedger) -> None:
-    store = store_for_ledger_url(old_ledger.storage)
-    try:
-        rebuild(LedgerLog(old_ledger), store, all_projections())
-        report = verify(old_ledger, store, all_projections())
-        assert report.ok, report.problems
-        assert report.events == 181
-    finally:
-        store.close()
+    _rebuild_and_verify(old_ledger)
     views = fold_all(((0, e) for e in old_ledger.iter_log()), all_projections())
     positions = views["positions"].contents()
     assert positions  # the demo's fills, folded from v1 events
@@ -222,3 +179,40 @@ def test_a_v2_snapshot_of_an_order_modified_to_limit_drops_its_market_protection
     stored = {"order_type": "SL", "market_protection": "2.5"}  # as plain stored values
     Order.upcast_v2_v3(stored)
     assert stored["market_protection"] is None
+
+
+def _fill_the_partly_filled_order(ledger: OrderLedger, trade_id: str) -> tuple[Order, Order.Event]:
+    """One more fill on the fixture's partly filled order: the order before it, and the
+    event the fill made."""
+    partial = next(o for o in ledger.all_orders() if o.status is OrderStatus.PARTIALLY_FILLED)
+    ledger.record(
+        RecordFill(
+            order_id=partial.id,
+            trade_id=trade_id,
+            exchange=partial.instrument.exchange,
+            tradingsymbol=partial.instrument.tradingsymbol,
+            quantity=1,
+            price=partial.price or Decimal("1"),
+        )
+    )
+    return partial, ledger.history(partial.id)[-1]
+
+
+def _chains_after_a_checkpoint(ledger: OrderLedger) -> tuple[int, int]:
+    """(unchained, chained) events of a clean integrity check after a checkpoint."""
+    assert write_checkpoint(ledger) is not None
+    report = check_integrity(ledger)
+    assert report.ok, report.findings
+    return report.chains.unchained, report.chains.chained
+
+
+def _rebuild_and_verify(ledger: OrderLedger) -> None:
+    """The fixture's 181 events rebuild every projection, and verify finds it clean."""
+    store = store_for_ledger_url(ledger.storage)
+    try:
+        rebuild(LedgerLog(ledger), store, all_projections())
+        report = verify(ledger, store, all_projections())
+        assert report.ok, report.problems
+        assert report.events == 181
+    finally:
+        store.close()
