@@ -240,6 +240,8 @@ class KiteGateway:
         # modification, a number taken once Kite had taken it). See `_converge`.
         self._fetches = 0
         self._terms_as_of: dict[UUID, int] = {}
+        #: When each sent cancellation's outcome was last looked up at Kite.
+        self._cancel_checked: dict[UUID, float] = {}
         self.refresh_index()
 
     # ------------------------------------------------------------------ plumbing
@@ -452,11 +454,20 @@ class KiteGateway:
         previous = self.outbox.attempt(str(order.id), "cancel", version)
         if previous is not None and self.clock() - previous.last_attempt < self.grace:
             return
-        if previous is not None and previous.sent and not self._working_at_kite(order):
-            # Kite took it and the exchange is working on it (or has cancelled it: the
-            # order's history says so): sent again, it is refused ("being processed").
-            # Only an order Kite still shows working, settled, after the grace (the
-            # exchange refused the cancellation) is sent it again.
+        if previous is not None and previous.sent:
+            # Kite took it: sent again while the exchange works on it, it is refused
+            # ("being processed"), and the order's history says the outcome. One that
+            # shows the order working again after a CANCEL PENDING record is the
+            # exchange's refusal: recorded (at most one look per grace), not sent again.
+            if self._cancel_check_due(order.id) and self._cancel_refused_at_kite(order):
+                self._record(
+                    RecordCancelRejected(
+                        order_id=order.id,
+                        reason="the exchange did not cancel it: Kite shows the order"
+                        " working again after taking the cancellation",
+                    ),
+                    [],
+                )
             return
         with self._claimed(str(order.id), "cancel", version, previous) as lease:
             if lease is None:
@@ -481,11 +492,26 @@ class KiteGateway:
             report.cancels_sent.append(order.id)
             self.converge(order.broker_order_id, Source.BROKER)
 
-    def _working_at_kite(self, order: Order) -> bool:
-        """Whether Kite's latest record of the order shows it working and settled."""
+    def _cancel_check_due(self, order_id: UUID) -> bool:
+        """Whether a sent cancellation's outcome may be looked up at Kite again: once per
+        grace, so that an exchange slow to confirm costs few history calls."""
+        now = self.clock()
+        with self._lock:
+            if now - self._cancel_checked.get(order_id, float("-inf")) < self.grace:
+                return False
+            self._cancel_checked[order_id] = now
+            return True
+
+    def _cancel_refused_at_kite(self, order: Order) -> bool:
+        """Whether Kite's history shows a cancellation refused: a CANCEL PENDING record,
+        and the order working and settled in its latest."""
         assert order.broker_order_id is not None
         history = parse_orders(self.call("order_history", order_id=order.broker_order_id))
-        return bool(history) and history[-1].status in WORKING_STATUSES
+        return (
+            bool(history)
+            and history[-1].status in WORKING_STATUSES
+            and any(record.status == "CANCEL PENDING" for record in history)
+        )
 
     def _send_modify(self, order: Order, report: DispatchReport) -> None:
         assert order.broker_order_id is not None
