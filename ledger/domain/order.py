@@ -932,8 +932,10 @@ class Order(Aggregate):
         if requested and not changes.is_empty() and new_terms == self.terms:
             problems.append(Problem("changes", "the order already has these terms"))
         new_type = changes.order_type
+        keeps_type = new_type is None or new_type is self.order_type
         if (
             requested
+            and not keeps_type
             and new_type is not None
             and new_type.needs_market_protection
             and self.market_protection is None
@@ -945,7 +947,7 @@ class Order(Aggregate):
                 )
             )
         problems.extend(check_terms(new_terms, self.reference_instrument))
-        if not requested or new_type is None:
+        if not requested or keeps_type:
             # Market protection is what the ledger asks of its own MARKET orders; the
             # broker reports no protection on an order it turned MARKET (a stop changed
             # in Kite's web app), and what the broker did is a fact, not a request. A

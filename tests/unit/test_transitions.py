@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from decimal import Decimal
 
 import pytest
@@ -369,12 +370,15 @@ def test_an_order_the_broker_turned_market_can_still_be_modified() -> None:
             at=NOW,
         )
         order.collect_events()
-        result = when(
-            order,
-            lambda o: o.request_modify(OrderChanges(quantity=200), actor="strategy", at=NOW),
-        )
-        assert isinstance(result, list), result
-        assert [type(e).__name__ for e in result] == ["ModifyRequested"]
+        for request in (
+            OrderChanges(quantity=200),
+            OrderChanges(quantity=300, order_type=broker_type, trigger_price=trigger),
+        ):
+            result = when(order, _requesting(request))
+            assert isinstance(result, list), result
+            assert [type(e).__name__ for e in result] == ["ModifyRequested"]
+            order.record_modified(request, source=Source.BROKER, broker_timestamp=None, at=NOW)
+            order.collect_events()
     limit = given(submitted(order_type=OrderType.LIMIT, trigger_price=None), accepted())
     refused = when(
         limit,
@@ -384,6 +388,10 @@ def test_an_order_the_broker_turned_market_can_still_be_modified() -> None:
     )
     assert isinstance(refused, InvalidCommand)
     assert "carries no market protection" in str(refused)
+
+
+def _requesting(changes: OrderChanges) -> Callable[[Order], object]:
+    return lambda order: order.request_modify(changes, actor="strategy", at=NOW)
 
 
 def test_trigger_of_a_limit_order_is_refused() -> None:
