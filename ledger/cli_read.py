@@ -557,8 +557,9 @@ def export(
         Path,
         typer.Option(
             "--out",
-            help="The file to write (replaced only once the export is complete; the"
-            " ledger's own database and projections files are refused).",
+            help="The file to write (replaced only once the export is complete; a pipe"
+            " or /dev/stdout is written as it goes; the ledger's own database and"
+            " projections files are refused).",
         ),
     ],
     db: DbOption = None,
@@ -601,7 +602,7 @@ def export(
             on_record=lambda _: advance(1),
         )
     # On stderr: with `--out /dev/stdout` the export itself is on stdout.
-    errors.print(f"exported {count} events to {out}")
+    errors.print(f"exported {count} events to {out}", soft_wrap=True)
 
 
 @app.command("verify")

@@ -20,16 +20,18 @@ price or a charge share to 12 places, is rounded to 10 there; SQLite keeps it ex
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
 import shutil
 import stat
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Any, BinaryIO, Final, Literal
 from uuid import UUID
 
 from eventsourcing.persistence import (
@@ -151,48 +153,76 @@ def export_log(
     ledger's own files are refused with nothing written (`--out ledger.db` emptied the
     ledger: its target was truncated before the log was read out of it).
 
-    Where that cannot be done it is written as before, straight into `path`: a pipe or a
-    terminal (`--out /dev/stdout`), a directory the exporter may not write in, a file that
-    cannot be replaced (one bind-mounted into a container: copied over once complete)."""
+    A stream (a pipe, a terminal, `--out /dev/stdout` whatever it is redirected to) is
+    written as the export goes: there is nothing there to keep. A directory with no room
+    for the file beside the target is refused, naming it. A target that cannot be replaced
+    (a file bind-mounted into a container) has the complete export copied over it; if
+    that fails, the error names the file that still holds the complete export."""
     fmt = fmt or format_of(path)
     target, stream = _export_target(ledger, path)
     records = _records(ledger, since, until)
-    if stream:  # nothing there to keep: written as it goes
-        return _write_export(fmt, target, records, on_record)
+    if stream:
+        with _open_stream(target) as sink:
+            return _write_export(fmt, sink, records, on_record)
     partial = target.with_name(f"{target.stem}.partial-{os.getpid()}{target.suffix}")
     try:
         partial.open("wb").close()
     except OSError as error:
-        if error.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
-            raise
-        return _write_export(fmt, target, records, on_record)  # no room beside it
+        raise ExportError(
+            f"{path}: the export is written beside it first and cannot be"
+            f" ({error.strerror}); choose a file in a directory you may write in"
+        ) from None
     try:
-        count = _write_export(fmt, partial, records, on_record)
+        with partial.open("wb") as sink:
+            count = _write_export(fmt, sink, records, on_record)
         sync_file(partial)
-        try:
-            os.replace(partial, target)
-        except OSError as error:
-            if error.errno not in (errno.EBUSY, errno.EXDEV):
-                raise
-            _copy_over(partial, target)  # a mount point: rewritten, not replaced
-            partial.unlink()
-            return count
     except BaseException:  # a failure or an interrupt: the target stays as it was
         partial.unlink(missing_ok=True)
         raise
+    try:
+        os.replace(partial, target)
+    except OSError as error:
+        if error.errno not in (errno.EBUSY, errno.EXDEV):
+            partial.unlink(missing_ok=True)
+            raise
+        try:
+            _copy_over(partial, target)  # a mount point: rewritten, not replaced
+        except OSError as copy_error:
+            raise ExportError(
+                f"{path}: could not be rewritten ({copy_error.strerror}); the complete"
+                f" export is in {partial}"
+            ) from copy_error
+        partial.unlink()
+        return count
     sync_directory(target.parent)
     return count
 
 
+#: Names of the process's own standard output: written through the descriptor it has
+#: (opened again, a file redirected with `>>` would be truncated, not appended to).
+_STDOUT_NAMES: Final = ("/dev/stdout", "/dev/fd/1", "/proc/self/fd/1")
+
+
+@contextlib.contextmanager
+def _open_stream(target: Path) -> Iterator[BinaryIO]:
+    if str(target) in _STDOUT_NAMES:
+        sys.stdout.flush()
+        sink = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
+    else:
+        sink = target.open("wb")
+    with sink:
+        yield sink
+
+
 def _write_export(
     fmt: Format,
-    path: Path,
+    sink: BinaryIO,
     records: Iterator[dict[str, Any]],
     on_record: Callable[[int], None] | None,
 ) -> int:
     if fmt == "parquet":
-        return _write_parquet(path, records, on_record)
-    return _write_jsonl(path, records, on_record)
+        return _write_parquet(sink, records, on_record)
+    return _write_jsonl(sink, records, on_record)
 
 
 def _copy_over(source: Path, target: Path) -> None:
@@ -218,6 +248,8 @@ def _export_target(ledger: OrderLedger, path: str | Path) -> tuple[Path, bool]:
         mode = 0
     if stat.S_ISFIFO(mode) or stat.S_ISCHR(mode) or stat.S_ISSOCK(mode):
         return given, True
+    if str(given) in _STDOUT_NAMES and not stat.S_ISBLK(mode):
+        return given, True  # redirected to a file: written where the redirection says
     target = Path(os.path.realpath(given))
     if target.exists() and not target.is_file():
         raise ExportError(f"{path}: is not a regular file (an export replaces the file)")
@@ -249,16 +281,16 @@ def _same_file(a: Path, b: Path) -> bool:
 
 
 def _write_jsonl(
-    path: str | Path, records: Iterator[dict[str, Any]], on_record: Callable[[int], None] | None
+    sink: BinaryIO, records: Iterator[dict[str, Any]], on_record: Callable[[int], None] | None
 ) -> int:
     count = 0
-    with Path(path).open("w", encoding="utf-8") as out:
-        for record in records:
-            record["recorded_at"] = record["recorded_at"].isoformat()
-            out.write(json.dumps(record, separators=(",", ":")) + "\n")
-            count += 1
-            if on_record:
-                on_record(count)
+    for record in records:
+        record["recorded_at"] = record["recorded_at"].isoformat()
+        sink.write((json.dumps(record, separators=(",", ":")) + "\n").encode("utf-8"))
+        count += 1
+        if on_record:
+            on_record(count)
+    sink.flush()
     return count
 
 
@@ -279,14 +311,14 @@ def _parquet_schema() -> Any:
 
 
 def _write_parquet(
-    path: str | Path, records: Iterator[dict[str, Any]], on_record: Callable[[int], None] | None
+    sink: BinaryIO, records: Iterator[dict[str, Any]], on_record: Callable[[int], None] | None
 ) -> int:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     schema = _parquet_schema()
     count = 0
-    with pq.ParquetWriter(str(path), schema) as writer:
+    with pq.ParquetWriter(pa.PythonFile(_Counted(sink), mode="w"), schema) as writer:
         chunk: list[dict[str, Any]] = []
         for record in records:
             chunk.append(record)
@@ -299,6 +331,37 @@ def _write_parquet(
         if chunk or count == 0:
             writer.write_table(pa.Table.from_pylist(chunk, schema=schema))
     return count
+
+
+class _Counted:
+    """A sink Parquet can be written to when it cannot seek (a pipe): it asks where it is
+    (`tell`), which is what has been written."""
+
+    def __init__(self, sink: BinaryIO) -> None:
+        self._sink = sink
+        self._written = 0
+        self.closed = False
+
+    def write(self, data: bytes) -> int:
+        self._sink.write(data)
+        self._written += len(data)
+        return len(data)
+
+    def tell(self) -> int:
+        return self._written
+
+    def flush(self) -> None:
+        self._sink.flush()
+
+    def close(self) -> None:  # the caller closes the sink itself
+        self._sink.flush()
+        self.closed = True
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
 
 
 # --------------------------------------------------------------------------- import

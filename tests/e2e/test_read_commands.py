@@ -57,6 +57,25 @@ def test_positions_json_equals_offline_rebuild(demo_dir: Path) -> None:
     assert [json.loads(line)["position"] for line in piped.stdout.splitlines()] == list(
         range(1, 30)
     )
+    # Into a file stdout is appended to (`>> exports.log`): appended, nothing replaced.
+    appended = demo_dir / "exports.log"
+    appended.write_text("an earlier line\n")
+    env = {k: v for k, v in os.environ.items() if k != "LEDGER_DATABASE_URL"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    with appended.open("ab") as stdout:
+        into_file = subprocess.run(
+            [*CLI, "export", "--format", "jsonl", "--out", "/dev/stdout"],
+            cwd=demo_dir,
+            env=env,
+            stdout=stdout,
+            stderr=subprocess.PIPE,
+            timeout=120,
+            check=False,
+        )
+    assert into_file.returncode == 0, into_file.stderr
+    lines = appended.read_text().splitlines()
+    assert lines[0] == "an earlier line"
+    assert len(lines) == 30
     rebuilt = run("offline-rebuild", "--from", "log.parquet", "--into", "a.duckdb", cwd=demo_dir)
     assert rebuilt.returncode == 0, rebuilt.stderr
     offline = store_for_file(demo_dir / "a.duckdb")

@@ -19,7 +19,7 @@ from ledger.application import OrderLedger, open_ledger
 from ledger.demo import run_session
 from projections import all_projections
 from projections.base import Projection
-from projections.offline import ExportError, export_log, offline_rebuild
+from projections.offline import ExportError, export_log, offline_rebuild, read_export
 from projections.pointintime import as_of
 from projections.positions import PositionsProjection, positions_of
 from projections.rebuild import build_beside, read_active, rebuild, retire
@@ -437,25 +437,35 @@ def test_an_interrupted_export_leaves_the_file_it_was_replacing(
     assert rebuilt == total
 
 
-def test_an_export_goes_where_it_cannot_be_written_beside_its_target(
+def test_an_export_into_a_pipe_or_over_a_file_it_cannot_replace(
     ledger: OrderLedger, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Writing beside the target and moving over it broke exports that worked before: into
-    a pipe (`--out /dev/stdout | ...`), into a file in a directory the exporter may not
-    write in, and over a file bind-mounted into a container (which cannot be replaced).
-    Those are written straight into the target, as before."""
+    """Writing beside the target and moving over it broke exports into a pipe (`--out
+    /dev/stdout | ...`, JSON lines and Parquet alike) and over a file bind-mounted into a
+    container (which cannot be replaced: EBUSY). A pipe is written as the export goes;
+    such a file has the complete export copied over it, and if that fails the error names
+    the file that holds it. A directory with no room beside the target is refused: written
+    in place, an interrupted export would leave a short file that looks whole."""
     run_session(ledger)
     total = ledger.count_events()
     out = tmp_path / "out"
     out.mkdir()
-    fifo = out / "pipe"
-    os.mkfifo(fifo)
-    received: list[bytes] = []
-    reader = threading.Thread(target=lambda: received.append(fifo.read_bytes()), daemon=True)
-    reader.start()
-    assert export_log(ledger, fifo, fmt="jsonl") == total
-    reader.join(timeout=30)
-    assert len(received[0].splitlines()) == total
+    for fmt in ("jsonl", "parquet"):
+        fifo = out / f"pipe-{fmt}"
+        os.mkfifo(fifo)
+        received: list[bytes] = []
+
+        def read(pipe: Path = fifo, into: list[bytes] = received) -> None:
+            into.append(pipe.read_bytes())
+
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        assert export_log(ledger, fifo, fmt=fmt) == total
+        reader.join(timeout=30)
+        copy = out / f"copy.{fmt}"
+        copy.write_bytes(received[0])
+        assert sum(len(chunk) for chunk in read_export(copy)) == total
+        copy.unlink()
 
     target = out / "log.jsonl"
     target.write_text("old\n")
@@ -466,8 +476,16 @@ def test_an_export_goes_where_it_cannot_be_written_beside_its_target(
     with monkeypatch.context() as patch:
         patch.setattr("projections.offline.os.replace", busy)
         assert export_log(ledger, target) == total
-    assert len(target.read_text().splitlines()) == total
-    assert sorted(p.name for p in out.iterdir()) == ["log.jsonl", "pipe"]
+        assert len(target.read_text().splitlines()) == total
+
+        def full(source: Path, destination: Path) -> None:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        patch.setattr("projections.offline._copy_over", full)
+        with pytest.raises(ExportError, match=r"the complete export is in .*partial"):
+            export_log(ledger, target)
+    (partial,) = out.glob("log.partial-*.jsonl")
+    assert len(partial.read_text().splitlines()) == total
 
     real_open = Path.open
 
@@ -479,8 +497,9 @@ def test_an_export_goes_where_it_cannot_be_written_beside_its_target(
     target.write_text("old\n")
     with monkeypatch.context() as patch:
         patch.setattr(Path, "open", no_room_beside)
-        assert export_log(ledger, target) == total
-    assert len(target.read_text().splitlines()) == total
+        with pytest.raises(ExportError, match="written beside it first"):
+            export_log(ledger, target)
+    assert target.read_text() == "old\n"
 
 
 def test_export_refuses_the_ledgers_own_files(tmp_path: Path) -> None:
