@@ -248,10 +248,9 @@ def _export_target(ledger: OrderLedger, path: str | Path) -> tuple[Path, bool]:
         mode = 0
     if stat.S_ISFIFO(mode) or stat.S_ISCHR(mode) or stat.S_ISSOCK(mode):
         return given, True
-    if str(given) in _STDOUT_NAMES and not stat.S_ISBLK(mode):
-        return given, True  # redirected to a file: written where the redirection says
+    stream = str(given) in _STDOUT_NAMES and not stat.S_ISBLK(mode)
     target = Path(os.path.realpath(given))
-    if target.exists() and not target.is_file():
+    if not stream and target.exists() and not target.is_file():
         raise ExportError(f"{path}: is not a regular file (an export replaces the file)")
     database = ledger.storage.sqlite_path if ledger.storage is not None else None
     if database is not None:
@@ -262,6 +261,8 @@ def _export_target(ledger: OrderLedger, path: str | Path) -> tuple[Path, bool]:
                         f"{path}: is the ledger's own {what} file ({name}); choose another"
                         " file for the export (nothing was written)"
                     )
+    if stream:  # stdout redirected to a file: written where the redirection says
+        return given, True
     return target, False
 
 

@@ -76,6 +76,22 @@ def test_positions_json_equals_offline_rebuild(demo_dir: Path) -> None:
     lines = appended.read_text().splitlines()
     assert lines[0] == "an earlier line"
     assert len(lines) == 30
+    # Into the ledger's own database by a redirection (`>> ledger.db`): refused.
+    database = demo_dir / "ledger.db"
+    before = database.read_bytes()
+    with database.open("ab") as stdout:
+        into_ledger = subprocess.run(
+            [*CLI, "export", "--format", "jsonl", "--out", "/dev/stdout"],
+            cwd=demo_dir,
+            env=env,
+            stdout=stdout,
+            stderr=subprocess.PIPE,
+            timeout=120,
+            check=False,
+        )
+    assert into_ledger.returncode == 2
+    assert b"ledger's own database" in into_ledger.stderr
+    assert database.read_bytes() == before
     rebuilt = run("offline-rebuild", "--from", "log.parquet", "--into", "a.duckdb", cwd=demo_dir)
     assert rebuilt.returncode == 0, rebuilt.stderr
     offline = store_for_file(demo_dir / "a.duckdb")
