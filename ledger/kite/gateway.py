@@ -240,8 +240,10 @@ class KiteGateway:
         # modification, a number taken once Kite had taken it). See `_converge`.
         self._fetches = 0
         self._terms_as_of: dict[UUID, int] = {}
-        #: When each sent cancellation's outcome was last looked up at Kite.
+        #: When each sent cancellation's outcome was last looked up at Kite, and how many
+        #: CANCEL PENDING records the order's history held before it was sent.
         self._cancel_checked: dict[UUID, float] = {}
+        self._cancel_pending_before: dict[tuple[UUID, int], int] = {}
         self.refresh_index()
 
     # ------------------------------------------------------------------ plumbing
@@ -459,7 +461,7 @@ class KiteGateway:
             # ("being processed"), and the order's history says the outcome. One that
             # shows the order working again after a CANCEL PENDING record is the
             # exchange's refusal: recorded (at most one look per grace), not sent again.
-            if self._cancel_check_due(order.id) and self._cancel_refused_at_kite(order):
+            if self._cancel_check_due(order.id) and self._cancel_refused_at_kite(order, version):
                 self._record(
                     RecordCancelRejected(
                         order_id=order.id,
@@ -472,6 +474,7 @@ class KiteGateway:
         with self._claimed(str(order.id), "cancel", version, previous) as lease:
             if lease is None:
                 return
+            pending_before, _ = self._cancel_records(order)
             try:
                 self.call(
                     "cancel_order",
@@ -489,6 +492,8 @@ class KiteGateway:
             except UNKNOWN_OUTCOME:
                 return
             self.outbox.mark_sent(str(order.id), "cancel", version)
+            with self._lock:
+                self._cancel_pending_before[(order.id, version)] = pending_before
             report.cancels_sent.append(order.id)
             self.converge(order.broker_order_id, Source.BROKER)
 
@@ -502,16 +507,25 @@ class KiteGateway:
             self._cancel_checked[order_id] = now
             return True
 
-    def _cancel_refused_at_kite(self, order: Order) -> bool:
-        """Whether Kite's history shows a cancellation refused: a CANCEL PENDING record,
-        and the order working and settled in its latest."""
+    def _cancel_records(self, order: Order) -> tuple[int, bool]:
+        """Kite's history of the order: how many CANCEL PENDING records it holds, and
+        whether its latest shows the order working and settled."""
         assert order.broker_order_id is not None
         history = parse_orders(self.call("order_history", order_id=order.broker_order_id))
-        return (
-            bool(history)
-            and history[-1].status in WORKING_STATUSES
-            and any(record.status == "CANCEL PENDING" for record in history)
-        )
+        pending = sum(1 for record in history if record.status == "CANCEL PENDING")
+        return pending, bool(history) and history[-1].status in WORKING_STATUSES
+
+    def _cancel_refused_at_kite(self, order: Order, version: int) -> bool:
+        """Whether Kite's history shows this cancellation refused by the exchange: a CANCEL
+        PENDING record newer than the send (earlier ones are other cancellations'), and
+        the order working and settled in its latest record. Not known after a restart
+        (the count before the send is kept in memory): then the request stays pending
+        until Kite says more or the strategy asks again."""
+        before = self._cancel_pending_before.get((order.id, version))
+        if before is None:
+            return False
+        pending, working = self._cancel_records(order)
+        return working and pending > before
 
     def _send_modify(self, order: Order, report: DispatchReport) -> None:
         assert order.broker_order_id is not None
@@ -686,6 +700,9 @@ class KiteGateway:
         self._remember(order)
         if order.lifecycle.is_terminal:
             self._terms_as_of.pop(order_id, None)
+            self._cancel_checked.pop(order_id, None)
+            for key in [k for k in self._cancel_pending_before if k[0] == order_id]:
+                del self._cancel_pending_before[key]
 
     def _record_modification(
         self, order: Order, latest: KiteOrder, source: Source, problems: list[str]

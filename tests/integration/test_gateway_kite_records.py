@@ -608,6 +608,23 @@ def test_a_cancellation_the_exchange_refused_after_kite_took_it_is_recorded_refu
     gateway.dispatch()
     assert sends == ["cancel"]
 
+    # Asked again: Kite takes it, the exchange has not answered yet. The earlier refusal
+    # in the history is not this one's.
+    kite.on_cancel = lambda params: sends.append("cancel")
+    ledger.request_cancel(CancelOrder(order_id=order.id))
+    gateway.dispatch()
+    for _ in range(3):
+        now[0] += 10
+        gateway.dispatch()
+    assert sends == ["cancel", "cancel"]
+    assert ledger.get_order(order.id).status is OrderStatus.PENDING_CANCEL
+    kite.histories[broker_id].append({**opened, "status": "CANCEL PENDING"})
+    kite.histories[broker_id].append(
+        {**opened, "status": "CANCELLED", "cancelled_quantity": 100, "pending_quantity": 0}
+    )
+    gateway.poll()
+    assert ledger.get_order(order.id).status is OrderStatus.CANCELLED
+
 
 def _placed_on_a_clock(
     ledger: OrderLedger, client_order_id: str
