@@ -192,6 +192,9 @@ def export_log(
                 f"{path}: could not be rewritten ({copy_error.strerror}); the complete"
                 f" export is in {partial}"
             ) from copy_error
+        except BaseException as interrupted:
+            interrupted.add_note(f"{path} is incomplete; the complete export is in {partial}")
+            raise
         partial.unlink()
         return count
     sync_directory(target.parent)
@@ -207,7 +210,7 @@ _STDOUT_NAMES: Final = ("/dev/stdout", "/dev/fd/1", "/proc/self/fd/1")
 def _open_stream(target: Path) -> Iterator[BinaryIO]:
     if str(target) in _STDOUT_NAMES:
         sys.stdout.flush()
-        sink = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
+        sink = os.fdopen(os.dup(1), "wb")  # the process's, whatever sys.stdout is now
     else:
         sink = target.open("wb")
     with sink:

@@ -3,7 +3,9 @@ offline rebuilds. Every test runs on SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import io
 import json
 import os
 import threading
@@ -484,8 +486,18 @@ def test_an_export_into_a_pipe_or_over_a_file_it_cannot_replace(
         patch.setattr("projections.offline._copy_over", full)
         with pytest.raises(ExportError, match=r"the complete export is in .*partial"):
             export_log(ledger, target)
-    (partial,) = out.glob("log.partial-*.jsonl")
-    assert len(partial.read_text().splitlines()) == total
+
+        def interrupted(source: Path, destination: Path) -> None:
+            destination.write_text("half\n")
+            raise KeyboardInterrupt
+
+        patch.setattr("projections.offline._copy_over", interrupted)
+        with pytest.raises(KeyboardInterrupt) as caught:
+            export_log(ledger, target)
+        assert any("the complete export is in" in note for note in caught.value.__notes__)
+    partials = sorted(out.glob("log.partial-*.jsonl"))
+    assert partials
+    assert all(len(p.read_text().splitlines()) == total for p in partials)
 
     real_open = Path.open
 
@@ -500,6 +512,17 @@ def test_an_export_into_a_pipe_or_over_a_file_it_cannot_replace(
         with pytest.raises(ExportError, match="written beside it first"):
             export_log(ledger, target)
     assert target.read_text() == "old\n"
+
+
+def test_an_export_to_stdout_goes_to_the_process_stdout_whatever_sys_stdout_is(
+    ledger: OrderLedger, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """A caller that replaced sys.stdout (a notebook, a test) could not export to
+    /dev/stdout: the export asked sys.stdout for its descriptor."""
+    run_session(ledger)
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert export_log(ledger, "/dev/stdout", fmt="jsonl") == ledger.count_events()
+    assert len(capfd.readouterr().out.splitlines()) == ledger.count_events()
 
 
 def test_export_refuses_the_ledgers_own_files(tmp_path: Path) -> None:
