@@ -22,14 +22,40 @@ CLI = [sys.executable, "-m", "ledger"]
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    """The CLI of this checkout (`python -m` in another directory found the package the
-    virtualenv has installed, which may be another checkout's)."""
+def _cli_env() -> dict[str, str]:
+    """The environment that runs the CLI of this checkout (`python -m` in another
+    directory found the package the virtualenv has installed, which may be another
+    checkout's)."""
     env = {k: v for k, v in os.environ.items() if k != "LEDGER_DATABASE_URL"}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    return env
+
+
+def run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """The CLI of this checkout, its output captured."""
     return subprocess.run(
-        [*CLI, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120, check=False
+        [*CLI, *args],
+        cwd=cwd,
+        env=_cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
+
+
+def run_appending(stdout: Path, *args: str, cwd: Path) -> subprocess.CompletedProcess[bytes]:
+    """The CLI of this checkout with its standard output appended to a file (`>> file`)."""
+    with stdout.open("ab") as sink:
+        return subprocess.run(
+            [*CLI, *args],
+            cwd=cwd,
+            env=_cli_env(),
+            stdout=sink,
+            stderr=subprocess.PIPE,
+            timeout=120,
+            check=False,
+        )
 
 
 @pytest.fixture(scope="module")
@@ -60,18 +86,8 @@ def test_positions_json_equals_offline_rebuild(demo_dir: Path) -> None:
     # Into a file stdout is appended to (`>> exports.log`): appended, nothing replaced.
     appended = demo_dir / "exports.log"
     appended.write_text("an earlier line\n")
-    env = {k: v for k, v in os.environ.items() if k != "LEDGER_DATABASE_URL"}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    with appended.open("ab") as stdout:
-        into_file = subprocess.run(
-            [*CLI, "export", "--format", "jsonl", "--out", "/dev/stdout"],
-            cwd=demo_dir,
-            env=env,
-            stdout=stdout,
-            stderr=subprocess.PIPE,
-            timeout=120,
-            check=False,
-        )
+    export_to_stdout = ("export", "--format", "jsonl", "--out", "/dev/stdout")
+    into_file = run_appending(appended, *export_to_stdout, cwd=demo_dir)
     assert into_file.returncode == 0, into_file.stderr
     lines = appended.read_text().splitlines()
     assert lines[0] == "an earlier line"
@@ -79,16 +95,7 @@ def test_positions_json_equals_offline_rebuild(demo_dir: Path) -> None:
     # Into the ledger's own database by a redirection (`>> ledger.db`): refused.
     database = demo_dir / "ledger.db"
     before = database.read_bytes()
-    with database.open("ab") as stdout:
-        into_ledger = subprocess.run(
-            [*CLI, "export", "--format", "jsonl", "--out", "/dev/stdout"],
-            cwd=demo_dir,
-            env=env,
-            stdout=stdout,
-            stderr=subprocess.PIPE,
-            timeout=120,
-            check=False,
-        )
+    into_ledger = run_appending(database, *export_to_stdout, cwd=demo_dir)
     assert into_ledger.returncode == 2
     assert b"ledger's own database" in into_ledger.stderr
     assert database.read_bytes() == before
