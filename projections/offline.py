@@ -166,14 +166,14 @@ def export_log(
             return _write_export(fmt, sink, records, on_record)
     partial = target.with_name(f"{target.stem}.partial-{os.getpid()}{target.suffix}")
     try:
-        partial.open("wb").close()
+        sink = partial.open("wb")
     except OSError as error:
         raise ExportError(
             f"{path}: the export is written beside it first and cannot be"
             f" ({error.strerror}); choose a file in a directory you may write in"
         ) from None
     try:
-        with partial.open("wb") as sink:
+        with sink:
             count = _write_export(fmt, sink, records, on_record)
         sync_file(partial)
     except BaseException:  # a failure or an interrupt: the target stays as it was
