@@ -46,7 +46,7 @@ from ledger.commands import (
 from ledger.domain.errors import LedgerError, OrderNotFound
 from ledger.domain.order import Order
 from ledger.domain.status import EventKind, OrderStatus
-from ledger.domain.values import IST, Exchange, InstrumentRef, OrderType, Source
+from ledger.domain.values import IST, Exchange, InstrumentRef, OrderChanges, OrderType, Source
 from ledger.kite.limiter import RateLimiter
 from ledger.kite.outbox import Attempt, Outbox
 from ledger.kite.payloads import KiteOrder, KiteTrade, parse_orders, parse_trades
@@ -150,6 +150,10 @@ STOP_TYPES: Final = frozenset(t.value for t in OrderType if t.needs_trigger_pric
 #: Settled statuses of an order that still works at the exchange.
 WORKING_STATUSES: Final = frozenset({"OPEN", "TRIGGER PENDING", "AMO REQ RECEIVED"})
 
+#: The records Kite's history gains when it takes a cancellation, and a modification.
+CANCEL_RECORDS: Final = frozenset({"CANCEL PENDING"})
+MODIFY_RECORDS: Final = frozenset({"MODIFY VALIDATION PENDING", "MODIFY PENDING"})
+
 #: Orders placed outside the ledger and adopted from Kite's book are named `kite-<order id>`.
 ADOPTED_PREFIX = "kite-"
 ADOPTED_ACTOR = "external"
@@ -240,10 +244,9 @@ class KiteGateway:
         # modification, a number taken once Kite had taken it). See `_converge`.
         self._fetches = 0
         self._terms_as_of: dict[UUID, int] = {}
-        #: When each sent cancellation's outcome was last looked up at Kite, and how many
-        #: CANCEL PENDING records the order's history held before it was sent.
-        self._cancel_checked: dict[UUID, float] = {}
-        self._cancel_pending_before: dict[tuple[UUID, int], int] = {}
+        #: When each sent cancellation's or modification's outcome was last looked up at
+        #: Kite (the count of its records before the send is kept in the outbox).
+        self._outcome_checked: dict[UUID, float] = {}
         self.refresh_index()
 
     # ------------------------------------------------------------------ plumbing
@@ -461,7 +464,7 @@ class KiteGateway:
             # ("being processed"), and the order's history says the outcome. One that
             # shows the order working again after a CANCEL PENDING record is the
             # exchange's refusal: recorded (at most one look per grace), not sent again.
-            if self._cancel_check_due(order.id) and self._cancel_refused_at_kite(order, version):
+            if self._outcome_check_due(order.id) and self._cancel_refused_at_kite(order, previous):
                 self._record(
                     RecordCancelRejected(
                         order_id=order.id,
@@ -474,7 +477,8 @@ class KiteGateway:
         with self._claimed(str(order.id), "cancel", version, previous) as lease:
             if lease is None:
                 return
-            pending_before, _ = self._cancel_records(order)
+            pending_before, _ = self._request_records(order, CANCEL_RECORDS)
+            self.outbox.set_baseline(str(order.id), "cancel", version, pending_before)
             try:
                 self.call(
                     "cancel_order",
@@ -492,40 +496,38 @@ class KiteGateway:
             except UNKNOWN_OUTCOME:
                 return
             self.outbox.mark_sent(str(order.id), "cancel", version)
-            with self._lock:
-                self._cancel_pending_before[(order.id, version)] = pending_before
             report.cancels_sent.append(order.id)
             self.converge(order.broker_order_id, Source.BROKER)
 
-    def _cancel_check_due(self, order_id: UUID) -> bool:
-        """Whether a sent cancellation's outcome may be looked up at Kite again: once per
+    def _outcome_check_due(self, order_id: UUID) -> bool:
+        """Whether a sent request's outcome may be looked up at Kite again: once per
         grace, so that an exchange slow to confirm costs few history calls."""
         now = self.clock()
         with self._lock:
-            if now - self._cancel_checked.get(order_id, float("-inf")) < self.grace:
+            if now - self._outcome_checked.get(order_id, float("-inf")) < self.grace:
                 return False
-            self._cancel_checked[order_id] = now
+            self._outcome_checked[order_id] = now
             return True
 
-    def _cancel_records(self, order: Order) -> tuple[int, bool]:
-        """Kite's history of the order: how many CANCEL PENDING records it holds, and
+    def _request_records(self, order: Order, statuses: frozenset[str]) -> tuple[int, bool]:
+        """Kite's history of the order: how many records in `statuses` it holds, and
         whether its latest shows the order working and settled."""
         assert order.broker_order_id is not None
         history = parse_orders(self.call("order_history", order_id=order.broker_order_id))
-        pending = sum(1 for record in history if record.status == "CANCEL PENDING")
-        return pending, bool(history) and history[-1].status in WORKING_STATUSES
+        return _count_records(history, statuses), bool(history) and history[
+            -1
+        ].status in WORKING_STATUSES
 
-    def _cancel_refused_at_kite(self, order: Order, version: int) -> bool:
+    def _cancel_refused_at_kite(self, order: Order, sent: Attempt) -> bool:
         """Whether Kite's history shows this cancellation refused by the exchange: a CANCEL
         PENDING record newer than the send (earlier ones are other cancellations'), and
-        the order working and settled in its latest record. Not known after a restart
-        (the count before the send is kept in memory): then the request stays pending
-        until Kite says more or the strategy asks again."""
-        before = self._cancel_pending_before.get((order.id, version))
-        if before is None:
+        the order working and settled in its latest record. A row written before the
+        outbox kept the count says nothing: the request stays pending until Kite says
+        more or the strategy asks again."""
+        if sent.baseline is None:
             return False
-        pending, working = self._cancel_records(order)
-        return working and pending > before
+        pending, working = self._request_records(order, CANCEL_RECORDS)
+        return working and pending > sent.baseline
 
     def _send_modify(self, order: Order, report: DispatchReport) -> None:
         assert order.broker_order_id is not None
@@ -535,6 +537,14 @@ class KiteGateway:
         version = self._request_version(order, Order.ModifyRequested)
         previous = self.outbox.attempt(str(order.id), "modify", version)
         if previous is not None and self.clock() - previous.last_attempt < self.grace:
+            return
+        if previous is not None and previous.sent:
+            # Kite took it: the order's history says whether the exchange made the change
+            # (`_converge` records Modified, or ModifyRejected). A refused change leaves
+            # the terms as they were, which a poll does not look at again, so the outcome
+            # is looked up here, at most once per grace.
+            if self._outcome_check_due(order.id):
+                self.converge(order.broker_order_id, Source.BROKER)
             return
         params: dict[str, Any] = {"variety": order.variety.value, "order_id": order.broker_order_id}
         for name in ("quantity", "price", "trigger_price", "disclosed_quantity"):
@@ -548,6 +558,8 @@ class KiteGateway:
         with self._claimed(str(order.id), "modify", version, previous) as lease:
             if lease is None:
                 return
+            pending_before, _ = self._request_records(order, MODIFY_RECORDS)
+            self.outbox.set_baseline(str(order.id), "modify", version, pending_before)
             try:
                 self.call("modify_order", lease=lease, **params)
             except LeaseLost:
@@ -559,22 +571,13 @@ class KiteGateway:
                 return
             except UNKNOWN_OUTCOME:
                 return
+            self.outbox.mark_sent(str(order.id), "modify", version)
             report.modifies_sent.append(order.id)
-            # A history read before now may show the terms from before this change.
+            # A history read before now may show the terms from before this change. The
+            # change is recorded when Kite's history shows it made (or refused): Kite
+            # taking the call is not the exchange taking the change.
             with self._lock:
                 self._terms_as_of[order.id] = self._fetch_number()
-            self._record(
-                RecordModified(
-                    order_id=order.id,
-                    quantity=changes.quantity,
-                    price=changes.price,
-                    trigger_price=changes.trigger_price,
-                    order_type=changes.order_type,
-                    validity=changes.validity,
-                    disclosed_quantity=changes.disclosed_quantity,
-                ),
-                [],
-            )
             self.converge(order.broker_order_id, Source.BROKER)
 
     # ------------------------------------------------------------------ converge
@@ -672,6 +675,9 @@ class KiteGateway:
             )
         if latest.status in SETTLED_STATUSES and fetch > self._terms_as_of.get(order_id, 0):
             self._terms_as_of[order_id] = fetch
+            if latest.status in WORKING_STATUSES:
+                count += self._settle_modification(order, history, source, record)
+                order = self.ledger.get_order(order_id)
             count += self._record_modification(order, latest, source, record)
         for trade in sorted(trades, key=lambda t: t.trade_id):
             count += self._record_fill(order_id, trade, source, record)
@@ -700,9 +706,59 @@ class KiteGateway:
         self._remember(order)
         if order.lifecycle.is_terminal:
             self._terms_as_of.pop(order_id, None)
-            self._cancel_checked.pop(order_id, None)
-            for key in [k for k in self._cancel_pending_before if k[0] == order_id]:
-                del self._cancel_pending_before[key]
+            self._outcome_checked.pop(order_id, None)
+
+    def _settle_modification(
+        self, order: Order, history: list[KiteOrder], source: Source, problems: list[str]
+    ) -> int:
+        """The outcome of the ledger's modification that Kite took (sent), by the order's
+        history, whose latest record is settled and working and read after the send:
+        Modified, with the changes asked for, where it shows them all; ModifyRejected
+        where it shows a MODIFY (VALIDATION) PENDING record newer than the send (the
+        exchange had the change and the order works on without it) and nothing filled
+        since (a trade's record may come before the exchange's answer). Otherwise Kite
+        has not got to it yet, and nothing is recorded."""
+        changes = order.pending_changes
+        if order.pending is not EventKind.MODIFY_REQUESTED or changes is None:
+            return 0
+        version = self._request_version(order, Order.ModifyRequested)
+        sent = self.outbox.attempt(str(order.id), "modify", version)
+        if sent is None or not sent.sent:
+            return 0  # not sent, or its outcome unknown: `_send_modify` has it
+        latest = history[-1]
+        if _shows_changes(order, latest, changes):
+            return self._record(
+                lambda: RecordModified(
+                    order_id=order.id,
+                    quantity=changes.quantity,
+                    price=changes.price,
+                    trigger_price=changes.trigger_price,
+                    order_type=changes.order_type,
+                    validity=changes.validity,
+                    disclosed_quantity=changes.disclosed_quantity,
+                    source=source,
+                    broker_timestamp=latest.exchange_update_timestamp,
+                ),
+                problems,
+            )
+        if (
+            sent.baseline is not None
+            and _count_records(history, MODIFY_RECORDS) > sent.baseline
+            and _answers_modification(history)
+        ):
+            return self._record(
+                lambda: RecordModifyRejected(
+                    order_id=order.id,
+                    reason=_reason(
+                        latest.status_message,
+                        "the exchange did not modify it: Kite shows the order working on"
+                        " its earlier terms after taking the modification",
+                    ),
+                    source=source,
+                ),
+                problems,
+            )
+        return 0
 
     def _record_modification(
         self, order: Order, latest: KiteOrder, source: Source, problems: list[str]
@@ -1011,6 +1067,33 @@ def _accepted_at(history: list[KiteOrder]) -> datetime | None:
 #: What Kite books a market order with market protection as: a limit order (SL-M: SL) at
 #: the protection price.
 _PROTECTED_BOOKING: Final = {OrderType.MARKET: "LIMIT", OrderType.SL_M: "SL"}
+
+
+def _count_records(history: Iterable[KiteOrder], statuses: frozenset[str]) -> int:
+    return sum(1 for record in history if record.status in statuses)
+
+
+def _answers_modification(history: list[KiteOrder]) -> bool:
+    """Whether the latest record can be the exchange's answer to the newest modification
+    record: nothing filled between them. Otherwise it may be a trade's record written
+    while the change was on its way, and the answer still to come."""
+    newest = max(i for i, record in enumerate(history) if record.status in MODIFY_RECORDS)
+    return history[-1].filled_quantity == history[newest].filled_quantity
+
+
+def _shows_changes(order: Order, broker_order: KiteOrder, changes: OrderChanges) -> bool:
+    """Whether Kite's record of `order` has every term `changes` asks for."""
+    asked_and_shown: list[tuple[object, object]] = [
+        (changes.quantity, broker_order.quantity),
+        (changes.price, broker_order.price),
+        (changes.trigger_price, broker_order.trigger_price),
+        (changes.disclosed_quantity, broker_order.disclosed_quantity),
+    ]
+    if changes.order_type is not None:
+        asked_and_shown.append((changes.order_type.value, _booked_type(order, broker_order)))
+    if changes.validity is not None:
+        asked_and_shown.append((changes.validity.value, broker_order.validity))
+    return all(asked is None or asked == shown for asked, shown in asked_and_shown)
 
 
 def _booked_type(order: Order, broker_order: KiteOrder) -> str:

@@ -7,8 +7,11 @@ to look the order up at Kite by its tag instead of sending it again. So an order
 placed twice: at worst it is looked up once more than needed.
 
 A request Kite is known to have taken is marked `sent` (after the reply, so a crash before
-the mark leaves the outcome unknown, as before): a cancellation Kite took is not sent
-again while the exchange works on it.
+the mark leaves the outcome unknown, as before): a cancellation or modification Kite took is
+not sent again while the exchange works on it. Its `baseline`, written before the send, is
+how many records of that kind of request (CANCEL PENDING; MODIFY VALIDATION PENDING and
+MODIFY PENDING) Kite's history of the order held then: a newer one is this request's, which
+is how its outcome is told apart from an earlier request's, after a restart too.
 """
 
 from __future__ import annotations
@@ -20,12 +23,12 @@ from typing import Any
 
 from ledger.persistence import StorageSettings
 
-#: Added after the table was first made: a table made before gets it on opening.
-_SENT_COLUMN = "sent INTEGER NOT NULL DEFAULT 0"
+#: Added after the table was first made: a table made before gets them on opening.
+_ADDED_COLUMNS = {"sent": "sent INTEGER NOT NULL DEFAULT 0", "baseline": "baseline INTEGER"}
 _CREATE = (
     "CREATE TABLE IF NOT EXISTS gateway_outbox (order_id TEXT NOT NULL, request TEXT NOT NULL,"
     " version INTEGER NOT NULL, attempts INTEGER NOT NULL, last_attempt DOUBLE PRECISION NOT NULL,"
-    f" {_SENT_COLUMN}, PRIMARY KEY (order_id, request, version))"
+    f" {', '.join(_ADDED_COLUMNS.values())}, PRIMARY KEY (order_id, request, version))"
 )
 
 
@@ -37,6 +40,9 @@ class Attempt:
     last_attempt: float
     #: Kite answered a send of it with success.
     sent: bool = False
+    #: How many records of this kind of request Kite's history held before the send
+    #: (None: not counted, as for placements and rows written before it was kept).
+    baseline: int | None = None
 
 
 class Outbox:
@@ -64,38 +70,58 @@ class Outbox:
             )
             self._mark = "%s"
         self._conn.execute(_CREATE)
-        self._add_sent_column()
+        self._add_columns()
 
-    def _add_sent_column(self) -> None:
-        """Give a table made before `sent` existed that column (several processes may
-        open the outbox at once: whoever comes second finds it there)."""
+    def _add_columns(self) -> None:
+        """Give a table made before `sent` and `baseline` existed those columns (several
+        processes may open the outbox at once: whoever comes second finds them there)."""
         if self.backend == "sqlite":
             columns = {row[1] for row in self._conn.execute("PRAGMA table_info(gateway_outbox)")}
-            if "sent" not in columns:
-                try:
-                    self._conn.execute(f"ALTER TABLE gateway_outbox ADD COLUMN {_SENT_COLUMN}")
-                except sqlite3.OperationalError as error:
-                    if "duplicate column" not in str(error):
-                        raise
-            return
-        found = self._conn.execute(
-            "SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema()"
-            " AND table_name = 'gateway_outbox' AND column_name = 'sent'"
-        ).fetchone()
-        if found is None:
-            self._conn.execute(
-                f"ALTER TABLE gateway_outbox ADD COLUMN IF NOT EXISTS {_SENT_COLUMN}"
-            )
+        else:
+            columns = {
+                row[0]
+                for row in self._conn.execute(
+                    "SELECT column_name FROM information_schema.columns"
+                    " WHERE table_schema = current_schema() AND table_name = 'gateway_outbox'"
+                )
+            }
+        for name, definition in _ADDED_COLUMNS.items():
+            if name in columns:
+                continue
+            if self.backend != "sqlite":
+                self._conn.execute(
+                    f"ALTER TABLE gateway_outbox ADD COLUMN IF NOT EXISTS {definition}"
+                )
+                continue
+            try:
+                self._conn.execute(f"ALTER TABLE gateway_outbox ADD COLUMN {definition}")
+            except sqlite3.OperationalError as error:
+                if "duplicate column" not in str(error):
+                    raise
 
     def attempt(self, order_id: str, request: str, version: int) -> Attempt | None:
         m = self._mark
         with self._lock:
             row = self._conn.execute(
-                f"SELECT attempts, last_attempt, sent FROM gateway_outbox WHERE order_id = {m}"
-                f" AND request = {m} AND version = {m}",
+                "SELECT attempts, last_attempt, sent, baseline FROM gateway_outbox"
+                f" WHERE order_id = {m} AND request = {m} AND version = {m}",
                 (order_id, request, version),
             ).fetchone()
-        return Attempt(int(row[0]), float(row[1]), bool(row[2])) if row else None
+        if row is None:
+            return None
+        baseline = None if row[3] is None else int(row[3])
+        return Attempt(int(row[0]), float(row[1]), bool(row[2]), baseline)
+
+    def set_baseline(self, order_id: str, request: str, version: int, baseline: int) -> None:
+        """Before a send: how many records of this kind of request Kite's history of the
+        order holds (see the module's docstring)."""
+        m = self._mark
+        with self._lock:
+            self._conn.execute(
+                f"UPDATE gateway_outbox SET baseline = {m} WHERE order_id = {m}"
+                f" AND request = {m} AND version = {m}",
+                (baseline, order_id, request, version),
+            )
 
     def mark_sent(self, order_id: str, request: str, version: int) -> None:
         """Kite answered a send of this request with success: it is not to be sent again."""

@@ -16,8 +16,8 @@ from ledger.application import OrderLedger
 from ledger.charges import ChargesSchedule
 from ledger.commands import CancelOrder, ModifyOrder, RecordCancelled
 from ledger.domain.order import Order
-from ledger.domain.status import OrderStatus
-from ledger.domain.values import IST, OrderType, Product, Side, Source
+from ledger.domain.status import EventKind, OrderStatus
+from ledger.domain.values import IST, OrderType, Product, Side, Source, Validity
 from ledger.kite.gateway import KiteGateway
 from ledger.kite.outbox import Attempt, Outbox
 from ledger.kite.postbacks import expected_checksum
@@ -44,7 +44,8 @@ def test_kites_records_of_a_modification_in_flight_are_not_taken_for_its_terms(
     / MODIFIED records that still show the old terms (Kite's own sample order_info.json:
     300 on those, 300.1 on the OPEN after them). Read as the order's terms, they moved the
     order back to the old price right after the ledger's own modification, and the next
-    poll forward again."""
+    poll forward again. The change is recorded once, when Kite shows it made; until then
+    the request is pending."""
     kite = ScriptedKite()
     gateway = gateway_for(ledger, kite)
     order = kite.placed(gateway, submit(ledger, "modify", price="812.35"))
@@ -61,11 +62,12 @@ def test_kites_records_of_a_modification_in_flight_are_not_taken_for_its_terms(
     kite.on_modify = take
     ledger.request_modify(ModifyOrder(order_id=order.id, price=Decimal("813.00")))
     gateway.dispatch()
-    assert ledger.get_order(order.id).price == Decimal("813.00")
+    assert ledger.get_order(order.id).price == Decimal("812.35")
+    assert ledger.get_order(order.id).pending is EventKind.MODIFY_REQUESTED
 
     kite.histories[broker_id].append({**in_flight, "status": "MODIFIED"})
     gateway.poll()
-    assert ledger.get_order(order.id).price == Decimal("813.00")
+    assert ledger.get_order(order.id).pending is EventKind.MODIFY_REQUESTED
     kite.histories[broker_id].append(
         kite_record(order, broker_id, price=813.0, order_timestamp="2026-11-24 09:25:00")
     )
@@ -635,3 +637,158 @@ def _placed_on_a_clock(
     kite = ScriptedKite()
     gateway = gateway_for(ledger, kite, clock=lambda: now[0], unknown_outcome_grace=3.0)
     return now, kite, gateway, kite.placed(gateway, submit(ledger, client_order_id, price="812.35"))
+
+
+def test_a_modification_the_exchange_refused_after_kite_took_it_is_recorded_refused(
+    ledger: OrderLedger,
+) -> None:
+    """Kite took the modify_order call, then the exchange refused the change and Kite shows
+    the order OPEN on its old terms. The ledger recorded Modified when Kite took the call,
+    and Modified back at the next look: the audit trail showed a change that never was.
+    Now the change is recorded when Kite shows it made; a refusal (a MODIFY PENDING record
+    newer than the send, then the order working on its old terms) is ModifyRejected, with
+    Kite's reason, and nothing is sent again."""
+    now, kite, gateway, order = _placed_on_a_clock(ledger, "refused-modify")
+    broker_id = order.broker_order_id or ""
+    opened = kite.histories[broker_id][0]
+    sends: list[dict[str, object]] = []
+
+    def modify(params: dict[str, object]) -> None:
+        sends.append(params)
+        kite.histories[broker_id] += [
+            {**opened, "status": "MODIFY VALIDATION PENDING"},
+            {**opened, "status": "MODIFY PENDING"},
+        ]
+
+    kite.on_modify = modify
+    ledger.request_modify(ModifyOrder(order_id=order.id, price=Decimal("813.00")))
+    gateway.dispatch()
+    assert ledger.get_order(order.id).pending is EventKind.MODIFY_REQUESTED
+    looked_up = kite.calls.count("order_history")
+    for _ in range(30):  # the exchange is slow: a look per grace, not per pass
+        now[0] += 0.5
+        gateway.dispatch()
+        gateway.poll()
+    assert kite.calls.count("order_history") - looked_up <= 6
+    assert ledger.get_order(order.id).pending is EventKind.MODIFY_REQUESTED
+    kite.histories[broker_id].append(
+        {**opened, "status": "OPEN", "status_message": "Price outside the day's range"}
+    )
+    gateway.poll()  # the terms are the ledger's: a poll has nothing to converge
+    now[0] += 10
+    gateway.dispatch()
+    refused = ledger.get_order(order.id)
+    assert refused.pending is None
+    assert refused.price == Decimal("812.35")
+    events = list(ledger.history(order.id))
+    assert [type(e).__name__ for e in events][-2:] == ["ModifyRequested", "ModifyRejected"]
+    assert isinstance(events[-1], Order.ModifyRejected)
+    assert events[-1].reason == "Price outside the day's range"
+    now[0] += 10
+    gateway.dispatch()
+    assert len(sends) == 1
+
+    # Asked again: the earlier refusal in the history is not this request's outcome.
+    kite.on_modify = lambda params: sends.append(params)
+    ledger.request_modify(ModifyOrder(order_id=order.id, price=Decimal("813.05")))
+    for _ in range(3):
+        gateway.dispatch()
+        now[0] += 10
+    assert len(sends) == 2
+    assert ledger.get_order(order.id).pending is EventKind.MODIFY_REQUESTED
+    kite.histories[broker_id] += [
+        {**opened, "status": "MODIFY PENDING"},
+        {**opened, "status": "OPEN", "price": 813.05},
+    ]
+    gateway.poll()
+    made = ledger.get_order(order.id)
+    assert (made.price, made.pending) == (Decimal("813.05"), None)
+    assert [type(e).__name__ for e in ledger.history(order.id)][-2:] == [
+        "ModifyRequested",
+        "Modified",
+    ]
+
+
+def test_a_change_of_validity_alone_is_recorded_when_kite_shows_it(ledger: OrderLedger) -> None:
+    """A modification that changes what a poll does not compare (validity, disclosed
+    quantity) is recorded from the record that shows it, not taken for a refusal."""
+    _, kite, gateway, order = _placed_on_a_clock(ledger, "validity")
+    broker_id = order.broker_order_id or ""
+    opened = kite.histories[broker_id][0]
+
+    def modify(params: dict[str, object]) -> None:
+        kite.histories[broker_id] += [
+            {**opened, "status": "MODIFY PENDING"},
+            {**opened, "status": "OPEN", "validity": "IOC", "disclosed_quantity": 0},
+        ]
+
+    kite.on_modify = modify
+    ledger.request_modify(ModifyOrder(order_id=order.id, validity=Validity.IOC))
+    gateway.dispatch()
+    changed = ledger.get_order(order.id)
+    assert (changed.validity, changed.pending) == (Validity.IOC, None)
+    assert [type(e).__name__ for e in ledger.history(order.id)][-1] == "Modified"
+
+
+def test_the_outcome_of_a_request_sent_before_a_restart_is_still_told(
+    ledger: OrderLedger,
+) -> None:
+    """How many CANCEL PENDING (or MODIFY PENDING) records Kite's history held before a
+    send was kept in the gateway's memory: after a restart a refused cancellation stayed
+    PENDING_CANCEL until the strategy asked again. It is kept in the outbox now."""
+    now, kite, gateway, order = _placed_on_a_clock(ledger, "restart")
+    broker_id = order.broker_order_id or ""
+    opened = kite.histories[broker_id][0]
+    kite.on_cancel = lambda params: kite.histories[broker_id].append(
+        {**opened, "status": "CANCEL PENDING"}
+    )
+    ledger.request_cancel(CancelOrder(order_id=order.id))
+    gateway.dispatch()
+    assert ledger.get_order(order.id).status is OrderStatus.PENDING_CANCEL
+
+    kite.histories[broker_id].append({**opened, "status": "OPEN"})  # the exchange: no
+    restarted = gateway_for(ledger, kite, clock=lambda: now[0], unknown_outcome_grace=3.0)
+    now[0] += 10
+    restarted.dispatch()
+    assert ledger.get_order(order.id).status is OrderStatus.ACCEPTED
+    assert [type(e).__name__ for e in ledger.history(order.id)][-1] == "CancelRejected"
+
+    kite.on_modify = lambda params: kite.histories[broker_id].append(
+        {**opened, "status": "MODIFY PENDING"}
+    )
+    ledger.request_modify(ModifyOrder(order_id=order.id, quantity=200))
+    restarted.dispatch()
+    kite.histories[broker_id].append({**opened, "status": "OPEN"})  # the exchange: no
+    again = gateway_for(ledger, kite, clock=lambda: now[0], unknown_outcome_grace=3.0)
+    now[0] += 10
+    again.dispatch()
+    assert ledger.get_order(order.id).pending is None
+    assert ledger.get_order(order.id).quantity == 100
+    assert [type(e).__name__ for e in ledger.history(order.id)][-1] == "ModifyRejected"
+
+
+def test_a_fill_while_a_modification_is_on_its_way_is_not_taken_for_its_refusal(
+    ledger: OrderLedger,
+) -> None:
+    """A trade's record can come between MODIFY PENDING and the exchange's answer; it
+    shows the old terms, and is not the refusal of the change."""
+    now, kite, gateway, order = _placed_on_a_clock(ledger, "fill-in-between")
+    broker_id = order.broker_order_id or ""
+    opened = kite.histories[broker_id][0]
+    kite.on_modify = lambda params: kite.histories[broker_id].append(
+        {**opened, "status": "MODIFY PENDING"}
+    )
+    ledger.request_modify(ModifyOrder(order_id=order.id, price=Decimal("813.00")))
+    gateway.dispatch()
+    part = {**opened, "status": "OPEN", "filled_quantity": 40, "pending_quantity": 60}
+    kite.histories[broker_id].append(part)
+    kite.trade_book.append(kite_trade(order, broker_id, "T-40", 40, "812.35"))
+    gateway.poll()
+    now[0] += 10
+    gateway.dispatch()
+    assert ledger.get_order(order.id).filled_quantity == 40
+    assert ledger.get_order(order.id).pending is EventKind.MODIFY_REQUESTED
+    kite.histories[broker_id].append({**part, "price": 813.0})
+    gateway.poll()
+    assert [type(e).__name__ for e in ledger.history(order.id)][-2:] == ["Filled", "Modified"]
+    assert ledger.get_order(order.id).price == Decimal("813.00")
