@@ -18,7 +18,8 @@ What it simulates:
   order updates for every status change.
 
 Faults (`sandbox.faults`): drop, duplicate or reorder postbacks (and WebSocket updates),
-delay or fail a placement after the order was accepted, answer 429, go away for a while.
+delay or fail a placement after the order was accepted, take a modification and have the
+exchange refuse it, answer 429, go away for a while.
 """
 
 from __future__ import annotations
@@ -84,6 +85,7 @@ class Faults:
     rate_limit_next: int = 0  # this many calls answer 429
     down_until: float = 0.0  # time.monotonic() until which every call goes unanswered
     fill_before_cancel: bool = False  # a cancel races a fill: the fill wins part of it
+    refuse_modifications: int = 0  # this many modifications: taken, then refused by the exchange
     trade_lag_steps: int = 0  # trades show in trades() / order_trades() only this many steps later
 
 
@@ -450,6 +452,14 @@ class KiteSandbox:
     def _modify(self, order_id: str, params: dict[str, str]) -> dict[str, Any]:
         with self._lock:
             order = self._working_order(order_id, "modified")
+            if self.faults.refuse_modifications > 0:
+                self.faults.refuse_modifications -= 1
+                status = order.status
+                for transient in ("MODIFY VALIDATION PENDING", "MODIFY PENDING"):
+                    order.status = transient
+                    order.history.append(self._order_json(order))
+                self._set_status(order, status, "Modification rejected by the exchange")
+                return {"order_id": order.order_id}
             if "quantity" in params:
                 quantity = _int_param(params, "quantity")
                 if quantity <= order.filled_quantity or quantity % order.instrument.lot_size:

@@ -83,6 +83,29 @@ def test_a_modify_kite_refuses_is_recorded(ledger: OrderLedger, sandbox: KiteSan
     assert [type(e).__name__ for e in ledger.history(order.id)][-1] == "ModifyRejected"
 
 
+def test_a_modify_the_exchange_refuses_after_kite_took_it_is_recorded_refused(
+    ledger: OrderLedger, sandbox: KiteSandbox
+) -> None:
+    """Over HTTP, through the official client: Kite answers the modify call with success,
+    then the exchange refuses the change. One ModifyRejected with the exchange's reason;
+    no Modified, the price as it was, and the strategy may modify again."""
+    gateway = gateway_for(ledger, sandbox)
+    order = submit(ledger, "m-x", quantity=10, price="800.00")
+    gateway.dispatch()
+    sandbox.faults.refuse_modifications = 1
+    ledger.request_modify(ModifyOrder(order_id=order.id, price=Decimal("801.00")))
+    gateway.dispatch()
+    refused = ledger.get_order(order.id)
+    assert (refused.price, refused.pending) == (Decimal("800.00"), None)
+    events = list(ledger.history(order.id))
+    assert [type(e).__name__ for e in events][-2:] == ["ModifyRequested", "ModifyRejected"]
+    assert "rejected by the exchange" in getattr(events[-1], "reason", "")
+    ledger.request_modify(ModifyOrder(order_id=order.id, price=Decimal("801.00")))
+    gateway.dispatch()
+    assert ledger.get_order(order.id).price == Decimal("801.00")
+    assert [type(e).__name__ for e in ledger.history(order.id)][-1] == "Modified"
+
+
 def test_a_sandbox_that_went_away_is_an_unknown_outcome(
     ledger: OrderLedger, sandbox: KiteSandbox
 ) -> None:
