@@ -49,7 +49,13 @@ from ledger.domain.status import EventKind, OrderStatus
 from ledger.domain.values import IST, Exchange, InstrumentRef, OrderChanges, OrderType, Source
 from ledger.kite.limiter import RateLimiter
 from ledger.kite.outbox import Attempt, Outbox
-from ledger.kite.payloads import KiteOrder, KiteTrade, parse_orders, parse_trades
+from ledger.kite.payloads import (
+    KiteOrder,
+    KitePayloadError,
+    KiteTrade,
+    parse_orders,
+    parse_trades,
+)
 
 log = logging.getLogger(__name__)
 
@@ -125,8 +131,19 @@ class _Lease:
             keeper.join()
 
 
+class KiteRefusal(kite_errors.KiteException):  # type: ignore[misc]
+    """Kite refused the request with an error type the official client has no class for
+    (MarginException, HoldingException, UserException...): it raises those as
+    `GeneralException` with the HTTP status, and a 4xx one is a refusal, not an unknown
+    outcome. `call` raises this in its place, with Kite's message."""
+
+
 #: Errors that say Kite refused the request itself.
-REFUSED: tuple[type[BaseException], ...] = (kite_errors.InputException, kite_errors.OrderException)
+REFUSED: tuple[type[BaseException], ...] = (
+    kite_errors.InputException,
+    kite_errors.OrderException,
+    KiteRefusal,
+)
 
 
 #: Kite's statuses whose records show the order's terms as they stand. A record in any
@@ -186,6 +203,8 @@ class DispatchReport:
     unknown_outcome: list[UUID] = field(default_factory=list)
     cancels_sent: list[UUID] = field(default_factory=list)
     modifies_sent: list[UUID] = field(default_factory=list)
+    #: Orders whose dispatch raised (logged), each with the error.
+    failed: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -309,6 +328,11 @@ class KiteGateway:
                 self.limiter.back_off(family, min(0.5 * 2**attempt, 8.0))
             except (kite_errors.TokenException, kite_errors.PermissionException) as error:
                 raise GatewayError(f"Kite refused the credentials: {error}") from None
+            except kite_errors.GeneralException as error:
+                code = getattr(error, "code", 500)
+                if isinstance(code, int) and 400 <= code < 500 and code != 429:
+                    raise KiteRefusal(str(error), code=code) from error
+                raise
         raise GatewayError(f"{method}: still rate limited (429) after 6 tries")
 
     def _fetch_number(self) -> int:
@@ -342,20 +366,33 @@ class KiteGateway:
         report = DispatchReport()
         broker_orders: list[KiteOrder] | None = None
         for order in self.open_orders():  # (their tags are indexed before anything is sent)
-            outside = adopted_from(order)
-            if order.broker_order_id is None and outside is not None:
-                # Adopted from Kite's book, its acceptance not recorded yet (a crash in
-                # between): it is at Kite already. Never place it; converge it instead.
-                self.converge(outside, Source.RECONCILIATION)
-            elif order.broker_order_id is None:
-                if broker_orders is None and self.outbox.attempt(str(order.id), "place", 1):
-                    broker_orders = parse_orders(self.call("orders"))
-                self._place(order, broker_orders or [], report)
-            elif order.pending is EventKind.CANCEL_REQUESTED:
-                self._send_cancel(order, report)
-            elif order.pending is EventKind.MODIFY_REQUESTED:
-                self._send_modify(order, report)
+            try:
+                broker_orders = self._dispatch_one(order, broker_orders, report)
+            except GatewayError:
+                raise
+            except Exception as error:  # one order's failure must not hold up the others'
+                log.exception("dispatch of order %s failed; the others go on", order.id)
+                report.failed.append(f"{order.id}: {' '.join(str(error).split())}")
         return report
+
+    def _dispatch_one(
+        self, order: Order, broker_orders: list[KiteOrder] | None, report: DispatchReport
+    ) -> list[KiteOrder] | None:
+        """Send what `order` asks for; returns Kite's order book if it had to be read."""
+        outside = adopted_from(order)
+        if order.broker_order_id is None and outside is not None:
+            # Adopted from Kite's book, its acceptance not recorded yet (a crash in
+            # between): it is at Kite already. Never place it; converge it instead.
+            self.converge(outside, Source.RECONCILIATION)
+        elif order.broker_order_id is None:
+            if broker_orders is None and self.outbox.attempt(str(order.id), "place", 1):
+                broker_orders = parse_orders(self.call("orders"))
+            self._place(order, broker_orders or [], report)
+        elif order.pending is EventKind.CANCEL_REQUESTED:
+            self._send_cancel(order, report)
+        elif order.pending is EventKind.MODIFY_REQUESTED:
+            self._send_modify(order, report)
+        return broker_orders
 
     def _place(self, order: Order, broker_orders: list[KiteOrder], report: DispatchReport) -> None:
         key = str(order.id)
@@ -386,7 +423,11 @@ class KiteGateway:
                 return  # never sent: another dispatcher has it now
             except REFUSED as error:
                 self._record(
-                    RecordRejected(order_id=order.id, reason=str(error), source=Source.BROKER),
+                    RecordRejected(
+                        order_id=order.id,
+                        reason=_reason(str(error), "refused by Kite"),
+                        source=Source.BROKER,
+                    ),
                     [],
                 )
                 report.rejected.append(order.id)
@@ -491,7 +532,12 @@ class KiteGateway:
             except REFUSED as error:
                 self.converge(order.broker_order_id, Source.BROKER)
                 if self.ledger.get_order(order.id).pending is EventKind.CANCEL_REQUESTED:
-                    self._record(RecordCancelRejected(order_id=order.id, reason=str(error)), [])
+                    self._record(
+                        RecordCancelRejected(
+                            order_id=order.id, reason=_reason(str(error), "refused by Kite")
+                        ),
+                        [],
+                    )
                 return
             except UNKNOWN_OUTCOME:
                 return
@@ -567,7 +613,12 @@ class KiteGateway:
             except REFUSED as error:
                 self.converge(order.broker_order_id, Source.BROKER)
                 if self.ledger.get_order(order.id).pending is EventKind.MODIFY_REQUESTED:
-                    self._record(RecordModifyRejected(order_id=order.id, reason=str(error)), [])
+                    self._record(
+                        RecordModifyRejected(
+                            order_id=order.id, reason=_reason(str(error), "refused by Kite")
+                        ),
+                        [],
+                    )
                 return
             except UNKNOWN_OUTCOME:
                 return
@@ -953,7 +1004,11 @@ class KiteGateway:
             unlisted.pop(broker_order.order_id, None)
             order_id = self.order_for(broker_order)
             if order_id is None or not self._up_to_date(order_id, broker_order, trade_ids):
-                converged = self.converge(broker_order.order_id, source)
+                try:
+                    converged = self.converge(broker_order.order_id, source)
+                except KitePayloadError as error:  # one order's bad record; the rest go on
+                    result.problems.append(f"order {broker_order.order_id}: {error}")
+                    continue
                 if order_id is None and converged.order_id is not None:
                     result.adopted.append(broker_order.order_id)
                 result.recorded += converged.recorded

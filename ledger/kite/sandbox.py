@@ -18,8 +18,8 @@ What it simulates:
   order updates for every status change.
 
 Faults (`sandbox.faults`): drop, duplicate or reorder postbacks (and WebSocket updates),
-delay or fail a placement after the order was accepted, take a modification and have the
-exchange refuse it, answer 429, go away for a while.
+delay or fail a placement after the order was accepted, refuse one for margin, take a
+modification and have the exchange refuse it, answer 429, go away for a while.
 """
 
 from __future__ import annotations
@@ -86,6 +86,7 @@ class Faults:
     down_until: float = 0.0  # time.monotonic() until which every call goes unanswered
     fill_before_cancel: bool = False  # a cancel races a fill: the fill wins part of it
     refuse_modifications: int = 0  # this many modifications: taken, then refused by the exchange
+    short_of_margin: int = 0  # this many placements: refused for margin (MarginException, 400)
     trade_lag_steps: int = 0  # trades show in trades() / order_trades() only this many steps later
 
 
@@ -350,6 +351,13 @@ class KiteSandbox:
             "product",
             "order_type",
         )
+        if self.faults.short_of_margin > 0:
+            self.faults.short_of_margin -= 1
+            raise KiteError(
+                400,
+                "MarginException",
+                "Insufficient funds. Required margin is 95417.84 but available margin is 74251.80.",
+            )
         missing = [name for name in required if not params.get(name)]
         if missing:
             raise KiteError(400, "InputException", f"Missing {', '.join(missing)}")

@@ -792,3 +792,76 @@ def test_a_fill_while_a_modification_is_on_its_way_is_not_taken_for_its_refusal(
     gateway.poll()
     assert [type(e).__name__ for e in ledger.history(order.id)][-2:] == ["Filled", "Modified"]
     assert ledger.get_order(order.id).price == Decimal("813.00")
+
+
+_LONG_REFUSAL = (
+    "Markets are closed right now. Use GTT for placing long standing orders instead."
+    " [Read more.](https://support.zerodha.com/category/trading-and-markets/"
+    "kite-web-and-mobile/articles/what-is-the-good-till-triggered-gtt-feature)"
+)
+
+
+def test_a_refusal_longer_than_a_reason_is_recorded_and_the_rest_go_on(
+    ledger: OrderLedger,
+) -> None:
+    """Kite's refusal messages can be longer than the 200 characters a reason holds. The
+    refusal was built as a command that failed validation outside the recording, so every
+    dispatch pass raised there: the refused order was sent again each pass and no later
+    order, cancel or modify was sent at all."""
+    _, kite, gateway, first = _placed_on_a_clock(ledger, "long-1")
+    broker_id = first.broker_order_id or ""
+
+    def refuse(params: dict[str, object]) -> None:
+        raise kite_errors.OrderException(_LONG_REFUSAL)
+
+    kite.on_cancel = refuse
+    ledger.request_cancel(CancelOrder(order_id=first.id))
+    kite.place_order = lambda **params: (_ for _ in ()).throw(  # type: ignore[method-assign]
+        kite_errors.InputException(_LONG_REFUSAL)
+    )
+    second = submit(ledger, "long-2", price="812.35")
+    report = gateway.dispatch()
+    assert report.failed == []
+    assert report.rejected == [second.id]
+    rejected = ledger.get_order(second.id)
+    assert rejected.status is OrderStatus.REJECTED
+    assert rejected.reason is not None
+    assert rejected.reason.startswith("Markets are closed right now.")
+    assert len(rejected.reason) == 200
+    assert [type(e).__name__ for e in ledger.history(first.id)][-1] == "CancelRejected"
+    assert kite.calls.count("cancel_order") == 1
+    assert broker_id in kite.histories
+
+
+def test_one_orders_failure_does_not_hold_up_the_others_dispatch(ledger: OrderLedger) -> None:
+    """Whatever one order's send raises is logged and reported; the orders after it are
+    still sent."""
+    _, kite, gateway, first = _placed_on_a_clock(ledger, "fails")
+
+    def broken(params: dict[str, object]) -> None:
+        raise RuntimeError("the client broke")
+
+    kite.on_cancel = broken
+    ledger.request_cancel(CancelOrder(order_id=first.id))
+    later = submit(ledger, "after-it", price="812.35")
+    report = gateway.dispatch()
+    assert report.placed == [later.id]
+    assert len(report.failed) == 1
+    assert report.failed[0].startswith(f"{first.id}: the client broke")
+
+
+def test_one_orders_bad_record_does_not_stop_a_poll(ledger: OrderLedger) -> None:
+    """A record Kite sends that cannot be read is a problem of that order; the poll goes
+    on with the rest of the book."""
+    _, kite, gateway, bad = _placed_on_a_clock(ledger, "bad-record")
+    good = kite.placed(gateway, submit(ledger, "good-record", price="812.35"))
+    bad_id, good_id = bad.broker_order_id or "", good.broker_order_id or ""
+    for broker_id in (bad_id, good_id):
+        kite.histories[broker_id].append({**kite.histories[broker_id][0], "status": "CANCELLED"})
+    kite.histories[bad_id][-1]["quantity"] = "lots"  # in its history, not in the book
+    kite.orders = lambda: [  # type: ignore[method-assign]
+        {**history[-1], "quantity": 100} for history in kite.histories.values()
+    ]
+    result = gateway.poll()
+    assert ledger.get_order(good.id).status is OrderStatus.CANCELLED
+    assert any(problem.startswith(f"order {bad_id}:") for problem in result.problems)

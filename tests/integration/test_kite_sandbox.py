@@ -106,6 +106,29 @@ def test_a_modify_the_exchange_refuses_after_kite_took_it_is_recorded_refused(
     assert [type(e).__name__ for e in ledger.history(order.id)][-1] == "Modified"
 
 
+def test_a_placement_refused_for_margin_is_rejected_and_not_sent_again(
+    ledger: OrderLedger, sandbox: KiteSandbox
+) -> None:
+    """Kite refuses for margin with error type MarginException, for which the official
+    client has no class: it raises GeneralException with the HTTP status, 400. Taken for an
+    unknown outcome, the order stayed SUBMITTED and was placed again every grace, to go
+    through whenever margin freed up, hours later. A 4xx is Kite's refusal."""
+    now = [1_800_000_000.0]
+    gateway = gateway_for(ledger, sandbox, clock=lambda: now[0], unknown_outcome_grace=3.0)
+    sandbox.faults.short_of_margin = 1
+    order = submit(ledger, "margin", quantity=10, price="800.00")
+    report = gateway.dispatch()
+    assert report.rejected == [order.id]
+    refused = ledger.get_order(order.id)
+    assert refused.status is OrderStatus.REJECTED
+    assert refused.reason is not None
+    assert "Insufficient funds" in refused.reason
+    for _ in range(3):
+        now[0] += 10
+        gateway.dispatch()
+    assert sandbox.orders == {}
+
+
 def test_a_sandbox_that_went_away_is_an_unknown_outcome(
     ledger: OrderLedger, sandbox: KiteSandbox
 ) -> None:
