@@ -929,6 +929,8 @@ class KiteGateway:
             "product": latest.product,
             "variety": latest.variety,
             "validity": latest.validity,
+            # Kite's orders carry it; the ledger requires it of a TTL order.
+            "validity_ttl": latest.validity_ttl if latest.validity == "TTL" else None,
             "strategy": "external",
             "actor": ADOPTED_ACTOR,
         }

@@ -123,6 +123,8 @@ class KiteOrder(_Payload):
     order_type: str
     transaction_type: str
     validity: str = "DAY"
+    #: Minutes a TTL order lives (Kite sends 0 or nothing for other validities).
+    validity_ttl: KiteQuantity | None = None
     product: str
     quantity: KiteQuantity
     disclosed_quantity: KiteQuantity = 0

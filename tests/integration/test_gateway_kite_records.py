@@ -865,3 +865,34 @@ def test_one_orders_bad_record_does_not_stop_a_poll(ledger: OrderLedger) -> None
     result = gateway.poll()
     assert ledger.get_order(good.id).status is OrderStatus.CANCELLED
     assert any(problem.startswith(f"order {bad_id}:") for problem in result.problems)
+
+
+def test_an_outside_order_valid_for_minutes_is_adopted_with_its_fills(
+    ledger: OrderLedger,
+) -> None:
+    """An order placed in Kite's web app with validity TTL: adopting it lost its
+    `validity_ttl`, the ledger refused a TTL order without one, and its fills never reached
+    the positions."""
+    kite = ScriptedKite()
+    gateway = gateway_for(ledger, kite)
+    outside = submit(ledger, "template", price="812.35", quantity=10)  # a record's shape
+    broker_id = "260101000000777"
+    done = kite_record(
+        outside,
+        broker_id,
+        tag=None,
+        tags=[],
+        validity="TTL",
+        validity_ttl=2,
+        status="COMPLETE",
+        filled_quantity=10,
+        pending_quantity=0,
+        average_price=812.35,
+    )
+    kite.histories[broker_id] = [{**done, "status": "OPEN", "filled_quantity": 0}, done]
+    kite.trade_book.append(kite_trade(outside, broker_id, "555001", 10, "812.35"))
+    result = gateway.poll()
+    assert result.adopted == [broker_id]
+    adopted = ledger.find_order(ACCOUNT, f"kite-{broker_id}")
+    assert (adopted.validity, adopted.validity_ttl) == (Validity.TTL, 2)
+    assert adopted.filled_quantity == 10
