@@ -494,9 +494,22 @@ class KiteGateway:
         ]
         return versions[-1] if versions else 0
 
+    def _cancel_version(self, order: Order) -> int:
+        """The version of the cancellation request now pending: its first CancelRequested
+        since the last one was answered. A strategy that asks again while one is pending
+        repeats that request; sent again, Kite refuses it ("being processed"), which is no
+        answer to the first."""
+        first = 0
+        for event in self.ledger.history(order.id):
+            if isinstance(event, Order.CancelRequested):
+                first = first or event.originator_version
+            elif isinstance(event, Order.CancelRejected):
+                first = 0
+        return first
+
     def _send_cancel(self, order: Order, report: DispatchReport) -> None:
         assert order.broker_order_id is not None
-        version = self._request_version(order, Order.CancelRequested)
+        version = self._cancel_version(order)
         previous = self.outbox.attempt(str(order.id), "cancel", version)
         if previous is not None and self.clock() - previous.last_attempt < self.grace:
             return

@@ -896,3 +896,41 @@ def test_an_outside_order_valid_for_minutes_is_adopted_with_its_fills(
     adopted = ledger.find_order(ACCOUNT, f"kite-{broker_id}")
     assert (adopted.validity, adopted.validity_ttl) == (Validity.TTL, 2)
     assert adopted.filled_quantity == 10
+
+
+def test_a_cancellation_asked_for_again_while_pending_is_not_sent_again(
+    ledger: OrderLedger,
+) -> None:
+    """The strategy asks again while Kite works on its cancellation. The repeat was sent
+    as a request of its own; Kite refused it ("being processed"), and the ledger recorded
+    CancelRejected although the cancellation went through."""
+    now, kite, gateway, order = _placed_on_a_clock(ledger, "cancel-twice")
+    broker_id = order.broker_order_id or ""
+    opened = kite.histories[broker_id][0]
+
+    def cancel(params: dict[str, object]) -> None:
+        if kite.histories[broker_id][-1]["status"] == "CANCEL PENDING":
+            raise kite_errors.OrderException(
+                "Order cannot be cancelled as it is being processed. Try later."
+            )
+        kite.histories[broker_id].append({**opened, "status": "CANCEL PENDING"})
+
+    kite.on_cancel = cancel
+    ledger.request_cancel(CancelOrder(order_id=order.id))
+    gateway.dispatch()
+    now[0] += 1
+    ledger.request_cancel(CancelOrder(order_id=order.id))
+    for _ in range(3):
+        gateway.dispatch()
+        now[0] += 10
+    assert kite.calls.count("cancel_order") == 1
+    assert ledger.get_order(order.id).status is OrderStatus.PENDING_CANCEL
+    kite.histories[broker_id].append(
+        {**opened, "status": "CANCELLED", "cancelled_quantity": 100, "pending_quantity": 0}
+    )
+    gateway.poll()
+    assert [type(e).__name__ for e in ledger.history(order.id)][2:] == [
+        "CancelRequested",
+        "CancelRequested",
+        "Cancelled",
+    ]
