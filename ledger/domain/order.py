@@ -700,6 +700,10 @@ class Order(Aggregate):
             raise TransitionRefused(
                 self.id, self.status.value, "ModifyRequested", "a cancellation is pending"
             )
+        if self.pending is EventKind.MODIFY_REQUESTED and self.pending_changes is not None:
+            # The request still pending may not have reached Kite: this one takes it in,
+            # so that what it asked for is sent with this, not dropped.
+            changes = _merged_changes(self.pending_changes, changes)
         self._check_changes("ModifyOrder", changes, requested=True, at=at)
         self.trigger_event(self.ModifyRequested, timestamp=at, changes=changes, actor=actor)
 
@@ -974,6 +978,29 @@ class Order(Aggregate):
             )
         if problems:
             raise InvalidCommand(command, problems)
+
+
+def _merged_changes(pending: OrderChanges, new: OrderChanges) -> OrderChanges:
+    """A modification asked for while another is pending: the new one's fields over the
+    pending one's. A new order type names its own prices, so with one the pending
+    request's prices are dropped."""
+    new_type = new.order_type is not None
+    return OrderChanges(
+        quantity=new.quantity if new.quantity is not None else pending.quantity,
+        price=new.price if new_type or new.price is not None else pending.price,
+        trigger_price=(
+            new.trigger_price
+            if new_type or new.trigger_price is not None
+            else pending.trigger_price
+        ),
+        order_type=new.order_type if new_type else pending.order_type,
+        validity=new.validity if new.validity is not None else pending.validity,
+        disclosed_quantity=(
+            new.disclosed_quantity
+            if new.disclosed_quantity is not None
+            else pending.disclosed_quantity
+        ),
+    )
 
 
 def _fill_row(fill: Fill) -> list[Any]:

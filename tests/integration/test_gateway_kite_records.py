@@ -934,3 +934,29 @@ def test_a_cancellation_asked_for_again_while_pending_is_not_sent_again(
         "CancelRequested",
         "Cancelled",
     ]
+
+
+def test_two_modifications_asked_for_before_a_dispatch_are_sent_as_one(
+    ledger: OrderLedger,
+) -> None:
+    """Only the latest request is sent; it carried only its own fields, so the first
+    request's price was never sent, refused or recorded."""
+    _, kite, gateway, order = _placed_on_a_clock(ledger, "two-modifies")
+    broker_id = order.broker_order_id or ""
+    opened = kite.histories[broker_id][0]
+    sent: list[dict[str, object]] = []
+
+    def modify(params: dict[str, object]) -> None:
+        sent.append(params)
+        kite.histories[broker_id] += [
+            {**opened, "status": "MODIFY PENDING"},
+            {**opened, "status": "OPEN", "price": 813.0, "quantity": 200},
+        ]
+
+    kite.on_modify = modify
+    ledger.request_modify(ModifyOrder(order_id=order.id, price=Decimal("813.00")))
+    ledger.request_modify(ModifyOrder(order_id=order.id, quantity=200))
+    gateway.dispatch()
+    assert [(p.get("price"), p.get("quantity")) for p in sent] == [("813.00", 200)]
+    changed = ledger.get_order(order.id)
+    assert (changed.price, changed.quantity, changed.pending) == (Decimal("813.00"), 200, None)

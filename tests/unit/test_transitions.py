@@ -276,6 +276,46 @@ def test_modify_while_cancel_pending_is_refused() -> None:
     assert "cancellation is pending" in str(result)
 
 
+def test_a_modify_asked_for_while_another_is_pending_carries_both() -> None:
+    """The pending request may not have reached Kite yet, and only the latest is sent: a
+    second request replaced the first, and the first's change was never sent, refused or
+    recorded. It now takes the first in, its own fields over the first's."""
+    order = given(submitted(), accepted(), modify_requested(price=D("813.00")))
+    result = when(order, lambda o: o.request_modify(OrderChanges(quantity=200), actor="t", at=NOW))
+    assert isinstance(result, list)
+    assert [e.changes for e in result if isinstance(e, Order.ModifyRequested)] == [
+        OrderChanges(quantity=200, price=D("813.00"))
+    ]
+    over = when(
+        given(submitted(), accepted(), modify_requested(price=D("813.00"), quantity=200)),
+        lambda o: o.request_modify(OrderChanges(price=D("813.05")), actor="t", at=NOW),
+    )
+    assert isinstance(over, list)
+    assert [e.changes for e in over if isinstance(e, Order.ModifyRequested)] == [
+        OrderChanges(quantity=200, price=D("813.05"))
+    ]
+
+
+def test_a_new_order_type_asked_for_while_a_modify_is_pending_names_its_own_prices() -> None:
+    """A new type decides which prices exist: the pending request's price and trigger go,
+    its quantity stays."""
+    order = given(
+        submitted(),
+        accepted(),
+        modify_requested(price=D("813.00"), trigger_price=D("812.50"), quantity=200),
+    )
+    result = when(
+        order,
+        lambda o: o.request_modify(
+            OrderChanges(order_type=OrderType.LIMIT, price=D("812.00")), actor="t", at=NOW
+        ),
+    )
+    assert isinstance(result, list)
+    assert [e.changes for e in result if isinstance(e, Order.ModifyRequested)] == [
+        OrderChanges(quantity=200, order_type=OrderType.LIMIT, price=D("812.00"))
+    ]
+
+
 def test_modify_to_less_than_filled_is_refused() -> None:
     order = given(submitted(), accepted(), filled("T1", 40))
     result = when(order, lambda o: o.request_modify(OrderChanges(quantity=40), actor="t", at=NOW))
