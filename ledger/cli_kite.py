@@ -149,9 +149,11 @@ def serve(
     if startup is not None:
         console.print(
             f"reconciled {startup.broker_orders} broker orders: {startup.recorded} events recorded,"
-            f" {len(startup.adopted)} adopted, {len(startup.problems)} problems,"
-            f" {len(startup.differences)} differences"
+            f" {len(startup.adopted)} adopted, {len(startup.expired)} expired,"
+            f" {len(startup.problems)} problems, {len(startup.differences)} differences"
         )
+        for expired in startup.expired:
+            console.print(f"  expired: {expired}")
         for difference in startup.differences:
             console.print(f"  differs: {difference}")
     ticker = None
@@ -238,6 +240,7 @@ def reconcile(
         "broker_orders": orders.broker_orders,
         "events_recorded": orders.recorded,
         "adopted": orders.adopted,
+        "expired": orders.expired,
         "order_problems": orders.problems,
         "order_differences": orders.differences,
         "positions_matched": report.matched,

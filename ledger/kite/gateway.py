@@ -36,6 +36,7 @@ from ledger.commands import (
     RecordAccepted,
     RecordCancelled,
     RecordCancelRejected,
+    RecordExpired,
     RecordFill,
     RecordModified,
     RecordModifyRejected,
@@ -46,7 +47,15 @@ from ledger.commands import (
 from ledger.domain.errors import LedgerError, OrderNotFound
 from ledger.domain.order import Order
 from ledger.domain.status import EventKind, OrderStatus
-from ledger.domain.values import IST, Exchange, InstrumentRef, OrderChanges, OrderType, Source
+from ledger.domain.values import (
+    IST,
+    Exchange,
+    InstrumentRef,
+    OrderChanges,
+    OrderType,
+    Source,
+    Variety,
+)
 from ledger.kite.limiter import RateLimiter
 from ledger.kite.outbox import Attempt, Outbox
 from ledger.kite.payloads import (
@@ -156,6 +165,9 @@ SETTLED_STATUSES: Final = frozenset(
     {"OPEN", "TRIGGER PENDING", "AMO REQ RECEIVED", "COMPLETE", "CANCELLED", "REJECTED"}
 )
 
+#: What Kite answers an order_history call for an order it no longer holds.
+NO_HISTORY: tuple[type[BaseException], ...] = (*REFUSED, KitePayloadError)
+
 #: Kite's statuses before it (and the exchange) have taken an order.
 PRE_OPEN_STATUSES: Final = frozenset(
     {"PUT ORDER REQ RECEIVED", "VALIDATION PENDING", "OPEN PENDING"}
@@ -217,6 +229,9 @@ class OrdersReconciliation:
     problems: list[str] = field(default_factory=list)
     #: Where the ledger and Kite still disagree on an order after converging.
     differences: list[str] = field(default_factory=list)
+    #: Orders recorded Expired: working in the ledger when their trading day ended (the
+    #: gateway missed their end), and gone from Kite's order book since.
+    expired: list[str] = field(default_factory=list)
 
 
 class KiteGateway:
@@ -1039,11 +1054,53 @@ class KiteGateway:
                         f" Kite {broker_order.status}"
                     )
         for order in unlisted.values():
+            if self._its_day_has_ended(order):
+                self._expire_unlisted(order, source, result)
+                continue
             result.differences.append(
                 f"{_described(order)}: the ledger has it {order.status.value},"
                 " Kite's order book does not list it"
             )
         return result
+
+    def _its_day_has_ended(self, order: Order) -> bool:
+        """Whether the trading day a working order was placed for has ended: Kite's order
+        book holds one day's orders, and none of Kite's validities (DAY, IOC, TTL) outlives
+        it. An after-market order is for the next session, so it is given one more day."""
+        placed = order.accepted_at or order.created_on
+        days = (self.ledger.clock().astimezone(IST).date() - placed.astimezone(IST).date()).days
+        return days >= (2 if order.variety is Variety.AMO else 1)
+
+    def _expire_unlisted(self, order: Order, source: Source, result: OrdersReconciliation) -> None:
+        """A working order from an earlier trading day that Kite's book no longer lists:
+        what Kite's history still says of it is recorded (fills, its end); if that leaves
+        it working, it is recorded Expired, and reported, since fills Kite no longer
+        reports would be missing."""
+        assert order.broker_order_id is not None
+        try:
+            converged = self.converge(order.broker_order_id, source)
+            result.recorded += converged.recorded
+            result.problems.extend(
+                p for p in converged.problems if not p.startswith("Kite has no history")
+            )
+        except NO_HISTORY as error:
+            log.info("order %s: Kite has no history of it any more (%s)", order.id, error)
+        if self.ledger.get_order(order.id).lifecycle.is_terminal:
+            return
+        recorded = self._record(
+            RecordExpired(
+                order_id=order.id,
+                reason="its trading day ended; Kite's order book no longer lists it",
+                source=source,
+            ),
+            result.problems,
+        )
+        if recorded:
+            result.recorded += recorded
+            result.expired.append(
+                f"{_described(order)}: expired with its trading day (Kite's order book no"
+                " longer lists it); check its fills against the contract note"
+            )
 
     def _up_to_date(
         self, order_id: UUID, broker_order: KiteOrder, trade_ids: dict[str, set[str]]

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import threading
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -960,3 +960,47 @@ def test_two_modifications_asked_for_before_a_dispatch_are_sent_as_one(
     assert [(p.get("price"), p.get("quantity")) for p in sent] == [("813.00", 200)]
     changed = ledger.get_order(order.id)
     assert (changed.price, changed.quantity, changed.pending) == (Decimal("813.00"), 200, None)
+
+
+def test_a_working_order_gone_from_the_next_days_book_expired_with_its_day(
+    make_ledger: LedgerFactory,
+) -> None:
+    """The gateway was down over the close and missed a DAY order's end; the next day
+    Kite's book no longer lists it. It stayed working in the ledger for good (and in what
+    the dispatcher looks at), only ever reported as a difference. What Kite's history still
+    says is recorded; an order that leaves working is recorded Expired, and reported.
+    The same day, an unlisted order is only a difference; an after-market order is given
+    the next session too."""
+    clock = FakeClock()
+    ledger = make_ledger(clock=clock)
+    kite = ScriptedKite()
+    gateway = gateway_for(ledger, kite)
+    missed = kite.placed(gateway, submit(ledger, "missed-close", price="812.35"))
+    filled = kite.placed(gateway, submit(ledger, "filled-at-close", price="812.35"))
+    amo = kite.placed(gateway, submit(ledger, "after-hours", price="812.35", variety="amo"))
+    filled_id = filled.broker_order_id or ""
+    done = kite_record(
+        filled, filled_id, status="COMPLETE", filled_quantity=100, pending_quantity=0
+    )
+    old_histories = dict(kite.histories)
+    kite.histories.clear()  # the book is empty
+    same_day = gateway.poll()
+    assert same_day.expired == []
+    assert len(same_day.differences) == 3
+
+    clock.advance(timedelta(days=1))  # the next trading day: still only Kite's history
+    kite.order_history = lambda order_id: (  # type: ignore[method-assign]
+        [*old_histories[filled_id], done] if order_id == filled_id else []
+    )
+    kite.trade_book.append(kite_trade(filled, filled_id, "T-1", 100, "812.35"))
+    next_day = gateway.poll()
+    assert ledger.get_order(missed.id).status is OrderStatus.EXPIRED
+    assert ledger.get_order(filled.id).status is OrderStatus.FILLED
+    assert ledger.get_order(amo.id).status is OrderStatus.ACCEPTED
+    assert len(next_day.expired) == 1
+    assert "missed-close" in next_day.expired[0]
+    assert [o.id for o in gateway.open_orders()] == [amo.id]
+
+    clock.advance(timedelta(days=1))
+    gateway.poll()
+    assert ledger.get_order(amo.id).status is OrderStatus.EXPIRED
