@@ -705,7 +705,61 @@ class KiteGateway:
             trades = parse_trades(self.call("order_trades", order_id=broker_order_id))
         with self._lock:
             self._converge(history, trades, source, result, fetch)
+        if result.order_id is not None and history[-1].status in WORKING_STATUSES:
+            self._cancel_stray(result.order_id, broker_order_id, result)
         return result
+
+    def _cancel_stray(self, order_id: UUID, broker_order_id: str, result: ConvergeResult) -> None:
+        """An order the ledger cancelled before it was sent (its placement's outcome was
+        unknown and Kite's book did not show it in time) that Kite shows working after all:
+        the placement reached Kite late. The strategy asked for it cancelled, so it is
+        cancelled at Kite too (once; the ledger keeps it CANCELLED and records its fills)."""
+        cancelled = next(
+            (
+                event
+                for event in reversed(self.ledger.history(order_id))
+                if isinstance(event, Order.Cancelled)
+            ),
+            None,
+        )
+        if cancelled is None or cancelled.source is not Source.LEDGER:
+            return
+        key, version = str(order_id), cancelled.originator_version
+        previous = self.outbox.attempt(key, "stray-cancel", version)
+        if previous is not None and (
+            previous.sent or self.clock() - previous.last_attempt < self.grace
+        ):
+            return
+        order = self.ledger.get_order(order_id)
+        with self._claimed(key, "stray-cancel", version, previous) as lease:
+            if lease is None:
+                return
+            log.error(
+                "order %s was cancelled before it was sent, but Kite works it as %s:"
+                " cancelling it at Kite",
+                order_id,
+                broker_order_id,
+            )
+            try:
+                self.call(
+                    "cancel_order",
+                    lease=lease,
+                    variety=order.variety.value,
+                    order_id=broker_order_id,
+                )
+            except LeaseLost:
+                return
+            except (*REFUSED, *UNKNOWN_OUTCOME) as error:
+                result.problems.append(
+                    f"{_described(order)} was cancelled before it was sent, but Kite works"
+                    f" it as {broker_order_id}; cancelling it there failed: {error}"
+                )
+                return
+            self.outbox.mark_sent(key, "stray-cancel", version)
+            result.problems.append(
+                f"{_described(order)} was cancelled before it was sent, but Kite works it"
+                f" as {broker_order_id}: cancelled it there"
+            )
 
     def _converge(
         self,

@@ -1004,3 +1004,40 @@ def test_a_working_order_gone_from_the_next_days_book_expired_with_its_day(
     clock.advance(timedelta(days=1))
     gateway.poll()
     assert ledger.get_order(amo.id).status is OrderStatus.EXPIRED
+
+
+def test_an_order_cancelled_before_it_was_sent_that_kite_works_after_all_is_cancelled_there(
+    ledger: OrderLedger,
+) -> None:
+    """The placement timed out, the strategy cancelled, and Kite's book did not show the
+    order within the grace, so the ledger cancelled it before sending. The placement had
+    reached Kite late: the ledger took Kite's id onto the CANCELLED order and never sent a
+    cancellation, and the order worked (and filled) at the exchange."""
+    now = [1_800_000_000.0]
+    kite = ScriptedKite()
+    gateway = gateway_for(ledger, kite, clock=lambda: now[0], unknown_outcome_grace=3.0)
+    placed: list[dict[str, Any]] = []
+
+    def time_out(**params: Any) -> str:
+        placed.append(params)
+        raise OSError("read timed out")
+
+    kite.place_order = time_out  # type: ignore[method-assign]
+    order = submit(ledger, "late", price="812.35")
+    gateway.dispatch()
+    ledger.request_cancel(CancelOrder(order_id=order.id))
+    now[0] += 30
+    gateway.dispatch()
+    assert ledger.get_order(order.id).status is OrderStatus.CANCELLED
+    broker_id = "261124000000500"
+    kite.histories[broker_id] = [kite_record(ledger.get_order(order.id), broker_id)]
+    cancels: list[object] = []
+    kite.on_cancel = lambda params: cancels.append(params["order_id"])
+    result = gateway.poll()
+    assert cancels == [broker_id]
+    assert any("cancelled it there" in problem for problem in result.problems)
+    now[0] += 30
+    gateway.poll()
+    assert cancels == [broker_id]
+    assert len(placed) == 1
+    assert ledger.get_order(order.id).status is OrderStatus.CANCELLED
