@@ -246,7 +246,7 @@ class KiteGateway:
         account: str,
         limiter: RateLimiter | None = None,
         charges: ChargesSchedule | None = None,
-        unknown_outcome_grace: float = 3.0,
+        unknown_outcome_grace: float = 10.0,
         send_lease: float | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -256,6 +256,9 @@ class KiteGateway:
         self.account = account
         self.limiter = limiter or RateLimiter()
         self.charges = charges if charges is not None else ChargesSchedule.bundled()
+        # How long after a send of unknown outcome Kite's book is trusted to show the
+        # order if the send reached it: a placement Kite books later than that is sent
+        # again (a duplicate, reported when it turns up), so it errs long.
         self.grace = unknown_outcome_grace
         # A send's lease: the client's timeout (kiteconnect's default is 7 s; requests also
         # takes a (connect, read) pair) and a margin; renewed while the send lasts.
@@ -1000,6 +1003,27 @@ class KiteGateway:
                 f" {latest.order_type!r}"
             )
             return None
+        with self._lock:
+            owners = sorted(self._by_tag.get(latest.tag or "", ()))
+        strategy: str | None = "external"
+        if owners:
+            # The tag is the ledger's own, held by an order that has another broker order:
+            # this one is a second placement of it (a send whose outcome was unknown went
+            # through after all). Its fills are real: adopted, under that order's
+            # strategy, and reported.
+            owner = self.ledger.get_order(owners[0])
+            strategy = owner.strategy
+            log.error(
+                "broker order %s carries the tag %s of %s: a duplicate placement",
+                latest.order_id,
+                latest.tag,
+                _described(owner),
+            )
+            result.problems.append(
+                f"broker order {latest.order_id} is a duplicate placement of"
+                f" {_described(owner)} (it carries its tag {latest.tag!r}); adopted as"
+                f" {ADOPTED_PREFIX}{latest.order_id} under strategy {strategy!r}"
+            )
         fields: dict[str, Any] = {
             "account": self.account,
             "client_order_id": f"{ADOPTED_PREFIX}{latest.order_id}",
@@ -1013,7 +1037,7 @@ class KiteGateway:
             "validity": latest.validity,
             # Kite's orders carry it; the ledger requires it of a TTL order.
             "validity_ttl": latest.validity_ttl if latest.validity == "TTL" else None,
-            "strategy": "external",
+            "strategy": strategy,
             "actor": ADOPTED_ACTOR,
         }
         if order_type.needs_price:

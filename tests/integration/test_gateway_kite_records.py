@@ -1041,3 +1041,41 @@ def test_an_order_cancelled_before_it_was_sent_that_kite_works_after_all_is_canc
     assert cancels == [broker_id]
     assert len(placed) == 1
     assert ledger.get_order(order.id).status is OrderStatus.CANCELLED
+
+
+def test_a_second_placement_of_a_ledger_order_is_reported_as_a_duplicate(
+    ledger: OrderLedger,
+) -> None:
+    """A placement timed out, Kite's book did not show it within the grace, the order was
+    sent again, and then the first placement turned up: it carries the ledger's own tag. It
+    was adopted as an outside order of strategy "external", with nothing said. Its fills are
+    real, so it is still adopted, but under the strategy of the order it duplicates, and
+    reported."""
+    now = [1_800_000_000.0]
+    kite = ScriptedKite()
+    gateway = gateway_for(ledger, kite, clock=lambda: now[0], unknown_outcome_grace=3.0)
+    sends = 0
+    place = kite.place_order
+
+    def first_times_out(**params: Any) -> str:
+        nonlocal sends
+        sends += 1
+        if sends == 1:
+            raise OSError("read timed out")
+        return place(**params)
+
+    kite.place_order = first_times_out  # type: ignore[method-assign]
+    order = submit(ledger, "twice", price="812.35", strategy="momentum")
+    gateway.dispatch()
+    now[0] += 30
+    gateway.dispatch()
+    second = ledger.get_order(order.id)
+    assert second.broker_order_id == kite.next_order_id
+    kite.histories[kite.next_order_id] = [kite_record(second, kite.next_order_id)]
+    first = "261124000000500"
+    kite.histories[first] = [kite_record(second, first)]
+    result = gateway.poll()
+    assert result.adopted == [first]
+    duplicate = ledger.find_order(ACCOUNT, f"kite-{first}")
+    assert duplicate.strategy == "momentum"
+    assert any("duplicate placement" in problem for problem in result.problems)
