@@ -815,7 +815,7 @@ class KiteGateway:
                 count += self._settle_modification(order, history, source, record)
                 order = self.ledger.get_order(order_id)
             count += self._record_modification(order, latest, source, record)
-        for trade in sorted(trades, key=lambda t: t.trade_id):
+        for trade in sorted(trades, key=_trade_order):
             count += self._record_fill(order_id, trade, source, record)
         if latest.status == "CANCELLED":
             count += self._record(
@@ -1255,6 +1255,12 @@ def _status_agrees(order: Order, broker_order: KiteOrder) -> bool:
     if agreeing is None:
         return order.lifecycle.is_open
     return order.lifecycle in agreeing
+
+
+def _trade_order(trade: KiteTrade) -> tuple[int, str]:
+    """Kite's trade ids are numbers in text, and grow: "9" comes before "10". (The order
+    of an order's fills decides which fill carries which part of its charges.)"""
+    return len(trade.trade_id), trade.trade_id
 
 
 def _described(order: Order) -> str:

@@ -1079,3 +1079,18 @@ def test_a_second_placement_of_a_ledger_order_is_reported_as_a_duplicate(
     duplicate = ledger.find_order(ACCOUNT, f"kite-{first}")
     assert duplicate.strategy == "momentum"
     assert any("duplicate placement" in problem for problem in result.problems)
+
+
+def test_an_orders_trades_are_recorded_in_kites_numeric_order(ledger: OrderLedger) -> None:
+    """Trade ids were sorted as text, so trade "10" was recorded before trade "9"."""
+    _, kite, gateway, order = _placed_on_a_clock(ledger, "trade-order")
+    broker_id = order.broker_order_id or ""
+    kite.trade_book += [
+        kite_trade(order, broker_id, "10", 60, "812.35"),
+        kite_trade(order, broker_id, "9", 40, "812.35"),
+    ]
+    kite.histories[broker_id].append(
+        {**kite.histories[broker_id][0], "status": "COMPLETE", "filled_quantity": 100}
+    )
+    gateway.poll()
+    assert [fill.trade_id for fill in ledger.get_order(order.id).fills] == ["9", "10"]
