@@ -10,6 +10,7 @@ too. Unknown fields are kept (Kite adds fields over time) but never trusted.
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, time
 from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any, TypeVar
@@ -146,8 +147,17 @@ class KiteOrder(_Payload):
     def booked_with_market_protection(self) -> bool:
         """Whether Kite booked this order, placed as a market order with market protection,
         as a limit order at the protection price: Kite tags it "mktp" (its sample
-        orders.json: tags ["mktp", "mktp:2.00"])."""
-        tags = (self.model_extra or {}).get("tags")
+        orders.json: tags ["mktp", "mktp:2.00"]). Records that carry the tags only in
+        `meta_raw`, a JSON text (an order_history record quoted on Kite's forum), count
+        too: taken for a plain limit order, it would be a modification nobody made."""
+        extra = self.model_extra or {}
+        tags = extra.get("tags")
+        if not isinstance(tags, list) and isinstance(extra.get("meta_raw"), str):
+            try:
+                meta = json.loads(extra["meta_raw"])
+            except ValueError:
+                meta = None
+            tags = meta.get("tags") if isinstance(meta, dict) else None
         return isinstance(tags, list) and "mktp" in tags
 
 

@@ -100,3 +100,24 @@ def test_bad_trades_name_the_field(change: dict[str, Any], field: str) -> None:
     raw = {**sample("trades.json")["data"][0], **change}
     with pytest.raises(ValidationError, match=field):
         KiteTrade.model_validate(raw)
+
+
+def test_a_protected_market_order_is_known_by_the_tags_in_meta_raw_too() -> None:
+    """An order_history record quoted on Kite's forum carries "mktp" only inside
+    `meta_raw`, a JSON text, with no top-level `tags`."""
+    record = {
+        "order_id": "2042130686722629633",
+        "status": "OPEN",
+        "exchange": "BFO",
+        "tradingsymbol": "SENSEX2640977100CE",
+        "order_type": "LIMIT",
+        "transaction_type": "SELL",
+        "product": "NRML",
+        "quantity": 20,
+        "price": 204.1,
+        "meta": {},
+        "meta_raw": '{"tag":"","tags":["mktp","mktp:2.00"],"app_id":24560}',
+    }
+    assert parse_orders([record])[0].booked_with_market_protection
+    assert not parse_orders([{**record, "meta_raw": '{"tag":""}'}])[0].booked_with_market_protection
+    assert not parse_orders([{**record, "meta_raw": "not json"}])[0].booked_with_market_protection
