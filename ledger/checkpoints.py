@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -394,6 +394,37 @@ def check_integrity(
         reference_checkpoints=len(reference) if reference is not None else 0,
         after_last_checkpoint=checks[0].after_last,
         after_last_reference=checks[1].after_last if reference is not None else None,
+        findings=_dedupe(findings),
+    )
+
+
+def check_records(
+    records: Iterable[StoredRecord], *, reference: Sequence[Checkpoint] | None = None
+) -> IntegrityReport:
+    """Check every order's hash chain in `records` (an export's, read with no database),
+    and, if given, every checkpoint of a digest file over them: an export that holds the
+    whole log (no window) must fold to each checkpoint's digest, as the database did.
+    A position a checkpoint covers and the records lack is named as deleted."""
+    checks = [_RangeCheck(reference, "the digest file's")] if reference is not None else []
+
+    def checked() -> Iterator[StoredRecord]:
+        for record in records:
+            for check in checks:
+                check.add(record)
+            yield record
+
+    chains = check_chains(checked())
+    findings = list(chains.findings)
+    for check in checks:
+        check.finish()
+        findings += check.findings
+    findings.sort(key=lambda f: (f.position is None, f.position or 0))
+    return IntegrityReport(
+        chains=chains,
+        checkpoints=0,
+        reference_checkpoints=len(reference) if reference is not None else 0,
+        after_last_checkpoint=0,
+        after_last_reference=checks[0].after_last if checks else None,
         findings=_dedupe(findings),
     )
 
