@@ -12,7 +12,7 @@ Commands are imperative (`SubmitOrder`); the events they lead to are in the past
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import Annotated, Any, Literal, Self
+from typing import Annotated, Any, Final, Literal, Self
 from uuid import UUID
 
 import pydantic
@@ -23,6 +23,7 @@ from ledger.domain.identity import order_id_for, tag_for
 from ledger.domain.rules import OrderTerms, check_terms
 from ledger.domain.values import (
     MAX_AMOUNT,
+    MAX_AMOUNT_PLACES,
     MAX_PRICE_PLACES,
     MAX_QUANTITY,
     Exchange,
@@ -46,15 +47,18 @@ def _refuse_float(value: object) -> object:
     return value
 
 
-#: An exact amount of money. Floats are refused; "812.35" and Decimal("812.35") are not.
-Money = Annotated[
+_Amount = Annotated[
     Decimal,
     BeforeValidator(_refuse_float),
     Field(allow_inf_nan=False, ge=-MAX_AMOUNT, le=MAX_AMOUNT),
 ]
+#: An exact amount of money. Floats are refused; "812.35" and Decimal("812.35") are not.
+#: At most 10 places: Decimal("1E-20000") was accepted, written, and then stopped the
+#: PostgreSQL projections for good (numeric overflow) on every catch-up.
+Money = Annotated[_Amount, Field(decimal_places=MAX_AMOUNT_PLACES)]
 #: A price: money in at most 4 decimal places (Kite's finest tick is 0.0025), so that a
 #: price times a quantity, and their sums, stay exact in Decimal's 28 digits.
-Price = Annotated[Money, Field(decimal_places=MAX_PRICE_PLACES)]
+Price = Annotated[_Amount, Field(decimal_places=MAX_PRICE_PLACES)]
 
 
 def _refuse_bool(value: object) -> object:
@@ -69,6 +73,9 @@ Quantity = Annotated[
     int, BeforeValidator(_refuse_bool), Field(strict=False, ge=-MAX_QUANTITY, le=MAX_QUANTITY)
 ]
 Text = Annotated[str, Field(min_length=1, max_length=200)]
+
+#: C0 controls and DEL, but for tab, line feed and carriage return.
+_CONTROL: Final = {code: True for code in (*range(0x20), 0x7F) if chr(code) not in "\t\n\r"}
 
 
 class Command(BaseModel):
@@ -93,6 +100,19 @@ class Command(BaseModel):
         problems = self.problems()
         if problems:
             raise InvalidCommand(type(self).__name__, problems)
+
+    @pydantic.field_validator("*", mode="after")
+    @classmethod
+    def _no_control_characters(cls, value: object) -> object:
+        """Text is refused with control characters in it: a NUL was accepted, written,
+        and then stopped the PostgreSQL projections for good (text cannot hold it), and
+        in an account, an id or a strategy the others are no better. Tab and line breaks
+        may stand in free text."""
+        if isinstance(value, str):
+            bad = next((c for c in value if _CONTROL.get(ord(c), False)), None)
+            if bad is not None:
+                raise ValueError(f"must not contain control characters (found {bad!r})")
+        return value
 
     def problems(self) -> list[Problem]:
         """Rules across fields; subclasses add theirs."""

@@ -1404,6 +1404,8 @@ _REASON_LIMIT: Final = 200
 
 
 def _reason(message: str | None, default: str) -> str:
-    """Kite's status message as a reason the ledger accepts (at most 200 characters)."""
-    text = " ".join((message or "").split()) or default
+    """Kite's status message as a reason the ledger accepts (at most 200 characters, no
+    control characters)."""
+    printable = "".join(c if c.isprintable() else " " for c in message or "")
+    text = " ".join(printable.split()) or default
     return text if len(text) <= _REASON_LIMIT else text[: _REASON_LIMIT - 1] + "…"

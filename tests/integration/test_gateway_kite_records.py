@@ -1094,3 +1094,16 @@ def test_an_orders_trades_are_recorded_in_kites_numeric_order(ledger: OrderLedge
     )
     gateway.poll()
     assert [fill.trade_id for fill in ledger.get_order(order.id).fills] == ["9", "10"]
+
+
+def test_a_refusal_with_control_characters_is_recorded_without_them(ledger: OrderLedger) -> None:
+    """The ledger refuses text with control characters; Kite's message is cleaned, not
+    refused, or the refused order would be sent again every pass."""
+    kite = ScriptedKite()
+    gateway = gateway_for(ledger, kite)
+    kite.place_order = lambda **params: (_ for _ in ()).throw(  # type: ignore[method-assign]
+        kite_errors.InputException("Invalid\x00 price\x07")
+    )
+    order = submit(ledger, "control", price="812.35")
+    assert gateway.dispatch().rejected == [order.id]
+    assert ledger.get_order(order.id).reason == "Invalid price"

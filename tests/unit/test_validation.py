@@ -266,3 +266,27 @@ def test_fill_refuses_a_float_price_and_a_naive_time() -> None:
 def test_accepted_needs_a_broker_order_id() -> None:
     with pytest.raises(InvalidCommand, match="broker_order_id"):
         RecordAccepted.parse({"order_id": uuid4(), "broker_order_id": ""})
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "says"),
+    [
+        ("account", "ZD\x001234", "account: must not contain control characters"),
+        ("strategy", "mean\x07reversion", "strategy: must not contain control characters"),
+        ("client_order_id", "c\x1b-1", "client_order_id: must not contain control characters"),
+        ("reference_price", "1E-20000", "reference_price: Decimal input should have no more"),
+        ("market_protection", "0.00000000001", "market_protection: Decimal input should have"),
+    ],
+)
+def test_text_with_control_characters_and_amounts_past_ten_places_are_refused(
+    field: str, value: str, says: str
+) -> None:
+    """Both were accepted and written; on PostgreSQL the projections then failed on that
+    event at every catch-up (text cannot hold a NUL; numeric overflowed on 1E-20000), so
+    positions and P&L stopped for good."""
+    with pytest.raises(InvalidCommand, match=says):
+        submit_command(**{field: value})
+
+
+def test_tabs_and_line_breaks_may_stand_in_free_text() -> None:
+    assert submit_command(strategy="pairs\tv2").strategy == "pairs\tv2"
