@@ -97,7 +97,7 @@ def test_verify_names_projection_rows_that_differ_are_missing_or_unexpected(
         report = verify(ledger, store, all_projections())
     finally:
         store.close()
-    where = "projection reports v1"
+    where = f"projection reports v{reports.version}"
     assert sorted(report.problems) == sorted(
         [
             f"{where}: execution_reports ('{changed}',): differs",
