@@ -642,6 +642,17 @@ def verify_command(
             console.print(f"TAMPERED {finding}", markup=False, soft_wrap=True)
     for problem in report.problems:
         console.print(f"DIFFERENCE {problem}", markup=False, soft_wrap=True)
+    for lag in report.behind:
+        # Not a difference (it equals the log up to its position), but not the log either:
+        # whoever reads the store sees the older state until a runner catches it up.
+        console.print(
+            f"BEHIND projection {lag.name} v{lag.version} is at log position {lag.position}"
+            f" of {lag.last}: {lag.events} event{'' if lag.events == 1 else 's'} behind"
+            " (it equals the log up to there;"
+            " `kite-ledger project` catches it up)",
+            markup=False,
+            soft_wrap=True,
+        )
     if integrity.findings or report.problems:
         console.print(
             f"{len(integrity.findings)} integrity findings, {len(report.problems)} differences"
@@ -657,9 +668,11 @@ def verify_command(
         if digest is not None
         else ""
     )
+    compared = f"{report.current} projections equal the log"
+    if report.behind:
+        compared += f", {len(report.behind)} equal it only up to their positions (behind)"
     console.print(
-        f"verified: {report.orders} orders and {report.events} events replay cleanly;"
-        f" {report.projections} projections equal the log"
+        f"verified: {report.orders} orders and {report.events} events replay cleanly; {compared}"
     )
     console.print(
         f"hash chains intact: {chains.chained} chained events"

@@ -254,6 +254,34 @@ def test_paths_that_are_not_what_a_command_wants_are_refused_clearly(demo_dir: P
     assert not list(demo_dir.glob("*partial*"))
 
 
+def test_verify_does_not_call_projections_that_lag_the_log_equal_to_it(tmp_path: Path) -> None:
+    """Projections folded before the last commands printed "5 projections equal the log"
+    (exit 0) although the store showed the older positions: each lagging one is named
+    with how far behind it is; lag is not a difference, so the exit stays 0."""
+    from tests.support import FakeClock, accepted, fill, submit_command
+
+    clock = FakeClock()
+    with open_ledger(tmp_path / "ledger.db", clock=clock) as ledger:
+        order = ledger.submit(submit_command())
+        ledger.record(accepted(order))
+        ledger.record(fill(order, "T1", 100))
+    assert run("project", cwd=tmp_path).returncode == 0
+    with open_ledger(tmp_path / "ledger.db", clock=clock) as ledger:
+        later = ledger.submit(submit_command(client_order_id="later"))
+        ledger.record(accepted(later, "B-later"))
+    stale = run("verify", cwd=tmp_path)
+    assert stale.returncode == 0, stale.stdout + stale.stderr
+    assert "0 projections equal the log, 5 equal it only up to their positions" in stale.stdout
+    assert "BEHIND projection positions v1 is at log position 3 of 5: 2 events behind" in (
+        stale.stdout
+    )
+    assert run("project", cwd=tmp_path).returncode == 0
+    current = run("verify", cwd=tmp_path)
+    assert current.returncode == 0, current.stdout + current.stderr
+    assert "5 projections equal the log" in current.stdout
+    assert "BEHIND" not in current.stdout
+
+
 def test_export_over_the_ledger_itself_is_refused_and_writes_nothing(tmp_path: Path) -> None:
     """`export --db D/ledger.db --out D/ledger.db` left the ledger at 0 bytes: the export
     truncated its target before reading the log out of it."""
