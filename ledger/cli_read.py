@@ -94,14 +94,21 @@ def _as_date(text: str) -> date | None:
 
 
 def parse_marks(marks: list[str] | None) -> dict[InstrumentRef, Decimal]:
+    """EXCHANGE:SYMBOL=PRICE marks for unrealised P&L. The price must be a finite number
+    above zero: `Decimal` reads NaN, sNaN and Infinity too (they ended in a traceback in
+    the P&L arithmetic), and a zero or negative mark gave a wrong P&L without a word."""
     parsed: dict[InstrumentRef, Decimal] = {}
     for mark in marks or []:
         try:
-            name, price = mark.split("=", 1)
+            name, text = mark.split("=", 1)
             exchange, symbol = name.split(":", 1)
-            parsed[InstrumentRef(Exchange(exchange.upper()), symbol)] = Decimal(price)
+            instrument = InstrumentRef(Exchange(exchange.upper()), symbol)
+            price = Decimal(text)
         except (ValueError, InvalidOperation):
             raise LedgerError(f"--mark: {mark!r} is not EXCHANGE:SYMBOL=PRICE") from None
+        if not price.is_finite() or price <= 0:
+            raise LedgerError(f"--mark: {mark!r}: the price must be a finite number above zero")
+        parsed[instrument] = price
     return parsed
 
 

@@ -212,6 +212,16 @@ def test_rebuild_and_project(demo_dir: Path) -> None:
         (["positions", "--format", "xml"], "--format: 'xml'"),
         (["pnl", "--by", "week"], "--by: 'week'"),
         (["pnl", "--mark", "SBIN"], "is not EXCHANGE:SYMBOL=PRICE"),
+        # Decimal reads these: they ended in a traceback (NaN, sNaN, Infinity) or a
+        # silently wrong unrealised P&L (zero, negative).
+        *(
+            (
+                [command, "--mark", f"NSE:SBIN={price}"],
+                f"--mark: 'NSE:SBIN={price}': the price must be a finite number above zero",
+            )
+            for command in ("positions", "pnl")
+            for price in ("NaN", "sNaN", "Infinity", "-Inf", "0", "-5")
+        ),
         (["rebuild", "nope"], "unknown projection 'nope'"),
         (["report", "00000000-0000-0000-0000-000000000000"], "no such order"),
         (["offline-rebuild", "--from", "none.parquet", "--into", "x.duckdb"], "does not exist"),
