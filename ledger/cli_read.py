@@ -31,7 +31,7 @@ from ledger.projection_process import interrupt_when_parent_exits
 from projections import all_projections
 from projections.audit import AuditEntry, to_csv, to_jsonl, trail
 from projections.base import EVENT_CLASSES, Projection, View
-from projections.offline import export_log, offline_rebuild
+from projections.offline import ExportError, Format, export_format, export_log, offline_rebuild
 from projections.pnl import pnl_report
 from projections.pointintime import as_of
 from projections.positions import positions_of
@@ -570,7 +570,14 @@ def export(
         ),
     ],
     db: DbOption = None,
-    fmt: Annotated[str, typer.Option("--format", help="parquet or jsonl.")] = "parquet",
+    fmt: Annotated[
+        str | None,
+        typer.Option(
+            "--format",
+            help="parquet or jsonl (default: the --out suffix's; parquet for a name with"
+            " no suffix, such as /dev/stdout).",
+        ),
+    ] = None,
     since: Annotated[
         str | None,
         typer.Option(
@@ -594,7 +601,15 @@ def export(
     recorded in the window, its events before and after the window included, so that
     offline-rebuild can fold the export (an order's fill without its submission cannot
     be folded). An order that spans two windows is in both exports."""
-    _check_format(fmt, ("parquet", "jsonl"))
+    chosen: Format | None = None
+    if fmt is not None:
+        chosen = "parquet" if _check_format(fmt, ("parquet", "jsonl")) == "parquet" else "jsonl"
+    elif not out.suffix:
+        chosen = "parquet"  # a stream or a bare name: the format it always had
+    try:
+        chosen = export_format(out, chosen)
+    except ExportError as error:
+        raise LedgerError(f"--out: {error}") from None
     if not out.parent.exists():
         raise LedgerError(f"--out: directory {out.parent} does not exist")
     start = parse_instant(since, "--from", day_starts=True) if since else None
@@ -603,7 +618,7 @@ def export(
         count = export_log(
             ledger,
             out,
-            fmt="parquet" if fmt == "parquet" else "jsonl",
+            fmt=chosen,
             since=start,
             until=end,
             on_record=lambda _: advance(1),

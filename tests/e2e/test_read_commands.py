@@ -292,6 +292,47 @@ def test_verify_does_not_call_projections_that_lag_the_log_equal_to_it(tmp_path:
     assert "BEHIND" not in current.stdout
 
 
+def test_export_takes_its_format_from_the_name_and_refuses_a_name_that_disagrees(
+    tmp_path: Path,
+) -> None:
+    """`export --out x.jsonl` wrote Parquet (the default --format) into a file named for
+    JSON lines, and `--out x.csv` Parquet too, both with exit 0. Without --format the
+    suffix decides; a name that says another format is refused with nothing written; a
+    name with no suffix (a stream) keeps the Parquet default."""
+    from tests.support import FakeClock, accepted, fill, submit_command
+
+    with open_ledger(tmp_path / "ledger.db", clock=FakeClock()) as ledger:
+        order = ledger.submit(submit_command())
+        ledger.record(accepted(order))
+        ledger.record(fill(order, "T1", 100))
+    by_name = run("export", "--out", "x.jsonl", cwd=tmp_path)
+    assert by_name.returncode == 0, by_name.stderr
+    lines = (tmp_path / "x.jsonl").read_text().splitlines()
+    assert [json.loads(line)["event_type"] for line in lines] == ["Submitted", "Accepted", "Filled"]
+    assert run("export", "--out", "x.parquet", cwd=tmp_path).returncode == 0
+    assert (tmp_path / "x.parquet").read_bytes()[:4] == b"PAR1"
+    refused = [
+        (["--out", "x.csv"], "x.csv: an export is Parquet or JSON lines, not CSV"),
+        (["--format", "jsonl", "--out", "y.csv"], "not CSV"),
+        (["--format", "parquet", "--out", "y.jsonl"], "the name says jsonl but the format"),
+        (["--format", "jsonl", "--out", "y.parquet"], "the name says parquet but the format"),
+        (["--out", "y.txt"], "the export format cannot be told from .txt suffix"),
+    ]
+    for args, message in refused:
+        result = run("export", *args, cwd=tmp_path)
+        assert result.returncode == 2, (args, result.stdout, result.stderr)
+        assert message in result.stderr, (args, result.stderr)
+        assert "Traceback" not in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(("x.", "y."))) == [
+        "x.jsonl",
+        "x.parquet",
+    ]
+    streamed = tmp_path / "streamed"
+    piped = run_appending(streamed, "export", "--out", "/dev/stdout", cwd=tmp_path)
+    assert piped.returncode == 0, piped.stderr
+    assert streamed.read_bytes()[:4] == b"PAR1"
+
+
 def test_export_over_the_ledger_itself_is_refused_and_writes_nothing(tmp_path: Path) -> None:
     """`export --db D/ledger.db --out D/ledger.db` left the ledger at 0 bytes: the export
     truncated its target before reading the log out of it."""
