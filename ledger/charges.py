@@ -237,10 +237,18 @@ def compare_contract_note(
     tolerance: Decimal = Decimal("0.05"),
 ) -> list[ContractNoteDifference]:
     """Differences between the ledger's charges per broker order id and Kite's virtual
-    contract note (`get_virtual_contract_note`), beyond `tolerance` rupees a component."""
+    contract note (`get_virtual_contract_note`), beyond `tolerance` rupees a component.
+
+    An order on one side only is an "order" difference of its whole total: one the note
+    bills that the ledger does not know (0 against the broker's total), and one the
+    ledger charged that the note does not list (the ledger's total against 0): Kite not
+    billing an order the ledger holds as executed is as much a disagreement as the other
+    way round, and walking only the note let it pass as clean."""
     differences: list[ContractNoteDifference] = []
+    listed: set[str] = set()
     for note in contract_note:
         order_id = str(note.get("order_id", ""))
+        listed.add(order_id)
         charges = note.get("charges") or {}
         ours = ledger_charges.get(order_id)
         if ours is None:
@@ -263,4 +271,7 @@ def compare_contract_note(
             mine = getattr(ours, component)
             if abs(broker - mine) > tolerance:
                 differences.append(ContractNoteDifference(order_id, component, mine, broker))
+    for order_id, ours in ledger_charges.items():
+        if order_id not in listed:
+            differences.append(ContractNoteDifference(order_id, "order", ours.total, Decimal(0)))
     return differences

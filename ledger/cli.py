@@ -13,9 +13,9 @@ import sqlite3
 import sys
 from collections.abc import Iterable
 from datetime import date
-from decimal import Decimal
+from decimal import ROUND_HALF_EVEN, Context, Decimal
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Final
 from uuid import UUID
 
 import typer
@@ -81,14 +81,23 @@ def _open(db: str | None, *, create: bool = False) -> OrderLedger:
         raise LedgerError(f"database {path} cannot be opened as a ledger ({error})") from None
 
 
+_FOUR_PLACES: Final = Decimal("0.0001")
+_DISPLAY: Final = Context(prec=60, rounding=ROUND_HALF_EVEN)
+
+
 def _money(value: Decimal | None) -> str:
-    """Two decimals where that is exact; otherwise up to four (display only: the ledger
-    keeps the exact value)."""
+    """At least two decimals and at most four (display only: the ledger keeps the exact
+    value): rounded to four places (half-even) first, then trailing zeros past the
+    second dropped. Stripping zeros from the four-place text left "100." for
+    100.0000049995 and "-0." for -0.00001; a value that rounds to zero shows as 0.00,
+    not -0.00."""
     if value is None:
         return ""
-    if value == value.quantize(Decimal("0.01")):
-        return f"{value:,.2f}"
-    return f"{value:,.4f}".rstrip("0")
+    rounded = value.quantize(_FOUR_PLACES, context=_DISPLAY)
+    if not rounded:
+        rounded = abs(rounded)  # no negative zero
+    whole, _, places = f"{rounded:,.4f}".partition(".")
+    return f"{whole}.{places.rstrip('0').ljust(2, '0')}"
 
 
 def orders_table(orders: Iterable[Order], title: str = "Orders") -> Table:

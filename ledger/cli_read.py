@@ -31,7 +31,7 @@ from ledger.projection_process import interrupt_when_parent_exits
 from projections import all_projections
 from projections.audit import AuditEntry, to_csv, to_jsonl, trail
 from projections.base import EVENT_CLASSES, Projection, View
-from projections.offline import export_log, offline_rebuild
+from projections.offline import ExportError, Format, export_format, export_log, offline_rebuild
 from projections.pnl import pnl_report
 from projections.pointintime import as_of
 from projections.positions import positions_of
@@ -94,14 +94,21 @@ def _as_date(text: str) -> date | None:
 
 
 def parse_marks(marks: list[str] | None) -> dict[InstrumentRef, Decimal]:
+    """EXCHANGE:SYMBOL=PRICE marks for unrealised P&L. The price must be a finite number
+    above zero: `Decimal` reads NaN, sNaN and Infinity too (they ended in a traceback in
+    the P&L arithmetic), and a zero or negative mark gave a wrong P&L without a word."""
     parsed: dict[InstrumentRef, Decimal] = {}
     for mark in marks or []:
         try:
-            name, price = mark.split("=", 1)
+            name, text = mark.split("=", 1)
             exchange, symbol = name.split(":", 1)
-            parsed[InstrumentRef(Exchange(exchange.upper()), symbol)] = Decimal(price)
+            instrument = InstrumentRef(Exchange(exchange.upper()), symbol)
+            price = Decimal(text)
         except (ValueError, InvalidOperation):
             raise LedgerError(f"--mark: {mark!r} is not EXCHANGE:SYMBOL=PRICE") from None
+        if not price.is_finite() or price <= 0:
+            raise LedgerError(f"--mark: {mark!r}: the price must be a finite number above zero")
+        parsed[instrument] = price
     return parsed
 
 
@@ -563,7 +570,14 @@ def export(
         ),
     ],
     db: DbOption = None,
-    fmt: Annotated[str, typer.Option("--format", help="parquet or jsonl.")] = "parquet",
+    fmt: Annotated[
+        str | None,
+        typer.Option(
+            "--format",
+            help="parquet or jsonl (default: the --out suffix's; parquet for a name with"
+            " no suffix, such as /dev/stdout).",
+        ),
+    ] = None,
     since: Annotated[
         str | None,
         typer.Option(
@@ -587,7 +601,15 @@ def export(
     recorded in the window, its events before and after the window included, so that
     offline-rebuild can fold the export (an order's fill without its submission cannot
     be folded). An order that spans two windows is in both exports."""
-    _check_format(fmt, ("parquet", "jsonl"))
+    chosen: Format | None = None
+    if fmt is not None:
+        chosen = "parquet" if _check_format(fmt, ("parquet", "jsonl")) == "parquet" else "jsonl"
+    elif not out.suffix:
+        chosen = "parquet"  # a stream or a bare name: the format it always had
+    try:
+        chosen = export_format(out, chosen)
+    except ExportError as error:
+        raise LedgerError(f"--out: {error}") from None
     if not out.parent.exists():
         raise LedgerError(f"--out: directory {out.parent} does not exist")
     start = parse_instant(since, "--from", day_starts=True) if since else None
@@ -596,7 +618,7 @@ def export(
         count = export_log(
             ledger,
             out,
-            fmt="parquet" if fmt == "parquet" else "jsonl",
+            fmt=chosen,
             since=start,
             until=end,
             on_record=lambda _: advance(1),
@@ -642,6 +664,17 @@ def verify_command(
             console.print(f"TAMPERED {finding}", markup=False, soft_wrap=True)
     for problem in report.problems:
         console.print(f"DIFFERENCE {problem}", markup=False, soft_wrap=True)
+    for lag in report.behind:
+        # Not a difference (it equals the log up to its position), but not the log either:
+        # whoever reads the store sees the older state until a runner catches it up.
+        console.print(
+            f"BEHIND projection {lag.name} v{lag.version} is at log position {lag.position}"
+            f" of {lag.last}: {lag.events} event{'' if lag.events == 1 else 's'} behind"
+            " (it equals the log up to there;"
+            " `kite-ledger project` catches it up)",
+            markup=False,
+            soft_wrap=True,
+        )
     if integrity.findings or report.problems:
         console.print(
             f"{len(integrity.findings)} integrity findings, {len(report.problems)} differences"
@@ -657,9 +690,11 @@ def verify_command(
         if digest is not None
         else ""
     )
+    compared = f"{report.current} projections equal the log"
+    if report.behind:
+        compared += f", {len(report.behind)} equal it only up to their positions (behind)"
     console.print(
-        f"verified: {report.orders} orders and {report.events} events replay cleanly;"
-        f" {report.projections} projections equal the log"
+        f"verified: {report.orders} orders and {report.events} events replay cleanly; {compared}"
     )
     console.print(
         f"hash chains intact: {chains.chained} chained events"

@@ -69,13 +69,52 @@ class ExportError(LedgerError, ValueError):
     """An export file is unreadable or malformed; the message names the file and record."""
 
 
+_FORMAT_OF_SUFFIX: Final[dict[str, Format]] = {
+    ".parquet": "parquet",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "jsonl",
+}
+#: Suffixes of formats an export is not written in: a file so named is refused.
+_OTHER_FORMATS: Final = {".csv": "CSV", ".tsv": "TSV", ".xlsx": "Excel", ".feather": "Arrow"}
+
+
 def format_of(path: str | Path) -> Format:
     suffix = Path(path).suffix.lower()
-    if suffix == ".parquet":
-        return "parquet"
-    if suffix in (".jsonl", ".ndjson", ".json"):
-        return "jsonl"
-    raise ExportError(f"{path}: unknown export format {suffix!r} (use .jsonl or .parquet)")
+    named = _FORMAT_OF_SUFFIX.get(suffix)
+    if named is None:
+        raise ExportError(f"{path}: unknown export format {suffix!r} (use .jsonl or .parquet)")
+    return named
+
+
+def export_format(path: str | Path, fmt: Format | None) -> Format:
+    """The format to export to `path` in: `fmt`, or without one its suffix's.
+
+    A name and a format that disagree are refused before anything is written: `--out
+    x.jsonl` with the default format wrote Parquet bytes into a file that every reader
+    (offline-rebuild, DuckDB, a person) takes by its name for JSON lines. A suffix of
+    a format an export is never in (`.csv`) is refused whatever the format; a name
+    that says nothing (`/dev/stdout`, `log.out`) takes the format given."""
+    suffix = Path(path).suffix.lower()
+    other = _OTHER_FORMATS.get(suffix)
+    if other is not None:
+        raise ExportError(
+            f"{path}: an export is Parquet or JSON lines, not {other}: name it .parquet or .jsonl"
+        )
+    named = _FORMAT_OF_SUFFIX.get(suffix)
+    if fmt is None:
+        if named is None:
+            raise ExportError(
+                f"{path}: the export format cannot be told from {suffix or 'a name with no'}"
+                " suffix: name it .parquet or .jsonl, or give the format"
+            )
+        return named
+    if named is not None and named != fmt:
+        raise ExportError(
+            f"{path}: the name says {named} but the format asked for is {fmt}:"
+            f" name it {'.parquet' if fmt == 'parquet' else '.jsonl'} or ask for {named}"
+        )
+    return fmt
 
 
 # --------------------------------------------------------------------------- export
@@ -160,7 +199,7 @@ def export_log(
     for the file beside the target is refused, naming it. A target that cannot be replaced
     (a file bind-mounted into a container) has the complete export copied over it; if
     that fails, the error names the file that still holds the complete export."""
-    fmt = fmt or format_of(path)
+    fmt = export_format(path, fmt)
     target, stream = _export_target(ledger, path)
     records = _records(ledger, since, until)
     if stream:

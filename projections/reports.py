@@ -4,6 +4,12 @@ Quantities, average fill price, status (through the domain's own transition tabl
 report cannot disagree with the order), submitted / first-fill / completed times, charges,
 and slippage against the reference price: in currency and basis points, signed so that
 worse is positive (paying more on a buy, receiving less on a sell).
+
+Where Kite's quantity counts contracts (CDS, BCD, MCX), a price difference is worth the
+contract's multiplier per unit of quantity, so slippage in rupees is scaled by the order's
+`multiplier` (from its `Submitted`; 1 for orders recorded before events carried it).
+Prices and basis points are per unit and need no scaling. Version 2 added the multiplier:
+stores folded by version 1 are folded again into version 2's tables.
 """
 
 from __future__ import annotations
@@ -58,6 +64,7 @@ class ExecutionReport:
     reference_price: Decimal | None
     broker_order_id: str
     reason: str
+    multiplier: int
 
     @property
     def remaining_quantity(self) -> int:
@@ -71,11 +78,14 @@ class ExecutionReport:
 
     @property
     def slippage(self) -> Decimal | None:
-        """Currency lost to the reference price over the filled quantity (worse > 0)."""
+        """Rupees lost to the reference price over the filled quantity (worse > 0): the
+        per-unit difference times the quantity times the contract multiplier (a GOLDM
+        contract 10 rupees over is 100 rupees lost, not 10)."""
         if self.reference_price is None or not self.filled_quantity:
             return None
         sign = Side(self.side).sign
-        return money(sign * (self.filled_value - self.reference_price * self.filled_quantity))
+        per_units = self.filled_value - self.reference_price * self.filled_quantity
+        return money(sign * per_units * self.multiplier)
 
     @property
     def slippage_bps(self) -> Decimal | None:
@@ -198,6 +208,8 @@ def submitted_report(record: Record) -> Any:
         _decimal(state["reference_price"]),
         "",
         "",
+        # Absent from orders submitted before v3 of `Submitted`, whose upcaster makes it 1.
+        state.get("multiplier", 1),
     )
 
 
@@ -210,7 +222,8 @@ _SUBMITTED: Final = OrderStatus.SUBMITTED.value
 
 class ExecutionReportsProjection(Projection):
     name: ClassVar[str] = "reports"
-    version: ClassVar[int] = 1
+    #: v2: `multiplier` on each report, so slippage is in rupees on CDS, BCD and MCX.
+    version: ClassVar[int] = 2
     tables: ClassVar[tuple[Table, ...]] = (
         Table("execution_reports", ExecutionReport, ("order_id",), "per_order"),
         Table("execution_fills", ReportFill, ("order_id", "trade_id"), "append"),

@@ -5,6 +5,10 @@
   within the order quantity and equal to the sum of distinct fills), and each of its
   stored snapshots must equal the fold of its events to the snapshot's version.
 * Each stored projection must equal the fold of the log up to the position it records.
+  One that has not folded the whole log yet (no runner since the last commands, or one
+  still catching up) is compared up to its position and listed in `behind` with how far
+  it lags: that is no difference, but neither does it equal the log as it is now, and a
+  reader of the store would see the older state.
 
 Every difference is listed; an empty list means the ledger is consistent.
 
@@ -38,16 +42,34 @@ from projections.store import ProjectionStore, SQLiteProjectionStore, WriterProc
 _PAGE = 5000
 
 
+@dataclass(frozen=True)
+class Lag:
+    """A stored projection that has folded the log only up to `position` of `last`."""
+
+    name: str
+    version: int
+    position: int
+    last: int
+    events: int  # order events in the log after `position` (positions can have gaps)
+
+
 @dataclass
 class VerifyReport:
     orders: int = 0
     events: int = 0
-    projections: int = 0
+    projections: int = 0  # compared with the fold of the log up to their positions
     problems: list[str] = field(default_factory=list)
+    behind: list[Lag] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
+        """No differences; projections that lag (`behind`) are not differences."""
         return not self.problems
+
+    @property
+    def current(self) -> int:
+        """Projections that equal the whole log (as it stood when their positions were read)."""
+        return self.projections - len(self.behind)
 
 
 def verify(
@@ -257,17 +279,23 @@ def _verify_projections(
     max_rows_listed: int,
 ) -> None:
     store.ensure(projections)
+    log = LedgerLog(ledger)
     with store.consistent_reads() as stored:
         at: dict[int, list[Projection]] = defaultdict(list)
         for projection in projections:
             at[store.position_in(stored, projection)].append(projection)
+        # Read after the positions: the log only grows, so no projection is past it.
+        last = log.last_position()
+        for position, group in sorted(at.items()):
+            if position < last:
+                events = _events_between(log, position, last)
+                if events:
+                    report.behind += [Lag(p.name, p.version, position, last, events) for p in group]
         for position, group in sorted(at.items()):
             with tempfile.TemporaryDirectory(prefix="kite-ledger-verify-") as folder:
                 scratch = WriterProcessStore(Path(folder) / "folded.sqlite")
                 try:
-                    ProjectionRunner(
-                        _LogUpTo(LedgerLog(ledger), position), scratch, group
-                    ).catch_up()
+                    ProjectionRunner(_LogUpTo(log, position), scratch, group).catch_up()
                     with scratch.consistent_reads() as folded:
                         for projection in group:
                             _compare(
@@ -275,6 +303,20 @@ def _verify_projections(
                             )
                 finally:
                     scratch.close()
+
+
+def _events_between(log: LedgerLog, after: int, last: int) -> int:
+    """Order events at positions in (after, last]: what a projection at `after` has not
+    folded (positions can have gaps, and another application's rows are no events)."""
+    count = 0
+    while rows := log.stored_rows(after, _PAGE):
+        for position, _order_id, _version, topic, _state in rows:
+            if position > last:
+                return count
+            if order_kind(topic, position) is not None:
+                count += 1
+        after = rows[-1][0]
+    return count
 
 
 def _compare(

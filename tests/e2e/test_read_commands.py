@@ -212,6 +212,16 @@ def test_rebuild_and_project(demo_dir: Path) -> None:
         (["positions", "--format", "xml"], "--format: 'xml'"),
         (["pnl", "--by", "week"], "--by: 'week'"),
         (["pnl", "--mark", "SBIN"], "is not EXCHANGE:SYMBOL=PRICE"),
+        # Decimal reads these: they ended in a traceback (NaN, sNaN, Infinity) or a
+        # silently wrong unrealised P&L (zero, negative).
+        *(
+            (
+                [command, "--mark", f"NSE:SBIN={price}"],
+                f"--mark: 'NSE:SBIN={price}': the price must be a finite number above zero",
+            )
+            for command in ("positions", "pnl")
+            for price in ("NaN", "sNaN", "Infinity", "-Inf", "0", "-5")
+        ),
         (["rebuild", "nope"], "unknown projection 'nope'"),
         (["report", "00000000-0000-0000-0000-000000000000"], "no such order"),
         (["offline-rebuild", "--from", "none.parquet", "--into", "x.duckdb"], "does not exist"),
@@ -252,6 +262,75 @@ def test_paths_that_are_not_what_a_command_wants_are_refused_clearly(demo_dir: P
         assert message in result.stderr, (args, result.stderr)
         assert "Traceback" not in result.stderr
     assert not list(demo_dir.glob("*partial*"))
+
+
+def test_verify_does_not_call_projections_that_lag_the_log_equal_to_it(tmp_path: Path) -> None:
+    """Projections folded before the last commands printed "5 projections equal the log"
+    (exit 0) although the store showed the older positions: each lagging one is named
+    with how far behind it is; lag is not a difference, so the exit stays 0."""
+    from tests.support import FakeClock, accepted, fill, submit_command
+
+    clock = FakeClock()
+    with open_ledger(tmp_path / "ledger.db", clock=clock) as ledger:
+        order = ledger.submit(submit_command())
+        ledger.record(accepted(order))
+        ledger.record(fill(order, "T1", 100))
+    assert run("project", cwd=tmp_path).returncode == 0
+    with open_ledger(tmp_path / "ledger.db", clock=clock) as ledger:
+        later = ledger.submit(submit_command(client_order_id="later"))
+        ledger.record(accepted(later, "B-later"))
+    stale = run("verify", cwd=tmp_path)
+    assert stale.returncode == 0, stale.stdout + stale.stderr
+    assert "0 projections equal the log, 5 equal it only up to their positions" in stale.stdout
+    assert "BEHIND projection positions v1 is at log position 3 of 5: 2 events behind" in (
+        stale.stdout
+    )
+    assert run("project", cwd=tmp_path).returncode == 0
+    current = run("verify", cwd=tmp_path)
+    assert current.returncode == 0, current.stdout + current.stderr
+    assert "5 projections equal the log" in current.stdout
+    assert "BEHIND" not in current.stdout
+
+
+def test_export_takes_its_format_from_the_name_and_refuses_a_name_that_disagrees(
+    tmp_path: Path,
+) -> None:
+    """`export --out x.jsonl` wrote Parquet (the default --format) into a file named for
+    JSON lines, and `--out x.csv` Parquet too, both with exit 0. Without --format the
+    suffix decides; a name that says another format is refused with nothing written; a
+    name with no suffix (a stream) keeps the Parquet default."""
+    from tests.support import FakeClock, accepted, fill, submit_command
+
+    with open_ledger(tmp_path / "ledger.db", clock=FakeClock()) as ledger:
+        order = ledger.submit(submit_command())
+        ledger.record(accepted(order))
+        ledger.record(fill(order, "T1", 100))
+    by_name = run("export", "--out", "x.jsonl", cwd=tmp_path)
+    assert by_name.returncode == 0, by_name.stderr
+    lines = (tmp_path / "x.jsonl").read_text().splitlines()
+    assert [json.loads(line)["event_type"] for line in lines] == ["Submitted", "Accepted", "Filled"]
+    assert run("export", "--out", "x.parquet", cwd=tmp_path).returncode == 0
+    assert (tmp_path / "x.parquet").read_bytes()[:4] == b"PAR1"
+    refused = [
+        (["--out", "x.csv"], "x.csv: an export is Parquet or JSON lines, not CSV"),
+        (["--format", "jsonl", "--out", "y.csv"], "not CSV"),
+        (["--format", "parquet", "--out", "y.jsonl"], "the name says jsonl but the format"),
+        (["--format", "jsonl", "--out", "y.parquet"], "the name says parquet but the format"),
+        (["--out", "y.txt"], "the export format cannot be told from .txt suffix"),
+    ]
+    for args, message in refused:
+        result = run("export", *args, cwd=tmp_path)
+        assert result.returncode == 2, (args, result.stdout, result.stderr)
+        assert message in result.stderr, (args, result.stderr)
+        assert "Traceback" not in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(("x.", "y."))) == [
+        "x.jsonl",
+        "x.parquet",
+    ]
+    streamed = tmp_path / "streamed"
+    piped = run_appending(streamed, "export", "--out", "/dev/stdout", cwd=tmp_path)
+    assert piped.returncode == 0, piped.stderr
+    assert streamed.read_bytes()[:4] == b"PAR1"
 
 
 def test_export_over_the_ledger_itself_is_refused_and_writes_nothing(tmp_path: Path) -> None:

@@ -33,7 +33,7 @@ from ledger.domain.values import Exchange, OrderType
 from projections import all_projections
 from projections.pointintime import fold_all
 from projections.rebuild import rebuild
-from projections.runner import LedgerLog
+from projections.runner import LedgerLog, ProjectionRunner
 from projections.store import store_for_ledger_url
 from projections.verify import verify
 from tests.support import FakeClock
@@ -130,6 +130,22 @@ def test_a_new_fill_on_a_v2_order_carries_its_multiplier_and_chains_on(
 
 def test_projections_fold_v2_events(v2_ledger: OrderLedger) -> None:
     _rebuild_and_verify(v2_ledger)
+
+
+def test_reports_of_orders_recorded_before_the_multiplier_read_it_as_1(
+    v2_ledger: OrderLedger,
+) -> None:
+    """`Submitted` events of the v2 fixture carry no `multiplier`: their execution reports
+    fold with 1 (and slippage is what it always was), not with a missing key."""
+    store = store_for_ledger_url(v2_ledger.storage)
+    try:
+        runner = ProjectionRunner(LedgerLog(v2_ledger), store, all_projections())
+        runner.catch_up()
+        reports = list(runner.view("reports").rows("execution_reports"))
+    finally:
+        store.close()
+    assert len(reports) == len(EXPECTED)
+    assert {report.multiplier for report in reports} == {1}
 
 
 def test_v1_events_upcast_with_no_chain(old_ledger: OrderLedger) -> None:

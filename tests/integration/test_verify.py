@@ -14,7 +14,7 @@ from projections import all_projections
 from projections import verify as verify_module
 from projections.runner import LedgerLog, ProjectionRunner
 from projections.store import ProjectionStore, store_for_ledger_url, table_name
-from projections.verify import verify
+from projections.verify import Lag, verify
 from tests.support import accepted, fill, submit_command
 
 
@@ -97,7 +97,7 @@ def test_verify_names_projection_rows_that_differ_are_missing_or_unexpected(
         report = verify(ledger, store, all_projections())
     finally:
         store.close()
-    where = "projection reports v1"
+    where = f"projection reports v{reports.version}"
     assert sorted(report.problems) == sorted(
         [
             f"{where}: execution_reports ('{changed}',): differs",
@@ -105,6 +105,30 @@ def test_verify_names_projection_rows_that_differ_are_missing_or_unexpected(
             f"{where}: execution_fills ('{copied.order_id}', 'forged'): unexpected",
         ]
     ), report.problems
+
+
+def test_verify_says_how_far_a_stored_projection_lags_the_log(ledger: OrderLedger) -> None:
+    """A store no runner has caught up since the last commands equals the log only up to
+    its position: verify compares it there (no difference) and lists it as behind, with
+    its position, the log's and the order events between, instead of counting it as
+    equal to the log."""
+    store = _caught_up(ledger)
+    folded = LedgerLog(ledger).last_position()
+    order = ledger.submit(submit_command(client_order_id="later", quantity=100))
+    ledger.record(accepted(order, "B-later"))
+    ledger.record(fill(order, "T-later", 100))
+    last = LedgerLog(ledger).last_position()
+    try:
+        report = verify(ledger, store, all_projections())
+        assert report.ok, report.problems
+        assert report.projections == 5
+        assert report.current == 0
+        assert report.behind == [Lag(p.name, p.version, folded, last, 3) for p in all_projections()]
+        ProjectionRunner(LedgerLog(ledger), store, all_projections()).catch_up()
+        caught_up = verify(ledger, store, all_projections())
+    finally:
+        store.close()
+    assert (caught_up.ok, caught_up.behind, caught_up.current) == (True, [], 5)
 
 
 def test_verify_reads_the_store_in_one_snapshot_while_its_runner_goes_on(

@@ -149,3 +149,28 @@ def test_contract_note_comparison() -> None:
     assert [(d.component, d.ledger, d.broker) for d in differences] == [
         ("stamp", D("12.19"), D("12.0"))
     ]
+
+
+def test_a_ledger_order_the_contract_note_does_not_list_is_a_difference() -> None:
+    """The comparison walked only the broker's note: an order the ledger charged and Kite
+    never billed (or billed under another id) passed as clean. Both directions are
+    differences of the whole order: ledger total against 0, 0 against broker total."""
+    charged = SCHEDULE.order_charges(SBIN, Product.CNC, Side.BUY, [(100, D("812.35"))], DAY)
+    billed = {
+        "order_id": "2411",
+        "charges": {
+            "transaction_tax": charged.stt,
+            "exchange_turnover_charge": charged.exchange_txn,
+            "sebi_turnover_charge": charged.sebi,
+            "brokerage": charged.brokerage,
+            "stamp_duty": charged.stamp,
+            "gst": {"total": charged.gst},
+        },
+    }
+    unknown = {"order_id": "9999", "charges": {"total": 3.5}}
+    ours = {"2411": charged, "2412": charged}
+    differences = compare_contract_note(ours, [billed, unknown])
+    assert [(d.order_id, d.component, d.ledger, d.broker) for d in differences] == [
+        ("9999", "order", D(0), D("3.5")),
+        ("2412", "order", charged.total, D(0)),
+    ]

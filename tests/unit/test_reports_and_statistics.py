@@ -78,6 +78,26 @@ def test_sell_slippage_is_positive_when_it_receives_less() -> None:
     assert report.slippage_bps < 0
 
 
+def test_slippage_in_rupees_counts_the_contract_multiplier() -> None:
+    """On MCX, CDS and BCD Kite's quantity counts contracts: 0.31 a unit over the decision
+    price on 100 contracts of 10 units each is 310 rupees, not 31; basis points are per
+    unit and do not change."""
+    events = order_events(
+        5,
+        submitted(multiplier=10),
+        accepted(),
+        triggered(),
+        filled("T1", 40, "812.35"),
+        filled("T2", 60, "812.45"),
+    )
+    report = report_for(fold(ExecutionReportsProjection(), events), order_uuid(5))
+    assert report is not None
+    assert report.multiplier == 10
+    assert report.average_price == D("812.41")
+    assert report.slippage == D("310")
+    assert report.slippage_bps == D("3.8172638838")
+
+
 def test_report_follows_modifications_pending_requests_and_late_fills() -> None:
     events = order_events(
         4,
