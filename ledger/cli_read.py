@@ -27,6 +27,7 @@ from ledger.application import OrderLedger
 from ledger.cli import DbOption, _money, _open, app, console, errors, write_out
 from ledger.domain.errors import LedgerError
 from ledger.domain.values import IST, Exchange, InstrumentRef
+from ledger.integrity import Checkpoint
 from ledger.projection_process import interrupt_when_parent_exits
 from projections import all_projections
 from projections.audit import AuditEntry, to_csv, to_jsonl, trail
@@ -639,6 +640,14 @@ def verify_command(
             " prove the database still holds exactly what it held then.",
         ),
     ] = None,
+    export: Annotated[
+        Path | None,
+        typer.Option(
+            "--export",
+            help="Check an export (.parquet or .jsonl) instead of a database (--db is not"
+            " read): its hash chains, and with --digest the checkpoints over it.",
+        ),
+    ] = None,
 ) -> None:
     """Check every order's hash chain and every digest checkpoint, then replay every order
     and every stored projection from the log and compare. Exit 1 and name the first bad
@@ -647,6 +656,9 @@ def verify_command(
     from projections.verify import verify
 
     reference = load_digests(digest) if digest is not None else None
+    if export is not None:  # (no database is opened)
+        _verify_export(export, digest, reference)
+        return
     with _open(db) as ledger:
         integrity = check_integrity(ledger, reference=reference)
         store = _store(ledger, projections_db)
@@ -706,6 +718,37 @@ def verify_command(
             if integrity.after_last_checkpoint
             else ""
         )
+    )
+
+
+def _verify_export(export: Path, digest: Path | None, reference: list[Checkpoint] | None) -> None:
+    """`verify --export`: the export's chains and the digest file's checkpoints over it."""
+    from projections.offline import export_integrity
+
+    integrity = export_integrity(export, reference=reference)
+    for n, finding in enumerate(integrity.findings):
+        first = "first bad event: " if n == 0 else ""
+        console.print(f"TAMPERED {first}{finding}", markup=False, soft_wrap=True)
+    if integrity.findings:
+        console.print(f"{len(integrity.findings)} integrity findings in {export}")
+        raise typer.Exit(1)
+    chains = integrity.chains
+    checked = (
+        f"; {integrity.reference_checkpoints} checkpoints of {digest} match"
+        + (
+            f" ({integrity.after_last_reference} events after its last)"
+            if integrity.after_last_reference
+            else ""
+        )
+        if digest is not None
+        else ""
+    )
+    console.print(
+        f"verified export {export}: {chains.orders} orders and {chains.events} events;"
+        f" hash chains intact: {chains.chained} chained events"
+        + (f" ({chains.unchained} written before the chain existed)" if chains.unchained else "")
+        + checked,
+        soft_wrap=True,
     )
 
 
