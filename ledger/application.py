@@ -20,7 +20,7 @@ from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, ClassVar, Final
+from typing import Any, ClassVar, Final, get_args
 from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
@@ -236,6 +236,7 @@ class OrderLedger(Application[UUID]):
         Submitting the same (account, client_order_id) again returns the order already
         made and writes nothing; with different terms it raises `ClientOrderIdReused`.
         """
+        _expect(command, SubmitOrder)
         instrument = self.instruments.get(command.instrument)
         order_id = order_id_for(command.account, command.client_order_id)
         for _attempt in range(self.max_attempts):
@@ -300,6 +301,7 @@ class OrderLedger(Application[UUID]):
 
     def request_modify(self, command: ModifyOrder) -> Order:
         """Record a modification request (`ModifyRequested`) for the broker to carry out."""
+        _expect(command, ModifyOrder)
         return self._execute(
             command.order_id,
             lambda order, at: order.request_modify(command.changes, actor=command.actor, at=at),
@@ -307,6 +309,7 @@ class OrderLedger(Application[UUID]):
 
     def request_cancel(self, command: CancelOrder) -> Order:
         """Record a cancellation request (`CancelRequested`) for the broker to carry out."""
+        _expect(command, CancelOrder)
         return self._execute(
             command.order_id,
             lambda order, at: order.request_cancel(command.reason, actor=command.actor, at=at),
@@ -318,6 +321,7 @@ class OrderLedger(Application[UUID]):
         Updates the order already reflects (a repeated notice, a fill already recorded
         under the same trade id) write nothing: the returned order's version is unchanged.
         """
+        _expect(update, BROKER_UPDATES)
         return self._execute(update.order_id, lambda order, at: _apply_update(order, update, at))
 
     # ------------------------------------------------------------------ reads
@@ -331,11 +335,22 @@ class OrderLedger(Application[UUID]):
     ) -> Order:
         """An order now, as it was at version `at_version`, or as it stood at `as_of`
         (by the ledger's record time)."""
+        order_id = _order_id("GetOrder", order_id)
         if at_version is not None and as_of is not None:
             raise InvalidCommand(
                 "GetOrder", [Problem("at_version", "give at_version or as_of, not both")]
             )
+        if at_version is not None and (
+            isinstance(at_version, bool) or not isinstance(at_version, int)
+        ):
+            raise InvalidCommand(
+                "GetOrder", [Problem("at_version", f"must be a whole number, got {at_version!r}")]
+            )
         if as_of is not None:
+            if not isinstance(as_of, datetime):
+                raise InvalidCommand(
+                    "GetOrder", [Problem("as_of", f"must be a datetime, got {as_of!r}")]
+                )
             if as_of.tzinfo is None or as_of.utcoffset() is None:
                 raise InvalidCommand("GetOrder", [Problem("as_of", "must be timezone-aware")])
             at_version = self._version_as_of(order_id, as_of)
@@ -361,6 +376,7 @@ class OrderLedger(Application[UUID]):
 
     def history(self, order_id: UUID) -> list[Order.Event]:
         """Every event of the order, oldest first."""
+        order_id = _order_id("History", order_id)
         events = [e for e in self.events.get(order_id) if isinstance(e, Order.Event)]
         if not events:
             raise OrderNotFound(order_id)
@@ -379,6 +395,14 @@ class OrderLedger(Application[UUID]):
         Reads the whole log once and folds it: fine for a day's or a month's orders.
         The projections package keeps an indexed order view for larger ledgers.
         """
+        if status is not None:
+            try:
+                status = OrderStatus(status)  # the text form ("FILLED") too
+            except ValueError:
+                names = ", ".join(s.value for s in OrderStatus)
+                raise InvalidCommand(
+                    "ListOrders", [Problem("status", f"must be one of {names}, got {status!r}")]
+                ) from None
         orders = [
             order
             for order in self.all_orders()
@@ -523,6 +547,42 @@ def _apply_update(order: Order, update: BrokerUpdate, at: datetime) -> bool:
             return order.reject_cancel(update.reason, source=source, at=at)
         case RecordExpired():
             return order.expire(update.reason, source=source, at=at)
+
+
+#: The broker updates `record` takes.
+BROKER_UPDATES: Final[tuple[type, ...]] = get_args(BrokerUpdate)
+
+
+def _expect(command: object, kind: type | tuple[type, ...]) -> None:
+    """A command of the kind the method takes: a mapping or None is refused with its name,
+    not an AttributeError from deep inside."""
+    if not isinstance(command, kind):
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        names = " or ".join(k.__name__ for k in kinds)
+        raise InvalidCommand(
+            kinds[0].__name__ if len(kinds) == 1 else "BrokerUpdate",
+            [
+                Problem(
+                    "command",
+                    f"expected a {names} (build one with .parse(mapping)),"
+                    f" got {type(command).__name__}",
+                )
+            ],
+        )
+
+
+def _order_id(command: str, value: object) -> UUID:
+    """An order id as the stores look it up: a UUID, or its text. SQLite's recorder looks
+    up `uuid.hex`, so the text of an existing order's id read as not found there and as
+    the order on PostgreSQL, and text that is no id was "storage unavailable"."""
+    if isinstance(value, UUID):
+        return value
+    if isinstance(value, str):
+        try:
+            return UUID(value)
+        except ValueError:
+            pass
+    raise InvalidCommand(command, [Problem("order_id", f"must be an order id, got {value!r}")])
 
 
 def _differences(order: Order, command: SubmitOrder) -> list[str]:

@@ -645,3 +645,33 @@ def test_a_snapshot_that_cannot_be_written_does_not_fail_its_committed_command(
     assert len(kinds) == 100
     monkeypatch.undo()
     assert ledger.get_order(order.id).version == 100
+
+
+def test_an_order_is_found_by_its_id_as_text_on_every_backend(ledger: OrderLedger) -> None:
+    """SQLite's recorder looks orders up by `uuid.hex`: the text of an existing order's id
+    read as not found there and as the order on PostgreSQL; text that is no id at all was
+    "storage unavailable, may be sent again" on PostgreSQL."""
+    order = ledger.submit(submit_command())
+    assert ledger.get_order(str(order.id)).id == order.id  # type: ignore[arg-type]
+    assert len(ledger.history(str(order.id))) == 1  # type: ignore[arg-type]
+    with pytest.raises(InvalidCommand, match="order_id: must be an order id, got 'nonsense'"):
+        ledger.get_order("nonsense")  # type: ignore[arg-type]
+    with pytest.raises(InvalidCommand, match="at_version: must be a whole number"):
+        ledger.get_order(order.id, at_version=True)
+    with pytest.raises(InvalidCommand, match="as_of: must be a datetime"):
+        ledger.get_order(order.id, as_of="2026-01-01")  # type: ignore[arg-type]
+
+
+def test_the_api_names_what_is_wrong_with_an_argument_of_the_wrong_kind(
+    ledger: OrderLedger,
+) -> None:
+    order = ledger.submit(submit_command())
+    assert ledger.list_orders(status="SUBMITTED") == [order]  # type: ignore[arg-type]
+    with pytest.raises(InvalidCommand, match="status: must be one of"):
+        ledger.list_orders(status="DONE")  # type: ignore[arg-type]
+    with pytest.raises(InvalidCommand, match=r"expected a SubmitOrder .* got dict"):
+        ledger.submit({"account": "AB1234"})  # type: ignore[arg-type]
+    with pytest.raises(InvalidCommand, match=r"expected a CancelOrder .* got NoneType"):
+        ledger.request_cancel(None)  # type: ignore[arg-type]
+    with pytest.raises(InvalidCommand, match=r"expected a RecordAccepted or .* got dict"):
+        ledger.record({"order_id": order.id})  # type: ignore[arg-type]
