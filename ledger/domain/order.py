@@ -700,11 +700,20 @@ class Order(Aggregate):
             raise TransitionRefused(
                 self.id, self.status.value, "ModifyRequested", "a cancellation is pending"
             )
-        if self.pending is EventKind.MODIFY_REQUESTED and self.pending_changes is not None:
+        pending = self.pending_changes if self.pending is EventKind.MODIFY_REQUESTED else None
+        if pending is not None:
             # The request still pending may not have reached Kite: this one takes it in,
-            # so that what it asked for is sent with this, not dropped.
-            changes = _merged_changes(self.pending_changes, changes)
-        self._check_changes("ModifyOrder", changes, requested=True, at=at)
+            # so that what it asked for is sent with this, not dropped. Asking for the
+            # order's own terms then takes the pending change back.
+            changes = _merged_changes(pending, changes)
+            if not changes.is_empty() and self._apply_changes(changes) == self._apply_changes(
+                pending
+            ):
+                raise InvalidCommand(
+                    "ModifyOrder",
+                    [Problem("changes", "the pending modification already asks for these terms")],
+                )
+        self._check_changes("ModifyOrder", changes, requested=True, at=at, pending=pending)
         self.trigger_event(self.ModifyRequested, timestamp=at, changes=changes, actor=actor)
 
     def record_modified(
@@ -715,8 +724,11 @@ class Order(Aggregate):
         broker_timestamp: datetime | None,
         at: datetime,
     ) -> bool:
-        """The broker changed the order. Returns False when it already has these terms."""
-        if self._apply_changes(changes) == self.terms:
+        """The broker changed the order. Returns False when it already has these terms,
+        unless they are what the ledger's open request asks for (a request that took a
+        pending change back): then the request is done."""
+        answers = self.pending is EventKind.MODIFY_REQUESTED and changes == self.pending_changes
+        if self._apply_changes(changes) == self.terms and not answers:
             return False
         self._refuse_unless_admitted(EventKind.MODIFIED)
         self._check_changes("RecordModified", changes, requested=False, at=at)
@@ -926,14 +938,20 @@ class Order(Aggregate):
         )
 
     def _check_changes(
-        self, command: str, changes: OrderChanges, *, requested: bool, at: datetime
+        self,
+        command: str,
+        changes: OrderChanges,
+        *,
+        requested: bool,
+        at: datetime,
+        pending: OrderChanges | None = None,
     ) -> None:
         problems: list[Problem] = []
         _require_aware("at", at, problems)
         if changes.is_empty():
             problems.append(Problem("changes", "name at least one field to change"))
         new_terms = self._apply_changes(changes)
-        if requested and not changes.is_empty() and new_terms == self.terms:
+        if requested and pending is None and not changes.is_empty() and new_terms == self.terms:
             problems.append(Problem("changes", "the order already has these terms"))
         new_type = changes.order_type
         keeps_type = new_type is None or new_type is self.order_type

@@ -165,9 +165,6 @@ SETTLED_STATUSES: Final = frozenset(
     {"OPEN", "TRIGGER PENDING", "AMO REQ RECEIVED", "COMPLETE", "CANCELLED", "REJECTED"}
 )
 
-#: What Kite answers an order_history call for an order it no longer holds.
-NO_HISTORY: tuple[type[BaseException], ...] = (*REFUSED, KitePayloadError)
-
 #: Kite's statuses before it (and the exchange) have taken an order.
 PRE_OPEN_STATUSES: Final = frozenset(
     {"PUT ORDER REQ RECEIVED", "VALIDATION PENDING", "OPEN PENDING"}
@@ -247,6 +244,7 @@ class KiteGateway:
         limiter: RateLimiter | None = None,
         charges: ChargesSchedule | None = None,
         unknown_outcome_grace: float = 10.0,
+        request_timeout: float = 60.0,
         send_lease: float | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -260,6 +258,9 @@ class KiteGateway:
         # order if the send reached it: a placement Kite books later than that is sent
         # again (a duplicate, reported when it turns up), so it errs long.
         self.grace = unknown_outcome_grace
+        # How long a modification Kite took may go unseen in its order history before it
+        # is taken as not made (ModifyRejected), so that the order's terms converge again.
+        self.request_timeout = request_timeout
         # A send's lease: the client's timeout (kiteconnect's default is 7 s; requests also
         # takes a (connect, read) pair) and a margin; renewed while the send lasts.
         timeout = getattr(kite, "timeout", None) or 7
@@ -512,22 +513,34 @@ class KiteGateway:
         ]
         return versions[-1] if versions else 0
 
-    def _cancel_version(self, order: Order) -> int:
-        """The version of the cancellation request now pending: its first CancelRequested
-        since the last one was answered. A strategy that asks again while one is pending
-        repeats that request; sent again, Kite refuses it ("being processed"), which is no
-        answer to the first."""
-        first = 0
+    def _cancel_requests(self, order: Order) -> tuple[list[int], int]:
+        """The versions of the CancelRequested events since the last cancellation was
+        answered (CancelRejected), and how many were answered before them."""
+        run: list[int] = []
+        refused = 0
         for event in self.ledger.history(order.id):
             if isinstance(event, Order.CancelRequested):
-                first = first or event.originator_version
+                run.append(event.originator_version)
             elif isinstance(event, Order.CancelRejected):
-                first = 0
-        return first
+                run = []
+                refused += 1
+        return run, refused
+
+    def _cancel_version(self, order: Order, run: list[int]) -> int:
+        """The version of the cancellation request now pending: the latest of `run` that
+        was ever sent (claimed in the outbox), else its first. A strategy that asks again
+        while one is at Kite repeats that request; sent again, Kite refuses it ("being
+        processed"), which is no answer to the first. (A repeat becomes the request when
+        the one before it is refused: `_send_cancel`.)"""
+        for version in reversed(run):
+            if self.outbox.attempt(str(order.id), "cancel", version) is not None:
+                return version
+        return run[0] if run else 0
 
     def _send_cancel(self, order: Order, report: DispatchReport) -> None:
         assert order.broker_order_id is not None
-        version = self._cancel_version(order)
+        run, refused_before = self._cancel_requests(order)
+        version = self._cancel_version(order, run)
         previous = self.outbox.attempt(str(order.id), "cancel", version)
         if previous is not None and self.clock() - previous.last_attempt < self.grace:
             return
@@ -535,8 +548,18 @@ class KiteGateway:
             # Kite took it: sent again while the exchange works on it, it is refused
             # ("being processed"), and the order's history says the outcome. One that
             # shows the order working again after a CANCEL PENDING record is the
-            # exchange's refusal: recorded (at most one look per grace), not sent again.
-            if self._outcome_check_due(order.id) and self._cancel_refused_at_kite(order, previous):
+            # exchange's refusal: recorded (at most one look per grace), not sent again,
+            # unless the strategy asked again meanwhile: then the repeat is sent.
+            if not (
+                self._outcome_check_due(order.id)
+                and self._cancel_refused_at_kite(order, previous, refused_before)
+            ):
+                return
+            repeats = [v for v in run if v > version]
+            if repeats:
+                log.info("order %s: a cancellation was refused; sending the repeat", order.id)
+                version, previous = repeats[-1], None
+            else:
                 self._record(
                     RecordCancelRejected(
                         order_id=order.id,
@@ -545,7 +568,7 @@ class KiteGateway:
                     ),
                     [],
                 )
-            return
+                return
         with self._claimed(str(order.id), "cancel", version, previous) as lease:
             if lease is None:
                 return
@@ -595,16 +618,15 @@ class KiteGateway:
             -1
         ].status in WORKING_STATUSES
 
-    def _cancel_refused_at_kite(self, order: Order, sent: Attempt) -> bool:
+    def _cancel_refused_at_kite(self, order: Order, sent: Attempt, refused_before: int) -> bool:
         """Whether Kite's history shows this cancellation refused by the exchange: a CANCEL
         PENDING record newer than the send (earlier ones are other cancellations'), and
         the order working and settled in its latest record. A row written before the
-        outbox kept the count says nothing: the request stays pending until Kite says
-        more or the strategy asks again."""
-        if sent.baseline is None:
-            return False
+        outbox kept that count stands on the cancellations answered before it instead
+        (each had at least one CANCEL PENDING record)."""
+        baseline = sent.baseline if sent.baseline is not None else refused_before
         pending, working = self._request_records(order, CANCEL_RECORDS)
-        return working and pending > sent.baseline
+        return working and pending > baseline
 
     def _send_modify(self, order: Order, report: DispatchReport) -> None:
         assert order.broker_order_id is not None
@@ -814,7 +836,13 @@ class KiteGateway:
             if latest.status in WORKING_STATUSES:
                 count += self._settle_modification(order, history, source, record)
                 order = self.ledger.get_order(order_id)
-            count += self._record_modification(order, latest, source, record)
+            if order.pending is not EventKind.MODIFY_REQUESTED or latest.status not in (
+                WORKING_STATUSES
+            ):
+                # While the ledger's own modification is open, Kite's terms are the ones
+                # from before it or a part of it: recorded, they would close it with what
+                # it asked for not all made. They are recorded once it is settled.
+                count += self._record_modification(order, latest, source, record)
         for trade in sorted(trades, key=_trade_order):
             count += self._record_fill(order_id, trade, source, record)
         if latest.status == "CANCELLED":
@@ -847,20 +875,18 @@ class KiteGateway:
     def _settle_modification(
         self, order: Order, history: list[KiteOrder], source: Source, problems: list[str]
     ) -> int:
-        """The outcome of the ledger's modification that Kite took (sent), by the order's
-        history, whose latest record is settled and working and read after the send:
-        Modified, with the changes asked for, where it shows them all; ModifyRejected
-        where it shows a MODIFY (VALIDATION) PENDING record newer than the send (the
-        exchange had the change and the order works on without it) and nothing filled
-        since (a trade's record may come before the exchange's answer). Otherwise Kite
-        has not got to it yet, and nothing is recorded."""
+        """The outcome of the ledger's open modification, by the order's history, whose
+        latest record is settled and working and read after the send:
+        * Modified, with the changes asked for, where it shows them all (sent or not: a
+          converge may come between Kite's reply and the mark);
+        * ModifyRejected where Kite took it (sent) and shows a MODIFY (VALIDATION) PENDING
+          record newer than the send, answered by a record that is no trade's (the order
+          works on without the change), or where the change has not shown for
+          `request_timeout` seconds since the send;
+        * otherwise Kite has not got to it yet, and nothing is recorded."""
         changes = order.pending_changes
         if order.pending is not EventKind.MODIFY_REQUESTED or changes is None:
             return 0
-        version = self._request_version(order, Order.ModifyRequested)
-        sent = self.outbox.attempt(str(order.id), "modify", version)
-        if sent is None or not sent.sent:
-            return 0  # not sent, or its outcome unknown: `_send_modify` has it
         latest = history[-1]
         if _shows_changes(order, latest, changes):
             return self._record(
@@ -877,24 +903,32 @@ class KiteGateway:
                 ),
                 problems,
             )
-        if (
+        version = self._request_version(order, Order.ModifyRequested)
+        sent = self.outbox.attempt(str(order.id), "modify", version)
+        if sent is None or not sent.sent:
+            return 0  # not sent, or its outcome unknown: `_send_modify` has it
+        refused = (
             sent.baseline is not None
             and _count_records(history, MODIFY_RECORDS) > sent.baseline
             and _answers_modification(history)
-        ):
-            return self._record(
-                lambda: RecordModifyRejected(
-                    order_id=order.id,
-                    reason=_reason(
-                        latest.status_message,
-                        "the exchange did not modify it: Kite shows the order working on"
-                        " its earlier terms after taking the modification",
-                    ),
-                    source=source,
-                ),
-                problems,
-            )
-        return 0
+        )
+        timed_out = self.clock() - sent.last_attempt > self.request_timeout
+        if not (refused or timed_out):
+            return 0
+        default = (
+            "the exchange did not modify it: Kite shows the order working on its earlier"
+            " terms after taking the modification"
+            if refused
+            else f"Kite did not show the change within {self.request_timeout:g} s of taking it"
+        )
+        return self._record(
+            lambda: RecordModifyRejected(
+                order_id=order.id,
+                reason=_reason(latest.status_message if refused else None, default),
+                source=source,
+            ),
+            problems,
+        )
 
     def _record_modification(
         self, order: Order, latest: KiteOrder, source: Source, problems: list[str]
@@ -1161,8 +1195,17 @@ class KiteGateway:
             result.problems.extend(
                 p for p in converged.problems if not p.startswith("Kite has no history")
             )
-        except NO_HISTORY as error:
+        except REFUSED as error:  # what Kite answers for an order it no longer holds
             log.info("order %s: Kite has no history of it any more (%s)", order.id, error)
+        except KitePayloadError as error:  # Kite has it, and says something: look again
+            result.problems.append(f"{_described(order)}: {error}")
+            return
+        except UNKNOWN_OUTCOME as error:
+            result.differences.append(
+                f"{_described(order)}: Kite's order book does not list it, and its history"
+                f" could not be read ({error})"
+            )
+            return
         if self.ledger.get_order(order.id).lifecycle.is_terminal:
             return
         recorded = self._record(
@@ -1285,11 +1328,16 @@ def _count_records(history: Iterable[KiteOrder], statuses: frozenset[str]) -> in
 
 
 def _answers_modification(history: list[KiteOrder]) -> bool:
-    """Whether the latest record can be the exchange's answer to the newest modification
-    record: nothing filled between them. Otherwise it may be a trade's record written
-    while the change was on its way, and the answer still to come."""
+    """Whether a record after the newest modification record is the exchange's answer to
+    it: one that shows the order working with nothing more filled than the record before
+    it. A record that adds to the filled quantity is a trade's, which can come while the
+    change is on its way, before the answer."""
     newest = max(i for i, record in enumerate(history) if record.status in MODIFY_RECORDS)
-    return history[-1].filled_quantity == history[newest].filled_quantity
+    return any(
+        history[i].status in WORKING_STATUSES
+        and history[i].filled_quantity == history[i - 1].filled_quantity
+        for i in range(newest + 1, len(history))
+    )
 
 
 def _shows_changes(order: Order, broker_order: KiteOrder, changes: OrderChanges) -> bool:

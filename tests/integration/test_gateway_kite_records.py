@@ -10,11 +10,13 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+import pytest
 from kiteconnect import exceptions as kite_errors
 
 from ledger.application import OrderLedger
 from ledger.charges import ChargesSchedule
 from ledger.commands import CancelOrder, ModifyOrder, RecordCancelled
+from ledger.domain.errors import InvalidCommand
 from ledger.domain.order import Order
 from ledger.domain.status import EventKind, OrderStatus
 from ledger.domain.values import IST, OrderType, Product, Side, Source, Validity
@@ -1107,3 +1109,207 @@ def test_a_refusal_with_control_characters_is_recorded_without_them(ledger: Orde
     order = submit(ledger, "control", price="812.35")
     assert gateway.dispatch().rejected == [order.id]
     assert ledger.get_order(order.id).reason == "Invalid price"
+
+
+# ---------------------------------------------------------------- review of the above
+
+
+def test_a_modification_merged_into_one_on_its_way_is_not_dropped_when_the_first_is_made(
+    ledger: OrderLedger,
+) -> None:
+    """A (price) is at Kite; B (quantity) is asked for and merged. Kite made A, a poll
+    converged it before the dispatcher ran again: the Modified of A closed the merged
+    request, and B was never sent, refused or recorded."""
+    now, kite, gateway, order = _placed_on_a_clock(ledger, "merge-on-its-way")
+    broker_id = order.broker_order_id or ""
+    opened = kite.histories[broker_id][0]
+    sent: list[dict[str, object]] = []
+
+    def modify(params: dict[str, object]) -> None:
+        sent.append(params)
+        kite.histories[broker_id].append({**opened, "status": "MODIFY PENDING"})
+        if "quantity" in params:  # the merged request: Kite makes both
+            kite.histories[broker_id].append(
+                {**opened, "status": "OPEN", "price": 813.0, "quantity": 200}
+            )
+
+    kite.on_modify = modify
+    ledger.request_modify(ModifyOrder(order_id=order.id, price=Decimal("813.00")))
+    gateway.dispatch()
+    ledger.request_modify(ModifyOrder(order_id=order.id, quantity=200))
+    kite.histories[broker_id].append({**opened, "status": "OPEN", "price": 813.0})  # A made
+    gateway.poll()
+    assert ledger.get_order(order.id).pending is EventKind.MODIFY_REQUESTED
+    now[0] += 10
+    gateway.dispatch()
+    assert [p.get("quantity") for p in sent] == [None, 200]
+    made = ledger.get_order(order.id)
+    assert (made.price, made.quantity, made.pending) == (Decimal("813.00"), 200, None)
+
+
+def test_a_converge_between_kites_reply_and_the_sent_mark_records_the_whole_change(
+    ledger: OrderLedger,
+) -> None:
+    """The postback's converge came before the dispatcher marked the request sent: Kite's
+    record showed price and validity, the ledger recorded the price alone and closed the
+    request, so the validity was lost."""
+    _, kite, gateway, order = _placed_on_a_clock(ledger, "postback-first")
+    broker_id = order.broker_order_id or ""
+    opened = kite.histories[broker_id][0]
+
+    def modify(params: dict[str, object]) -> None:
+        kite.histories[broker_id] += [
+            {**opened, "status": "MODIFY PENDING"},
+            {**opened, "status": "OPEN", "price": 813.0, "validity": "IOC"},
+        ]
+        gateway.converge(broker_id, Source.POSTBACK)
+
+    kite.on_modify = modify
+    ledger.request_modify(
+        ModifyOrder(order_id=order.id, price=Decimal("813.00"), validity=Validity.IOC)
+    )
+    gateway.dispatch()
+    made = ledger.get_order(order.id)
+    assert (made.price, made.validity, made.pending) == (Decimal("813.00"), Validity.IOC, None)
+
+
+def test_a_pending_modification_can_be_taken_back(ledger: OrderLedger) -> None:
+    """Asking for the order's own terms while a change is on its way was refused ("the
+    order already has these terms"); it takes the change back, and is done when Kite
+    shows those terms."""
+    _, kite, gateway, order = _placed_on_a_clock(ledger, "take-back")
+    broker_id = order.broker_order_id or ""
+    opened = kite.histories[broker_id][0]
+    kite.on_modify = lambda params: kite.histories[broker_id].append(
+        {**opened, "status": "MODIFY PENDING"}
+    )
+    ledger.request_modify(ModifyOrder(order_id=order.id, price=Decimal("813.00")))
+    gateway.dispatch()
+    ledger.request_modify(ModifyOrder(order_id=order.id, price=Decimal("812.35")))
+    with pytest.raises(InvalidCommand, match="pending modification already asks"):
+        ledger.request_modify(ModifyOrder(order_id=order.id, price=Decimal("812.35")))
+    kite.on_modify = lambda params: kite.histories[broker_id].append(
+        {**opened, "status": "OPEN", "price": 812.35}
+    )
+    gateway.dispatch()
+    back = ledger.get_order(order.id)
+    assert (back.price, back.pending) == (Decimal("812.35"), None)
+    assert [type(e).__name__ for e in ledger.history(order.id)][-1] == "Modified"
+
+
+def test_a_refusal_that_comes_after_a_fill_is_still_recorded(ledger: OrderLedger) -> None:
+    """MODIFY PENDING, then a trade's record, then the exchange's refusal: only a record
+    with nothing newly filled was taken as the answer if it came right after MODIFY
+    PENDING, so the order stayed PENDING_MODIFY for good."""
+    now, kite, gateway, order = _placed_on_a_clock(ledger, "refused-after-fill")
+    broker_id = order.broker_order_id or ""
+    opened = kite.histories[broker_id][0]
+    kite.on_modify = lambda params: kite.histories[broker_id].append(
+        {**opened, "status": "MODIFY PENDING"}
+    )
+    ledger.request_modify(ModifyOrder(order_id=order.id, price=Decimal("813.00")))
+    gateway.dispatch()
+    part = {**opened, "status": "OPEN", "filled_quantity": 40, "pending_quantity": 60}
+    kite.histories[broker_id] += [part, {**part, "status_message": "Price outside the range"}]
+    kite.trade_book.append(kite_trade(order, broker_id, "T-40", 40, "812.35"))
+    gateway.poll()
+    now[0] += 10
+    gateway.dispatch()
+    refused = ledger.get_order(order.id)
+    assert (refused.status, refused.price) == (OrderStatus.PARTIALLY_FILLED, Decimal("812.35"))
+    assert refused.pending is None
+    assert "ModifyRejected" in [type(e).__name__ for e in ledger.history(order.id)]
+
+
+def test_a_modification_kite_never_shows_is_refused_after_the_time_limit(
+    ledger: OrderLedger,
+) -> None:
+    """Kite took it and its history never says: the request (which holds the terms the
+    ledger records) is closed after `request_timeout`, and Kite's terms are recorded."""
+    now, _, gateway, order = _placed_on_a_clock(ledger, "never-shown")
+    ledger.request_modify(ModifyOrder(order_id=order.id, price=Decimal("813.00")))
+    gateway.dispatch()
+    now[0] += 30
+    gateway.dispatch()
+    assert ledger.get_order(order.id).pending is EventKind.MODIFY_REQUESTED
+    now[0] += 40
+    gateway.dispatch()
+    events = list(ledger.history(order.id))
+    assert isinstance(events[-1], Order.ModifyRejected)
+    assert events[-1].reason == "Kite did not show the change within 60 s of taking it"
+
+
+def test_a_cancellation_asked_for_again_after_the_first_was_refused_is_sent(
+    ledger: OrderLedger,
+) -> None:
+    """The exchange refused the first; the strategy asked again before the ledger saw the
+    refusal. The repeat was folded into the first and answered by its refusal: never
+    sent, and the order worked on."""
+    now, kite, gateway, order = _placed_on_a_clock(ledger, "cancel-after-refusal")
+    broker_id = order.broker_order_id or ""
+    opened = kite.histories[broker_id][0]
+    sends: list[object] = []
+
+    def cancel(params: dict[str, object]) -> None:
+        sends.append(params["order_id"])
+        kite.histories[broker_id].append({**opened, "status": "CANCEL PENDING"})
+        if len(sends) == 1:
+            kite.histories[broker_id].append({**opened, "status": "OPEN"})  # refused
+        else:
+            kite.histories[broker_id].append(
+                {**opened, "status": "CANCELLED", "pending_quantity": 0, "cancelled_quantity": 100}
+            )
+
+    kite.on_cancel = cancel
+    ledger.request_cancel(CancelOrder(order_id=order.id))
+    gateway.dispatch()
+    now[0] += 1
+    ledger.request_cancel(CancelOrder(order_id=order.id))
+    for _ in range(3):
+        now[0] += 10
+        gateway.dispatch()
+        gateway.poll()
+    assert len(sends) == 2
+    assert ledger.get_order(order.id).status is OrderStatus.CANCELLED
+
+
+def test_a_cancellation_sent_before_the_outbox_kept_its_count_is_still_told(
+    ledger: OrderLedger,
+) -> None:
+    """A row written before `baseline` existed (sent, no count) left a refused
+    cancellation PENDING_CANCEL for good; it now stands on the refusals answered before."""
+    now, kite, gateway, order = _placed_on_a_clock(ledger, "no-baseline")
+    broker_id = order.broker_order_id or ""
+    opened = kite.histories[broker_id][0]
+    kite.on_cancel = lambda params: kite.histories[broker_id].append(
+        {**opened, "status": "CANCEL PENDING"}
+    )
+    ledger.request_cancel(CancelOrder(order_id=order.id))
+    gateway.dispatch()
+    gateway.outbox._conn.execute("UPDATE gateway_outbox SET baseline = NULL")
+    kite.histories[broker_id].append({**opened, "status": "OPEN"})
+    now[0] += 10
+    gateway.dispatch()
+    assert [type(e).__name__ for e in ledger.history(order.id)][-1] == "CancelRejected"
+
+
+def test_an_unreadable_history_of_an_earlier_days_order_does_not_expire_it(
+    make_ledger: LedgerFactory,
+) -> None:
+    """Kite still had the order's history (COMPLETE, with its trade), but one field could
+    not be read: taken for "no history", the order was recorded Expired and its fill lost
+    for good. It is reported, and looked at again."""
+    clock = FakeClock()
+    ledger = make_ledger(clock=clock)
+    kite = ScriptedKite()
+    gateway = gateway_for(ledger, kite)
+    order = kite.placed(gateway, submit(ledger, "unreadable", price="812.35"))
+    broker_id = order.broker_order_id or ""
+    history = kite.histories.pop(broker_id)
+    done = kite_record(order, broker_id, status="COMPLETE", filled_quantity=100, quantity="lots")
+    clock.advance(timedelta(days=1))
+    kite.order_history = lambda order_id: [*history, done]  # type: ignore[method-assign]
+    result = gateway.poll()
+    assert ledger.get_order(order.id).status is OrderStatus.ACCEPTED
+    assert result.expired == []
+    assert any("unreadable" in problem for problem in result.problems)
