@@ -53,7 +53,7 @@ _Amount = Annotated[
     Field(allow_inf_nan=False, ge=-MAX_AMOUNT, le=MAX_AMOUNT),
 ]
 #: An exact amount of money. Floats are refused; "812.35" and Decimal("812.35") are not.
-#: At most 10 places: Decimal("1E-20000") was accepted, written, and then stopped the
+#: At most 40 places: Decimal("1E-20000") was accepted, written, and then stopped the
 #: PostgreSQL projections for good (numeric overflow) on every catch-up.
 Money = Annotated[_Amount, Field(decimal_places=MAX_AMOUNT_PLACES)]
 #: A price: money in at most 4 decimal places (Kite's finest tick is 0.0025), so that a

@@ -25,9 +25,9 @@ MAX_QUANTITY = 10**9
 MAX_AMOUNT = Decimal(10**12)
 #: Decimal places a price may have: Kite's finest tick is 0.0025 (currency derivatives).
 MAX_PRICE_PLACES = 4
-#: Places an amount may carry (charges, a reference price): what the projection stores keep,
-#: and short of what PostgreSQL's numeric can hold.
-MAX_AMOUNT_PLACES = 10
+#: Places an amount may carry (charges, a reference price such as a VWAP a strategy
+#: computed, to Decimal's 28 digits): far short of what PostgreSQL's numeric can hold.
+MAX_AMOUNT_PLACES = 40
 
 
 class Exchange(Enum):
