@@ -538,12 +538,17 @@ class KiteGateway:
         return run[0] if run else 0
 
     def _send_cancel(self, order: Order, report: DispatchReport) -> None:
+        order = self.ledger.get_order(order.id)  # (as `_send_modify`)
         assert order.broker_order_id is not None
+        if order.pending is not EventKind.CANCEL_REQUESTED:
+            return
         run, refused_before = self._cancel_requests(order)
         version = self._cancel_version(order, run)
         previous = self.outbox.attempt(str(order.id), "cancel", version)
         if previous is not None and self.clock() - previous.last_attempt < self.grace:
             return
+        if self._took_it_after_all(order, "cancel", version, previous, CANCEL_RECORDS):
+            previous = self.outbox.attempt(str(order.id), "cancel", version)
         if previous is not None and previous.sent:
             # Kite took it: sent again while the exchange works on it, it is refused
             # ("being processed"), and the order's history says the outcome. One that
@@ -599,6 +604,26 @@ class KiteGateway:
             report.cancels_sent.append(order.id)
             self.converge(order.broker_order_id, Source.BROKER)
 
+    def _took_it_after_all(
+        self,
+        order: Order,
+        request: str,
+        version: int,
+        previous: Attempt | None,
+        statuses: frozenset[str],
+    ) -> bool:
+        """Whether a send whose outcome was unknown (a lost reply) reached Kite after all:
+        its history holds more of the request's records than before the send. Sent again,
+        Kite would refuse the repeat ("being processed") and that refusal be recorded as
+        the request's; instead the row is marked sent and the outcome is looked for."""
+        if previous is None or previous.sent or previous.baseline is None:
+            return False
+        count, _ = self._request_records(order, statuses)
+        if count <= previous.baseline:
+            return False
+        self.outbox.mark_sent(str(order.id), request, version)
+        return True
+
     def _outcome_check_due(self, order_id: UUID) -> bool:
         """Whether a sent request's outcome may be looked up at Kite again: once per
         grace, so that an exchange slow to confirm costs few history calls."""
@@ -610,32 +635,36 @@ class KiteGateway:
             return True
 
     def _request_records(self, order: Order, statuses: frozenset[str]) -> tuple[int, bool]:
-        """Kite's history of the order: how many records in `statuses` it holds, and
-        whether its latest shows the order working and settled."""
+        """Kite's history of the order: how many records in `statuses` (a kind of
+        request's) it holds, and whether the newest of them was answered with the order
+        working on (`_answered`)."""
         assert order.broker_order_id is not None
         history = parse_orders(self.call("order_history", order_id=order.broker_order_id))
-        return _count_records(history, statuses), bool(history) and history[
-            -1
-        ].status in WORKING_STATUSES
+        return _count_records(history, statuses), _answered(history, statuses)
 
     def _cancel_refused_at_kite(self, order: Order, sent: Attempt, refused_before: int) -> bool:
         """Whether Kite's history shows this cancellation refused by the exchange: a CANCEL
-        PENDING record newer than the send (earlier ones are other cancellations'), and
-        the order working and settled in its latest record. A row written before the
+        PENDING record newer than the send (earlier ones are other cancellations'),
+        answered by a record that is no trade's with the order working. A row written before the
         outbox kept that count stands on the cancellations answered before it instead
         (each had at least one CANCEL PENDING record)."""
         baseline = sent.baseline if sent.baseline is not None else refused_before
-        pending, working = self._request_records(order, CANCEL_RECORDS)
-        return working and pending > baseline
+        pending, answered = self._request_records(order, CANCEL_RECORDS)
+        return answered and pending > baseline
 
     def _send_modify(self, order: Order, report: DispatchReport) -> None:
+        # Read again: the dispatch pass's view may predate a request merged since, and the
+        # changes sent must be those of the version the outbox row is for.
+        order = self.ledger.get_order(order.id)
         assert order.broker_order_id is not None
         changes = order.pending_changes
-        if changes is None:
+        if order.pending is not EventKind.MODIFY_REQUESTED or changes is None:
             return
         version = self._request_version(order, Order.ModifyRequested)
         previous = self.outbox.attempt(str(order.id), "modify", version)
         if previous is not None and self.clock() - previous.last_attempt < self.grace:
+            return
+        if self._took_it_after_all(order, "modify", version, previous, MODIFY_RECORDS):
             return
         if previous is not None and previous.sent:
             # Kite took it: the order's history says whether the exchange made the change
@@ -888,7 +917,23 @@ class KiteGateway:
         if order.pending is not EventKind.MODIFY_REQUESTED or changes is None:
             return 0
         latest = history[-1]
-        if _shows_changes(order, latest, changes):
+        version = self._request_version(order, Order.ModifyRequested)
+        sent = self.outbox.attempt(str(order.id), "modify", version)
+        taken = sent is not None and sent.sent
+        # The records that can show it made: the latest; for a request Kite took, any
+        # working one after its first MODIFY record (a later outside change may have
+        # moved the terms on since).
+        candidates = [latest]
+        if taken and sent is not None and sent.baseline is not None:
+            candidates = _after_request(history, MODIFY_RECORDS, sent.baseline) or candidates
+        # A request that takes a pending change back asks for terms the order has: an
+        # older record shows them too, so only a record after Kite took it can say.
+        shown = (
+            None
+            if not taken and _asks_for_current_terms(order, changes)
+            else next((r for r in reversed(candidates) if _shows_changes(order, r, changes)), None)
+        )
+        if shown is not None:
             return self._record(
                 lambda: RecordModified(
                     order_id=order.id,
@@ -899,18 +944,16 @@ class KiteGateway:
                     validity=changes.validity,
                     disclosed_quantity=changes.disclosed_quantity,
                     source=source,
-                    broker_timestamp=latest.exchange_update_timestamp,
+                    broker_timestamp=shown.exchange_update_timestamp,
                 ),
                 problems,
             )
-        version = self._request_version(order, Order.ModifyRequested)
-        sent = self.outbox.attempt(str(order.id), "modify", version)
         if sent is None or not sent.sent:
             return 0  # not sent, or its outcome unknown: `_send_modify` has it
         refused = (
             sent.baseline is not None
             and _count_records(history, MODIFY_RECORDS) > sent.baseline
-            and _answers_modification(history)
+            and _answered(history, MODIFY_RECORDS)
         )
         timed_out = self.clock() - sent.last_attempt > self.request_timeout
         if not (refused or timed_out):
@@ -1327,17 +1370,48 @@ def _count_records(history: Iterable[KiteOrder], statuses: frozenset[str]) -> in
     return sum(1 for record in history if record.status in statuses)
 
 
-def _answers_modification(history: list[KiteOrder]) -> bool:
-    """Whether a record after the newest modification record is the exchange's answer to
-    it: one that shows the order working with nothing more filled than the record before
-    it. A record that adds to the filled quantity is a trade's, which can come while the
-    change is on its way, before the answer."""
-    newest = max(i for i, record in enumerate(history) if record.status in MODIFY_RECORDS)
+def _answered(history: list[KiteOrder], statuses: frozenset[str]) -> bool:
+    """Whether a record after the newest record in `statuses` (a request's) is the
+    exchange's answer to it with the order working on: one that shows the order working
+    with nothing more filled than the record before it. A record that adds to the filled
+    quantity is a trade's, which can come while the request is on its way, before the
+    answer."""
+    marks = [i for i, record in enumerate(history) if record.status in statuses]
+    if not marks:
+        return False
+    newest = marks[-1]
     return any(
         history[i].status in WORKING_STATUSES
         and history[i].filled_quantity == history[i - 1].filled_quantity
         for i in range(newest + 1, len(history))
     )
+
+
+def _after_request(
+    history: list[KiteOrder], statuses: frozenset[str], baseline: int
+) -> list[KiteOrder]:
+    """The working records after the first of a request's records newer than `baseline`
+    (how many the history held before the send)."""
+    seen = 0
+    for i, record in enumerate(history):
+        if record.status in statuses:
+            seen += 1
+            if seen > baseline:
+                return [r for r in history[i + 1 :] if r.status in WORKING_STATUSES]
+    return []
+
+
+def _asks_for_current_terms(order: Order, changes: OrderChanges) -> bool:
+    """Whether every term `changes` names is one the order has now."""
+    current: list[tuple[object, object]] = [
+        (changes.quantity, order.quantity),
+        (changes.price, order.price),
+        (changes.trigger_price, order.trigger_price),
+        (changes.order_type, order.order_type),
+        (changes.validity, order.validity),
+        (changes.disclosed_quantity, order.disclosed_quantity),
+    ]
+    return all(asked is None or asked == has for asked, has in current)
 
 
 def _shows_changes(order: Order, broker_order: KiteOrder, changes: OrderChanges) -> bool:
@@ -1349,7 +1423,9 @@ def _shows_changes(order: Order, broker_order: KiteOrder, changes: OrderChanges)
         (changes.disclosed_quantity, broker_order.disclosed_quantity),
     ]
     if changes.order_type is not None:
-        asked_and_shown.append((changes.order_type.value, _booked_type(order, broker_order)))
+        # As Kite shows it: a protected market order asked to become a limit one keeps
+        # Kite's "mktp" tags, which `_booked_type` would read as still a market order.
+        asked_and_shown.append((changes.order_type.value, broker_order.order_type))
     if changes.validity is not None:
         asked_and_shown.append((changes.validity.value, broker_order.validity))
     return all(asked is None or asked == shown for asked, shown in asked_and_shown)

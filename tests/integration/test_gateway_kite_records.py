@@ -1313,3 +1313,167 @@ def test_an_unreadable_history_of_an_earlier_days_order_does_not_expire_it(
     assert ledger.get_order(order.id).status is OrderStatus.ACCEPTED
     assert result.expired == []
     assert any("unreadable" in problem for problem in result.problems)
+
+
+# ---------------------------------------------------------------- second review
+
+
+def _names(ledger: OrderLedger, order: Order) -> list[str]:
+    return [type(e).__name__ for e in ledger.history(order.id)][2:]
+
+
+def test_our_change_made_and_then_moved_on_from_outside_is_recorded_made(
+    ledger: OrderLedger,
+) -> None:
+    """Kite made our change, then the trader moved the price again in Kite's web app
+    before the ledger looked: the latest record did not show ours, and the newest MODIFY
+    records (the trader's) were taken for our refusal."""
+    now, kite, gateway, order = _placed_on_a_clock(ledger, "ours-then-theirs")
+    broker_id = order.broker_order_id or ""
+    opened = kite.histories[broker_id][0]
+    kite.on_modify = lambda params: kite.histories[broker_id].append(
+        {**opened, "status": "MODIFY PENDING"}
+    )
+    ledger.request_modify(ModifyOrder(order_id=order.id, price=Decimal("813.00")))
+    gateway.dispatch()
+    kite.histories[broker_id] += [
+        {**opened, "price": 813.0},
+        {**opened, "price": 813.0, "status": "MODIFY PENDING"},
+        {**opened, "price": 814.0},
+    ]
+    now[0] += 10
+    gateway.dispatch()
+    assert _names(ledger, order) == ["ModifyRequested", "Modified", "Modified"]
+    assert ledger.get_order(order.id).price == Decimal("814.00")
+
+
+def test_a_trade_while_a_cancellation_is_on_its_way_is_not_its_refusal(
+    ledger: OrderLedger,
+) -> None:
+    now, kite, gateway, order = _placed_on_a_clock(ledger, "trade-then-cancel")
+    broker_id = order.broker_order_id or ""
+    opened = kite.histories[broker_id][0]
+    kite.on_cancel = lambda params: kite.histories[broker_id].append(
+        {**opened, "status": "CANCEL PENDING"}
+    )
+    ledger.request_cancel(CancelOrder(order_id=order.id))
+    gateway.dispatch()
+    part = {**opened, "filled_quantity": 30, "pending_quantity": 70}
+    kite.histories[broker_id].append(part)
+    kite.trade_book.append(kite_trade(order, broker_id, "9001", 30, "812.35"))
+    now[0] += 10
+    gateway.dispatch()
+    kite.histories[broker_id].append(
+        {**part, "status": "CANCELLED", "pending_quantity": 0, "cancelled_quantity": 70}
+    )
+    gateway.poll()
+    assert _names(ledger, order) == ["CancelRequested", "Filled", "Cancelled"]
+
+
+def test_a_modification_merged_during_a_dispatch_pass_is_sent_whole(ledger: OrderLedger) -> None:
+    """The pass's view of the orders predated a request merged while another order's
+    modification was being sent: the older changes went out under the newer version."""
+    _, kite, gateway, first = _placed_on_a_clock(ledger, "pass-a")
+    second = kite.placed(gateway, submit(ledger, "pass-b", price="812.35"))
+    sent: list[tuple[object, dict[str, object]]] = []
+
+    def modify(params: dict[str, object]) -> None:
+        sent.append((params["order_id"], params))
+        if params["order_id"] == first.broker_order_id and len(sent) == 1:
+            ledger.request_modify(ModifyOrder(order_id=second.id, quantity=200))
+
+    kite.on_modify = modify
+    ledger.request_modify(ModifyOrder(order_id=first.id, price=Decimal("813.00")))
+    ledger.request_modify(ModifyOrder(order_id=second.id, price=Decimal("813.00")))
+    gateway.dispatch()
+    to_second = [params for broker_id, params in sent if broker_id == second.broker_order_id]
+    assert [(p.get("price"), p.get("quantity")) for p in to_second] == [("813.00", 200)]
+
+
+def test_a_request_kite_took_though_its_reply_was_lost_is_not_sent_again(
+    ledger: OrderLedger,
+) -> None:
+    """Kite took it (its record is in the history) and the reply was lost: sent again
+    after the grace, Kite refused the repeat ("being processed") and the ledger recorded
+    that refusal as the request's."""
+    now, kite, gateway, order = _placed_on_a_clock(ledger, "lost-reply")
+    broker_id = order.broker_order_id or ""
+    opened = kite.histories[broker_id][0]
+    calls: list[str] = []
+
+    def modify(params: dict[str, object]) -> None:
+        calls.append("modify")
+        if len(calls) > 1:
+            raise kite_errors.OrderException("Order cannot be modified as it is being processed.")
+        kite.histories[broker_id].append({**opened, "status": "MODIFY PENDING"})
+        raise OSError("read timed out")
+
+    kite.on_modify = modify
+    ledger.request_modify(ModifyOrder(order_id=order.id, price=Decimal("813.00")))
+    gateway.dispatch()
+    now[0] += 10
+    gateway.dispatch()
+    kite.histories[broker_id].append({**opened, "price": 813.0})
+    now[0] += 10
+    gateway.dispatch()
+    assert calls == ["modify"]
+    assert _names(ledger, order) == ["ModifyRequested", "Modified"]
+
+
+def test_a_protected_market_order_changed_to_a_limit_order_is_recorded_changed(
+    ledger: OrderLedger,
+) -> None:
+    """Kite keeps the "mktp" tags it set at placement: the record of the made change was
+    read as the ledger's market order still, so the change never showed, and was refused
+    after the time limit."""
+    now = [1_800_000_000.0]
+    kite = ScriptedKite()
+    gateway = gateway_for(ledger, kite, clock=lambda: now[0], unknown_outcome_grace=3.0)
+    ledger_market = kite.placed(
+        gateway,
+        submit(ledger, "market", quantity=10, order_type="MARKET", market_protection="2"),
+        order_type="LIMIT",
+        price=820.0,
+        tags=["mktp", "mktp:2.00"],
+    )
+    market_id = ledger_market.broker_order_id or ""
+    booked = kite.histories[market_id][0]
+    kite.on_modify = lambda params: kite.histories[market_id].extend(
+        [{**booked, "status": "MODIFY PENDING"}, {**booked, "price": 810.0}]
+    )
+    ledger.request_modify(
+        ModifyOrder(order_id=ledger_market.id, order_type=OrderType.LIMIT, price=Decimal("810"))
+    )
+    gateway.dispatch()
+    now[0] += 10
+    gateway.dispatch()
+    changed = ledger.get_order(ledger_market.id)
+    assert (changed.order_type, changed.price, changed.pending) == (
+        OrderType.LIMIT,
+        Decimal("810"),
+        None,
+    )
+
+
+def test_taking_back_a_change_whose_reply_was_lost_is_sent(ledger: OrderLedger) -> None:
+    """The first change's reply was lost; the strategy took it back (the order's own
+    price). Kite's record of the old price "showed" the take-back, which was recorded
+    done and never sent: when Kite made the first change the order ended on it."""
+    now, kite, gateway, order = _placed_on_a_clock(ledger, "take-back-lost")
+    broker_id = order.broker_order_id or ""
+    sends: list[object] = []
+
+    def lost(params: dict[str, object]) -> None:
+        sends.append(params.get("price"))
+        raise OSError("connection reset")
+
+    kite.on_modify = lost
+    ledger.request_modify(ModifyOrder(order_id=order.id, price=Decimal("813.00")))
+    gateway.dispatch()
+    ledger.request_modify(ModifyOrder(order_id=order.id, price=Decimal("812.35")))
+    gateway.converge(broker_id, Source.POSTBACK)
+    assert ledger.get_order(order.id).pending is EventKind.MODIFY_REQUESTED
+    kite.on_modify = lambda params: sends.append(params.get("price"))
+    now[0] += 10
+    gateway.dispatch()
+    assert sends == ["813.00", "812.35"]
