@@ -54,6 +54,7 @@ from ledger.domain.values import (
     OrderChanges,
     OrderType,
     Source,
+    Validity,
     Variety,
 )
 from ledger.kite.limiter import RateLimiter
@@ -513,6 +514,17 @@ class KiteGateway:
         ]
         return versions[-1] if versions else 0
 
+    def _latest_request(self, order: Order) -> Order.ModifyRequested | None:
+        """The order's latest modification request (its changes are what is pending)."""
+        return next(
+            (
+                event
+                for event in reversed(self.ledger.history(order.id))
+                if isinstance(event, Order.ModifyRequested)
+            ),
+            None,
+        )
+
     def _cancel_requests(self, order: Order) -> tuple[list[int], int]:
         """The versions of the CancelRequested events since the last cancellation was
         answered (CancelRejected), and how many were answered before them."""
@@ -549,6 +561,8 @@ class KiteGateway:
             return
         if self._took_it_after_all(order, "cancel", version, previous, CANCEL_RECORDS):
             previous = self.outbox.attempt(str(order.id), "cancel", version)
+            if previous is None or not previous.sent:
+                return  # not looked at yet: not sent again before a look
         if previous is not None and previous.sent:
             # Kite took it: sent again while the exchange works on it, it is refused
             # ("being processed"), and the order's history says the outcome. One that
@@ -611,6 +625,7 @@ class KiteGateway:
         version: int,
         previous: Attempt | None,
         statuses: frozenset[str],
+        changes: OrderChanges | None = None,
     ) -> bool:
         """Whether a send whose outcome was unknown (a lost reply) reached Kite after all:
         its history holds more of the request's records than before the send. Sent again,
@@ -618,10 +633,23 @@ class KiteGateway:
         the request's; instead the row is marked sent and the outcome is looked for."""
         if previous is None or previous.sent or previous.baseline is None:
             return False
-        count, _ = self._request_records(order, statuses)
-        if count <= previous.baseline:
+        if not self._outcome_check_due(order.id):
+            return True  # looked less than a grace ago: not sent again before a look
+        assert order.broker_order_id is not None
+        history = parse_orders(self.call("order_history", order_id=order.broker_order_id))
+        if _count_records(history, statuses) <= previous.baseline:
             return False
+        if changes is not None and not any(
+            _shows_changes(order, record, changes)
+            for record in _after_request(history, statuses, previous.baseline)
+        ):
+            # A modification record newer than the send may be another's (Kite's web
+            # app); ours is known by a record that shows it. Not shown: looked at again
+            # until the time limit, then sent again (a repeat of a change Kite has is
+            # refused, and that refusal is the answer).
+            return self.clock() - previous.last_attempt < self.request_timeout
         self.outbox.mark_sent(str(order.id), request, version)
+        self.converge(order.broker_order_id, Source.BROKER)  # its outcome, if Kite has it
         return True
 
     def _outcome_check_due(self, order_id: UUID) -> bool:
@@ -657,14 +685,18 @@ class KiteGateway:
         # changes sent must be those of the version the outbox row is for.
         order = self.ledger.get_order(order.id)
         assert order.broker_order_id is not None
-        changes = order.pending_changes
-        if order.pending is not EventKind.MODIFY_REQUESTED or changes is None:
+        if order.pending is not EventKind.MODIFY_REQUESTED:
             return
-        version = self._request_version(order, Order.ModifyRequested)
+        # The version and the changes from one read of the history: read apart, a request
+        # merged in between sent the older changes under the newer version's row.
+        requested = self._latest_request(order)
+        if requested is None:
+            return
+        version, changes = requested.originator_version, requested.changes
         previous = self.outbox.attempt(str(order.id), "modify", version)
         if previous is not None and self.clock() - previous.last_attempt < self.grace:
             return
-        if self._took_it_after_all(order, "modify", version, previous, MODIFY_RECORDS):
+        if self._took_it_after_all(order, "modify", version, previous, MODIFY_RECORDS, changes):
             return
         if previous is not None and previous.sent:
             # Kite took it: the order's history says whether the exchange made the change
@@ -694,7 +726,15 @@ class KiteGateway:
                 return
             except REFUSED as error:
                 self.converge(order.broker_order_id, Source.BROKER)
-                if self.ledger.get_order(order.id).pending is EventKind.MODIFY_REQUESTED:
+                now = self.ledger.get_order(order.id)
+                latest = self._latest_request(now)
+                # Only this request is refused: one asked for while the call was in flight
+                # is sent on the next pass.
+                if (
+                    now.pending is EventKind.MODIFY_REQUESTED
+                    and latest is not None
+                    and latest.originator_version == version
+                ):
                     self._record(
                         RecordModifyRejected(
                             order_id=order.id, reason=_reason(str(error), "refused by Kite")
@@ -860,7 +900,13 @@ class KiteGateway:
                 ),
                 record,
             )
-        if latest.status in SETTLED_STATUSES and fetch > self._terms_as_of.get(order_id, 0):
+        fresh = fetch > self._terms_as_of.get(order_id, 0)
+        if fresh and latest.status not in SETTLED_STATUSES and not latest.is_terminal:
+            # Kite's history ends on a request in flight: a modification of the ledger's
+            # that has been in flight past the time limit is closed all the same.
+            count += self._modification_timed_out(order, source, record)
+            order = self.ledger.get_order(order_id)
+        if latest.status in SETTLED_STATUSES and fresh:
             self._terms_as_of[order_id] = fetch
             if latest.status in WORKING_STATUSES:
                 count += self._settle_modification(order, history, source, record)
@@ -955,19 +1001,37 @@ class KiteGateway:
             and _count_records(history, MODIFY_RECORDS) > sent.baseline
             and _answered(history, MODIFY_RECORDS)
         )
-        timed_out = self.clock() - sent.last_attempt > self.request_timeout
-        if not (refused or timed_out):
-            return 0
-        default = (
-            "the exchange did not modify it: Kite shows the order working on its earlier"
-            " terms after taking the modification"
-            if refused
-            else f"Kite did not show the change within {self.request_timeout:g} s of taking it"
-        )
+        if not refused:
+            return self._modification_timed_out(order, source, problems)
         return self._record(
             lambda: RecordModifyRejected(
                 order_id=order.id,
-                reason=_reason(latest.status_message if refused else None, default),
+                reason=_reason(
+                    latest.status_message,
+                    "the exchange did not modify it: Kite shows the order working on its"
+                    " earlier terms after taking the modification",
+                ),
+                source=source,
+            ),
+            problems,
+        )
+
+    def _modification_timed_out(self, order: Order, source: Source, problems: list[str]) -> int:
+        """ModifyRejected for the ledger's open modification that Kite took more than
+        `request_timeout` seconds ago and has not shown made."""
+        if order.pending is not EventKind.MODIFY_REQUESTED:
+            return 0
+        version = self._request_version(order, Order.ModifyRequested)
+        sent = self.outbox.attempt(str(order.id), "modify", version)
+        if sent is None or not sent.sent:
+            return 0
+        if self.clock() - sent.last_attempt <= self.request_timeout:
+            return 0
+        return self._record(
+            lambda: RecordModifyRejected(
+                order_id=order.id,
+                reason=f"Kite did not show the change within {self.request_timeout:g} s of"
+                " taking it",
                 source=source,
             ),
             problems,
@@ -983,6 +1047,15 @@ class KiteGateway:
         changes: dict[str, Any] = {}
         if latest.quantity != order.quantity:
             changes["quantity"] = latest.quantity
+        if latest.disclosed_quantity != order.disclosed_quantity:
+            changes["disclosed_quantity"] = latest.disclosed_quantity
+        if latest.validity != order.validity.value:
+            try:
+                changes["validity"] = Validity(latest.validity)
+            except ValueError:
+                problems.append(
+                    f"Kite reports a validity the ledger does not know: {latest.validity!r}"
+                )
         try:
             broker_type = OrderType(_booked_type(order, latest))
         except ValueError:
@@ -1313,8 +1386,14 @@ def placement_params(order: Order) -> dict[str, Any]:
 
 
 def _same_terms(order: Order, broker_order: KiteOrder) -> bool:
-    """Whether the ledger has the order type and prices Kite shows for a working order."""
+    """Whether the ledger has the order type, prices, validity and disclosed quantity Kite
+    shows for a working order."""
     if _booked_type(order, broker_order) != order.order_type.value:
+        return False
+    if (
+        broker_order.validity != order.validity.value
+        or broker_order.disclosed_quantity != order.disclosed_quantity
+    ):
         return False
     kind = order.order_type
     if kind.needs_price and broker_order.price is not None and broker_order.price != order.price:
@@ -1374,17 +1453,23 @@ def _answered(history: list[KiteOrder], statuses: frozenset[str]) -> bool:
     """Whether a record after the newest record in `statuses` (a request's) is the
     exchange's answer to it with the order working on: one that shows the order working
     with nothing more filled than the record before it. A record that adds to the filled
-    quantity is a trade's, which can come while the request is on its way, before the
-    answer."""
+    quantity is a trade's, and a stop order's first OPEN record after TRIGGER PENDING is
+    its trigger's: either can come while the request is on its way, before the answer."""
     marks = [i for i, record in enumerate(history) if record.status in statuses]
     if not marks:
         return False
-    newest = marks[-1]
-    return any(
-        history[i].status in WORKING_STATUSES
-        and history[i].filled_quantity == history[i - 1].filled_quantity
-        for i in range(newest + 1, len(history))
-    )
+    working = [r.status for r in history[: marks[-1]] if r.status in WORKING_STATUSES]
+    waiting_for_trigger = bool(working) and working[-1] == "TRIGGER PENDING"
+    for i in range(marks[-1] + 1, len(history)):
+        record = history[i]
+        if record.status not in WORKING_STATUSES:
+            continue
+        if waiting_for_trigger and record.status == "OPEN":
+            waiting_for_trigger = False  # the trigger, not the answer
+            continue
+        if record.filled_quantity == history[i - 1].filled_quantity:
+            return True
+    return False
 
 
 def _after_request(

@@ -1477,3 +1477,160 @@ def test_taking_back_a_change_whose_reply_was_lost_is_sent(ledger: OrderLedger) 
     now[0] += 10
     gateway.dispatch()
     assert sends == ["813.00", "812.35"]
+
+
+# ---------------------------------------------------------------- third review
+
+
+def _stop_on_a_clock(
+    ledger: OrderLedger, client_order_id: str
+) -> tuple[list[float], ScriptedKite, KiteGateway, Order]:
+    """A SELL stop-limit waiting for its trigger at a scripted Kite."""
+    now = [1_800_000_000.0]
+    kite = ScriptedKite()
+    gateway = gateway_for(ledger, kite, clock=lambda: now[0], unknown_outcome_grace=3.0)
+    stop = submit(
+        ledger,
+        client_order_id,
+        side="SELL",
+        order_type="SL",
+        price="795.00",
+        trigger_price="796.00",
+    )
+    return now, kite, gateway, kite.placed(gateway, stop, status="TRIGGER PENDING")
+
+
+def test_a_stop_triggering_while_its_modification_is_on_its_way_is_not_its_refusal(
+    ledger: OrderLedger,
+) -> None:
+    """A trailing stop moved as the price nears it: the trigger's OPEN record (nothing
+    filled) came between MODIFY PENDING and the exchange's answer, and was taken for the
+    answer: ModifyRejected, then Modified."""
+    now, kite, gateway, order = _stop_on_a_clock(ledger, "trailing")
+    broker_id = order.broker_order_id or ""
+    waiting = kite.histories[broker_id][0]
+    kite.on_modify = lambda params: kite.histories[broker_id].append(
+        {**waiting, "status": "MODIFY PENDING"}
+    )
+    ledger.request_modify(
+        ModifyOrder(order_id=order.id, price=Decimal("797.00"), trigger_price=Decimal("798.00"))
+    )
+    gateway.dispatch()
+    kite.histories[broker_id].append({**waiting, "status": "OPEN"})  # triggered
+    now[0] += 10
+    gateway.dispatch()
+    kite.histories[broker_id].append(
+        {**waiting, "status": "OPEN", "price": 797.0, "trigger_price": 798.0}
+    )
+    now[0] += 10
+    gateway.dispatch()
+    assert _names(ledger, order) == ["ModifyRequested", "Triggered", "Modified"]
+
+
+def test_a_stop_triggering_while_its_cancellation_is_on_its_way_is_not_its_refusal(
+    ledger: OrderLedger,
+) -> None:
+    now, kite, gateway, order = _stop_on_a_clock(ledger, "trailing-cancel")
+    broker_id = order.broker_order_id or ""
+    waiting = kite.histories[broker_id][0]
+    kite.on_cancel = lambda params: kite.histories[broker_id].append(
+        {**waiting, "status": "CANCEL PENDING"}
+    )
+    ledger.request_cancel(CancelOrder(order_id=order.id))
+    gateway.dispatch()
+    kite.histories[broker_id].append({**waiting, "status": "OPEN"})  # triggered
+    now[0] += 10
+    gateway.dispatch()
+    kite.histories[broker_id].append(
+        {**waiting, "status": "CANCELLED", "pending_quantity": 0, "cancelled_quantity": 100}
+    )
+    gateway.poll()
+    assert _names(ledger, order) == ["CancelRequested", "Triggered", "Cancelled"]
+
+
+def test_kites_refusal_answers_only_the_request_it_was_sent_for(ledger: OrderLedger) -> None:
+    """The strategy corrected itself while the call was in flight; Kite refused the first
+    request, and the correction was closed with it, never sent."""
+    now, kite, gateway, order = _placed_on_a_clock(ledger, "corrected")
+    broker_id = order.broker_order_id or ""
+    opened = kite.histories[broker_id][0]
+    sends: list[object] = []
+
+    def modify(params: dict[str, object]) -> None:
+        sends.append(params.get("price"))
+        if len(sends) == 1:
+            ledger.request_modify(ModifyOrder(order_id=order.id, price=Decimal("813.00")))
+            raise kite_errors.InputException("Price is outside the day's price band")
+        kite.histories[broker_id] += [
+            {**opened, "status": "MODIFY PENDING"},
+            {**opened, "price": float(str(params["price"]))},
+        ]
+
+    kite.on_modify = modify
+    ledger.request_modify(ModifyOrder(order_id=order.id, price=Decimal("900.00")))
+    gateway.dispatch()
+    now[0] += 10
+    gateway.dispatch()
+    assert sends == ["900.00", "813.00"]
+    assert ledger.get_order(order.id).price == Decimal("813.00")
+    assert _names(ledger, order)[-1] == "Modified"
+
+
+def test_a_disclosed_quantity_kite_made_after_the_time_limit_is_recorded(
+    ledger: OrderLedger,
+) -> None:
+    """Validity and disclosed quantity were compared neither by a converge nor by a poll:
+    made by the exchange after the request had been closed, they never reached the
+    ledger."""
+    now, kite, gateway, order = _placed_on_a_clock(ledger, "disclosed-late")
+    broker_id = order.broker_order_id or ""
+    opened = kite.histories[broker_id][0]
+    kite.on_modify = lambda params: kite.histories[broker_id].append(
+        {**opened, "status": "MODIFY PENDING"}
+    )
+    ledger.request_modify(ModifyOrder(order_id=order.id, disclosed_quantity=10))
+    gateway.dispatch()
+    now[0] += 70
+    gateway.dispatch()
+    assert _names(ledger, order)[-1] == "ModifyRejected"
+    kite.histories[broker_id].append({**opened, "disclosed_quantity": 10})
+    gateway.poll()
+    assert ledger.get_order(order.id).disclosed_quantity == 10
+
+
+def test_an_outside_change_is_not_taken_for_a_request_that_never_reached_kite(
+    ledger: OrderLedger,
+) -> None:
+    """Our call failed to connect; the trader changed the quantity in Kite's web app. Its
+    MODIFY records were counted as ours: the row was marked sent, and our change never
+    sent again. Ours is known by a record that shows it; without one it is sent again
+    after the time limit."""
+    now, kite, gateway, order = _placed_on_a_clock(ledger, "not-ours")
+    broker_id = order.broker_order_id or ""
+    opened = kite.histories[broker_id][0]
+    sends: list[object] = []
+
+    def modify(params: dict[str, object]) -> None:
+        sends.append(params.get("price"))
+        if len(sends) == 1:
+            raise OSError("connection refused")
+        latest = kite.histories[broker_id][-1]
+        kite.histories[broker_id] += [
+            {**latest, "status": "MODIFY PENDING"},
+            {**latest, "price": 813.0},
+        ]
+
+    kite.on_modify = modify
+    ledger.request_modify(ModifyOrder(order_id=order.id, price=Decimal("813.00")))
+    gateway.dispatch()
+    kite.histories[broker_id] += [
+        {**opened, "status": "MODIFY PENDING"},
+        {**opened, "quantity": 150, "pending_quantity": 150},
+    ]
+    for _ in range(8):
+        now[0] += 10
+        gateway.dispatch()
+    gateway.poll()
+    assert sends == ["813.00", "813.00"]
+    made = ledger.get_order(order.id)
+    assert (made.price, made.quantity, made.pending) == (Decimal("813.00"), 150, None)
