@@ -267,10 +267,18 @@ class Order(Aggregate):
 
         TOPIC = f"{_TOPIC_PREFIX}.Modified"
         KIND = EventKind.MODIFIED
-        class_version = 2
+        class_version = 3
         changes: OrderChanges
         source: Source
         broker_timestamp: datetime | None
+        #: Whether it answers the ledger's open modification request. A change that does
+        #: not carry everything the request asks for (made in Kite's web app, or a part
+        #: Kite shows first) leaves the request open. (Version 2 events always closed it.)
+        closes_request: bool
+
+        @staticmethod
+        def upcast_v2_v3(state: dict[str, Any]) -> None:
+            state["closes_request"] = True
 
         def apply(self, aggregate: Any) -> None:
             order: Order = aggregate
@@ -291,7 +299,7 @@ class Order(Aggregate):
                 order.trigger_price = (
                     c.trigger_price if c.trigger_price is not None else order.trigger_price
                 )
-            if order.pending is EventKind.MODIFY_REQUESTED:
+            if order.pending is EventKind.MODIFY_REQUESTED and self.closes_request:
                 order.pending = None
                 order.pending_changes = None
             order._move(self.KIND)
@@ -727,8 +735,10 @@ class Order(Aggregate):
         """The broker changed the order. Returns False when it already has these terms,
         unless they are what the ledger's open request asks for (a request that took a
         pending change back): then the request is done."""
-        answers = self.pending is EventKind.MODIFY_REQUESTED and changes == self.pending_changes
-        if self._apply_changes(changes) == self.terms and not answers:
+        asked = self.pending_changes if self.pending is EventKind.MODIFY_REQUESTED else None
+        answers = asked is not None and changes == asked
+        new_terms = self._apply_changes(changes)
+        if new_terms == self.terms and not answers:
             return False
         self._refuse_unless_admitted(EventKind.MODIFIED)
         self._check_changes("RecordModified", changes, requested=False, at=at)
@@ -738,6 +748,7 @@ class Order(Aggregate):
             changes=changes,
             source=source,
             broker_timestamp=broker_timestamp,
+            closes_request=asked is None or answers or _carries(new_terms, asked),
         )
         return True
 
@@ -996,6 +1007,21 @@ class Order(Aggregate):
             )
         if problems:
             raise InvalidCommand(command, problems)
+
+
+def _carries(terms: OrderTerms, asked: OrderChanges) -> bool:
+    """Whether `terms` have every term a modification request asks for."""
+    return all(
+        value is None or getattr(terms, name) == value
+        for name, value in (
+            ("quantity", asked.quantity),
+            ("price", asked.price),
+            ("trigger_price", asked.trigger_price),
+            ("order_type", asked.order_type),
+            ("validity", asked.validity),
+            ("disclosed_quantity", asked.disclosed_quantity),
+        )
+    )
 
 
 def _merged_changes(pending: OrderChanges, new: OrderChanges) -> OrderChanges:

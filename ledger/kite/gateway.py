@@ -911,13 +911,11 @@ class KiteGateway:
             if latest.status in WORKING_STATUSES:
                 count += self._settle_modification(order, history, source, record)
                 order = self.ledger.get_order(order_id)
-            if order.pending is not EventKind.MODIFY_REQUESTED or latest.status not in (
-                WORKING_STATUSES
-            ):
-                # While the ledger's own modification is open, Kite's terms are the ones
-                # from before it or a part of it: recorded, they would close it with what
-                # it asked for not all made. They are recorded once it is settled.
-                count += self._record_modification(order, latest, source, record)
+            # Kite's terms as they stand (a change made in Kite's web app, or a part of the
+            # ledger's own): one that does not carry all the open request asks for leaves
+            # it open (`Modified.closes_request`), so fills count against the right
+            # quantity and the request is still sent and answered.
+            count += self._record_modification(order, latest, source, record)
         for trade in sorted(trades, key=_trade_order):
             count += self._record_fill(order_id, trade, source, record)
         if latest.status == "CANCELLED":

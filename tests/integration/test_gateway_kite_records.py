@@ -1634,3 +1634,49 @@ def test_an_outside_change_is_not_taken_for_a_request_that_never_reached_kite(
     assert sends == ["813.00", "813.00"]
     made = ledger.get_order(order.id)
     assert (made.price, made.quantity, made.pending) == (Decimal("813.00"), 150, None)
+
+
+def test_a_quantity_kite_changed_while_a_request_is_open_counts_for_the_fills(
+    ledger: OrderLedger,
+) -> None:
+    """Found by a randomised run against a model of Kite: the trader raised the quantity
+    in Kite's web app while the strategy's price change was open. Kite's terms were held
+    back until the request settled, the fills counted against the old quantity, and the
+    order ended FILLED for good with the request dropped. A change that does not carry the
+    request's terms is recorded and leaves the request open (`closes_request`)."""
+    now = [1_800_000_000.0]
+    kite = ScriptedKite()
+    gateway = gateway_for(ledger, kite, clock=lambda: now[0], unknown_outcome_grace=3.0)
+    order = kite.placed(gateway, submit(ledger, "raised-outside", quantity=10, price="812.35"))
+    broker_id = order.broker_order_id or ""
+    opened = kite.histories[broker_id][0]
+    kite.histories[broker_id] += [
+        {**opened, "status": "MODIFY PENDING"},
+        {**opened, "quantity": 40, "pending_quantity": 40},
+    ]
+    ledger.request_modify(ModifyOrder(order_id=order.id, price=Decimal("812.40")))
+    kite.histories[broker_id].append(
+        {**opened, "quantity": 40, "filled_quantity": 10, "pending_quantity": 30}
+    )
+    kite.trade_book.append(kite_trade(order, broker_id, "T1", 10, "812.35"))
+    gateway.converge(broker_id, Source.POSTBACK)
+    working = ledger.get_order(order.id)
+    assert (working.status, working.quantity, working.filled_quantity) == (
+        OrderStatus.PENDING_MODIFY,
+        40,
+        10,
+    )
+    kite.on_modify = lambda params: kite.histories[broker_id].extend(
+        [
+            {**kite.histories[broker_id][-1], "status": "MODIFY PENDING"},
+            {**kite.histories[broker_id][-1], "price": float(str(params["price"]))},
+        ]
+    )
+    now[0] += 10
+    gateway.dispatch()
+    done = ledger.get_order(order.id)
+    assert (done.status, done.quantity, done.price) == (
+        OrderStatus.PARTIALLY_FILLED,
+        40,
+        Decimal("812.40"),
+    )

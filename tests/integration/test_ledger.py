@@ -547,8 +547,9 @@ def test_event_topics_and_versions_are_pinned() -> None:
     ]
     # v2 added the hash chain (previous_hash, hash); v1 events upcast (test_upcasting.py).
     # v3 of Submitted and Filled added the contract multiplier; v2 ones upcast to 1.
+    # v3 of Modified added closes_request; v2 ones upcast to True (they always closed it).
     assert {cls.__name__: cls.class_version for cls in ORDER_EVENT_CLASSES} == {
-        cls.__name__: 3 if cls in (Order.Submitted, Order.Filled) else 2
+        cls.__name__: 3 if cls in (Order.Submitted, Order.Filled, Order.Modified) else 2
         for cls in ORDER_EVENT_CLASSES
     }
     assert Order.TOPIC == "ledger.domain.order:Order"

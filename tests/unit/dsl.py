@@ -125,7 +125,11 @@ def modify_requested(**changes: Any) -> EventSpec:
 
 def modified(**changes: Any) -> EventSpec:
     return _event(
-        Order.Modified, changes=OrderChanges(**changes), source=Source.BROKER, broker_timestamp=None
+        Order.Modified,
+        changes=OrderChanges(**changes),
+        source=Source.BROKER,
+        broker_timestamp=None,
+        closes_request=True,
     )
 
 

@@ -316,6 +316,36 @@ def test_a_new_order_type_asked_for_while_a_modify_is_pending_names_its_own_pric
     ]
 
 
+def test_a_broker_change_that_does_not_carry_the_open_request_leaves_it_open() -> None:
+    """Kite's own change (its web app) while the strategy's request is open: recorded,
+    and the request still open; a change that carries it closes it."""
+    order = given(submitted(), accepted(), modify_requested(price=D("813.00")))
+    outside = when(
+        order,
+        lambda o: o.record_modified(
+            OrderChanges(quantity=200), source=Source.BROKER, broker_timestamp=None, at=NOW
+        ),
+    )
+    assert isinstance(outside, list)
+    assert [e.closes_request for e in outside if isinstance(e, Order.Modified)] == [False]
+    assert (order.quantity, order.status) == (200, S.PENDING_MODIFY)
+    made = when(
+        order,
+        lambda o: o.record_modified(
+            OrderChanges(price=D("813.00")), source=Source.BROKER, broker_timestamp=None, at=NOW
+        ),
+    )
+    assert isinstance(made, list)
+    assert [e.closes_request for e in made if isinstance(e, Order.Modified)] == [True]
+    assert order.status is S.ACCEPTED
+
+
+def test_a_version_2_modified_closes_the_open_request_as_it_always_did() -> None:
+    state: dict[str, object] = {}
+    Order.Modified.upcast_v2_v3(state)
+    assert state == {"closes_request": True}
+
+
 def test_modify_to_less_than_filled_is_refused() -> None:
     order = given(submitted(), accepted(), filled("T1", 40))
     result = when(order, lambda o: o.request_modify(OrderChanges(quantity=40), actor="t", at=NOW))
