@@ -514,6 +514,27 @@ class KiteGateway:
         ]
         return versions[-1] if versions else 0
 
+    def _earlier_request_in_flight(self, order: Order, version: int) -> bool:
+        """Whether the request this one took in (a modification asked for while another
+        was pending) was sent and Kite is still working on it: sent now, Kite would
+        refuse this one as "being processed", and that refusal be recorded as its answer.
+        It is sent once Kite has answered the earlier one (looked up once per grace)."""
+        earlier = [
+            event.originator_version
+            for event in self.ledger.history(order.id)
+            if isinstance(event, Order.ModifyRequested) and event.originator_version < version
+        ]
+        if not earlier:
+            return False
+        sent = self.outbox.attempt(str(order.id), "modify", earlier[-1])
+        if sent is None or not sent.sent:
+            return False
+        if not self._outcome_check_due(order.id):
+            return True
+        assert order.broker_order_id is not None
+        history = parse_orders(self.call("order_history", order_id=order.broker_order_id))
+        return bool(history) and history[-1].status not in SETTLED_STATUSES
+
     def _latest_request(self, order: Order) -> Order.ModifyRequested | None:
         """The order's latest modification request (its changes are what is pending)."""
         return next(
@@ -697,6 +718,8 @@ class KiteGateway:
         if previous is not None and self.clock() - previous.last_attempt < self.grace:
             return
         if self._took_it_after_all(order, "modify", version, previous, MODIFY_RECORDS, changes):
+            return
+        if previous is None and self._earlier_request_in_flight(order, version):
             return
         if previous is not None and previous.sent:
             # Kite took it: the order's history says whether the exchange made the change

@@ -1177,7 +1177,7 @@ def test_a_pending_modification_can_be_taken_back(ledger: OrderLedger) -> None:
     """Asking for the order's own terms while a change is on its way was refused ("the
     order already has these terms"); it takes the change back, and is done when Kite
     shows those terms."""
-    _, kite, gateway, order = _placed_on_a_clock(ledger, "take-back")
+    now, kite, gateway, order = _placed_on_a_clock(ledger, "take-back")
     broker_id = order.broker_order_id or ""
     opened = kite.histories[broker_id][0]
     kite.on_modify = lambda params: kite.histories[broker_id].append(
@@ -1188,9 +1188,13 @@ def test_a_pending_modification_can_be_taken_back(ledger: OrderLedger) -> None:
     ledger.request_modify(ModifyOrder(order_id=order.id, price=Decimal("812.35")))
     with pytest.raises(InvalidCommand, match="pending modification already asks"):
         ledger.request_modify(ModifyOrder(order_id=order.id, price=Decimal("812.35")))
-    kite.on_modify = lambda params: kite.histories[broker_id].append(
-        {**opened, "status": "OPEN", "price": 812.35}
+    gateway.dispatch()  # Kite still works on the first: the take-back waits for its answer
+    assert kite.calls.count("modify_order") == 1
+    kite.histories[broker_id].append({**opened, "price": 813.0})  # the first made
+    kite.on_modify = lambda params: kite.histories[broker_id].extend(
+        [{**opened, "status": "MODIFY PENDING"}, {**opened, "price": 812.35}]
     )
+    now[0] += 5
     gateway.dispatch()
     back = ledger.get_order(order.id)
     assert (back.price, back.pending) == (Decimal("812.35"), None)
@@ -1680,3 +1684,41 @@ def test_a_quantity_kite_changed_while_a_request_is_open_counts_for_the_fills(
         40,
         Decimal("812.40"),
     )
+
+
+def test_a_request_merged_while_the_first_is_at_kite_waits_for_its_answer(
+    ledger: OrderLedger,
+) -> None:
+    """Found by a randomised run: B (merged with A) was sent while Kite still worked on A;
+    Kite refused B as "being processed", and that refusal was recorded as B's answer, so
+    the strategy's latest request was dropped although Kite never judged it."""
+    now, kite, gateway, order = _placed_on_a_clock(ledger, "busy")
+    broker_id = order.broker_order_id or ""
+    opened = kite.histories[broker_id][0]
+    sent: list[object] = []
+
+    def modify(params: dict[str, object]) -> None:
+        sent.append(params.get("price"))
+        if kite.histories[broker_id][-1]["status"] == "MODIFY PENDING":
+            raise kite_errors.OrderException("Order cannot be modified as it is being processed.")
+        kite.histories[broker_id].append(
+            {**kite.histories[broker_id][-1], "status": "MODIFY PENDING"}
+        )
+
+    kite.on_modify = modify
+    ledger.request_modify(ModifyOrder(order_id=order.id, price=Decimal("812.40")))
+    gateway.dispatch()
+    now[0] += 5
+    ledger.request_modify(ModifyOrder(order_id=order.id, price=Decimal("812.50")))
+    gateway.dispatch()
+    assert sent == ["812.40"]
+    kite.histories[broker_id].append({**opened, "price": 812.40})  # A made
+    now[0] += 5
+    gateway.dispatch()
+    assert sent == ["812.40", "812.50"]
+    kite.histories[broker_id].append({**opened, "price": 812.50})
+    now[0] += 5
+    gateway.dispatch()
+    done = ledger.get_order(order.id)
+    assert (done.price, done.pending) == (Decimal("812.50"), None)
+    assert "ModifyRejected" not in _names(ledger, order)
