@@ -78,6 +78,8 @@ UNKNOWN_OUTCOME: tuple[type[BaseException], ...] = (
 )
 #: Seconds a send's lease adds to the client's own timeout (one try of one request).
 LEASE_MARGIN = 5.0
+#: Sends of a request that Kite refuses as "being processed" before the refusal stands.
+BUSY_TRIES = 6
 
 
 def _same_instrument_and_side(order: Order, broker_order: KiteOrder) -> bool:
@@ -514,6 +516,14 @@ class KiteGateway:
         ]
         return versions[-1] if versions else 0
 
+    def _busy(self, error: BaseException, previous: Attempt | None) -> bool:
+        """Whether Kite refused a request only because another on the order is still in
+        its hands ("being processed": a modification in flight when a cancellation is
+        sent, say). That is no answer to the request, which is sent again after the
+        grace, up to `BUSY_TRIES` sends; after that the refusal stands."""
+        tries = (previous.attempts if previous is not None else 0) + 1
+        return "being processed" in str(error).lower() and tries < BUSY_TRIES
+
     def _earlier_request_in_flight(self, order: Order, version: int) -> bool:
         """Whether the request this one took in (a modification asked for while another
         was pending) was sent and Kite is still working on it: sent now, Kite would
@@ -625,6 +635,8 @@ class KiteGateway:
                 return
             except REFUSED as error:
                 self.converge(order.broker_order_id, Source.BROKER)
+                if self._busy(error, previous):
+                    return  # no answer to this request: sent again after the grace
                 if self.ledger.get_order(order.id).pending is EventKind.CANCEL_REQUESTED:
                     self._record(
                         RecordCancelRejected(
@@ -749,6 +761,8 @@ class KiteGateway:
                 return
             except REFUSED as error:
                 self.converge(order.broker_order_id, Source.BROKER)
+                if self._busy(error, previous):
+                    return  # no answer to this request: sent again after the grace
                 now = self.ledger.get_order(order.id)
                 latest = self._latest_request(now)
                 # Only this request is refused: one asked for while the call was in flight

@@ -1722,3 +1722,43 @@ def test_a_request_merged_while_the_first_is_at_kite_waits_for_its_answer(
     done = ledger.get_order(order.id)
     assert (done.price, done.pending) == (Decimal("812.50"), None)
     assert "ModifyRejected" not in _names(ledger, order)
+
+
+def test_a_cancellation_refused_while_kite_works_on_a_modification_is_sent_again(
+    ledger: OrderLedger,
+) -> None:
+    """Found by a randomised run: Kite refuses a request on an order while another is in
+    its hands ("being processed"). That is no answer to the cancellation, which was
+    recorded refused; it is sent again after the grace (a few times at most)."""
+    now, kite, gateway, order = _placed_on_a_clock(ledger, "busy-cancel")
+    broker_id = order.broker_order_id or ""
+    opened = kite.histories[broker_id][0]
+    kite.on_modify = lambda params: kite.histories[broker_id].append(
+        {**opened, "status": "MODIFY PENDING"}
+    )
+    ledger.request_modify(ModifyOrder(order_id=order.id, price=Decimal("813.00")))
+    gateway.dispatch()
+    cancels: list[object] = []
+
+    def cancel(params: dict[str, object]) -> None:
+        cancels.append(params["order_id"])
+        if kite.histories[broker_id][-1]["status"] == "MODIFY PENDING":
+            raise kite_errors.OrderException(
+                "Order cannot be cancelled as it is being processed. Try later."
+            )
+        kite.histories[broker_id] += [
+            {**kite.histories[broker_id][-1], "status": "CANCEL PENDING"},
+            {**kite.histories[broker_id][-1], "status": "CANCELLED", "pending_quantity": 0},
+        ]
+
+    kite.on_cancel = cancel
+    ledger.request_cancel(CancelOrder(order_id=order.id))
+    gateway.dispatch()
+    assert len(cancels) == 1
+    assert ledger.get_order(order.id).pending is EventKind.CANCEL_REQUESTED
+    kite.histories[broker_id].append({**opened, "price": 813.0})  # the modification made
+    now[0] += 10
+    gateway.dispatch()
+    assert len(cancels) == 2
+    assert ledger.get_order(order.id).status is OrderStatus.CANCELLED
+    assert "CancelRejected" not in _names(ledger, order)
