@@ -24,6 +24,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
 from ledger.application import OrderLedger
+from ledger.checkpoints import IntegrityReport
 from ledger.cli import DbOption, _money, _open, app, console, errors, write_out
 from ledger.domain.errors import LedgerError
 from ledger.domain.values import IST, Exchange, InstrumentRef
@@ -692,16 +693,7 @@ def verify_command(
             f"{len(integrity.findings)} integrity findings, {len(report.problems)} differences"
         )
         raise typer.Exit(1)
-    checked = (
-        f"; {integrity.reference_checkpoints} checkpoints of {digest} match"
-        + (
-            f" ({integrity.after_last_reference} events after its last)"
-            if integrity.after_last_reference
-            else ""
-        )
-        if digest is not None
-        else ""
-    )
+    checked = _digest_matched(integrity, digest)
     compared = f"{report.current} projections equal the log"
     if report.behind:
         compared += f", {len(report.behind)} equal it only up to their positions (behind)"
@@ -721,6 +713,16 @@ def verify_command(
     )
 
 
+def _digest_matched(integrity: IntegrityReport, digest: Path | None) -> str:
+    """What `verify` says of a digest file's checkpoints that all matched."""
+    if digest is None:
+        return ""
+    after = integrity.after_last_reference
+    return f"; {integrity.reference_checkpoints} checkpoints of {digest} match" + (
+        f" ({after} events after its last)" if after else ""
+    )
+
+
 def _verify_export(export: Path, digest: Path | None, reference: list[Checkpoint] | None) -> None:
     """`verify --export`: the export's chains and the digest file's checkpoints over it."""
     from projections.offline import export_integrity
@@ -733,16 +735,7 @@ def _verify_export(export: Path, digest: Path | None, reference: list[Checkpoint
         console.print(f"{len(integrity.findings)} integrity findings in {export}")
         raise typer.Exit(1)
     chains = integrity.chains
-    checked = (
-        f"; {integrity.reference_checkpoints} checkpoints of {digest} match"
-        + (
-            f" ({integrity.after_last_reference} events after its last)"
-            if integrity.after_last_reference
-            else ""
-        )
-        if digest is not None
-        else ""
-    )
+    checked = _digest_matched(integrity, digest)
     console.print(
         f"verified export {export}: {chains.orders} orders and {chains.events} events;"
         f" hash chains intact: {chains.chained} chained events"

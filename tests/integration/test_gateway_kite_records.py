@@ -630,15 +630,27 @@ def test_a_cancellation_the_exchange_refused_after_kite_took_it_is_recorded_refu
     assert ledger.get_order(order.id).status is OrderStatus.CANCELLED
 
 
-def _placed_on_a_clock(
-    ledger: OrderLedger, client_order_id: str
-) -> tuple[list[float], ScriptedKite, KiteGateway, Order]:
-    """An order placed at a scripted Kite by a gateway whose clock (`now[0]`) the test
-    moves, with a grace of 3 s for sends whose outcome is unknown."""
+def _gateway_on_a_clock(ledger: OrderLedger) -> tuple[list[float], ScriptedKite, KiteGateway]:
+    """A scripted Kite and a gateway whose clock (`now[0]`) the test moves, with a grace
+    of 3 s for sends whose outcome is unknown."""
     now = [1_800_000_000.0]
     kite = ScriptedKite()
     gateway = gateway_for(ledger, kite, clock=lambda: now[0], unknown_outcome_grace=3.0)
-    return now, kite, gateway, kite.placed(gateway, submit(ledger, client_order_id, price="812.35"))
+    return now, kite, gateway
+
+
+def _placed_on_a_clock(
+    ledger: OrderLedger,
+    client_order_id: str,
+    kite_shows: dict[str, Any] | None = None,
+    **terms: Any,
+) -> tuple[list[float], ScriptedKite, KiteGateway, Order]:
+    """An order (a LIMIT buy at 812.35 unless `terms` say otherwise) placed at a scripted
+    Kite (its record as `kite_shows` overrides) by a gateway on a clock the test moves."""
+    now, kite, gateway = _gateway_on_a_clock(ledger)
+    terms.setdefault("price", "812.35")
+    placed = kite.placed(gateway, submit(ledger, client_order_id, **terms), **(kite_shows or {}))
+    return now, kite, gateway, placed
 
 
 def test_a_modification_the_exchange_refused_after_kite_took_it_is_recorded_refused(
@@ -1015,9 +1027,7 @@ def test_an_order_cancelled_before_it_was_sent_that_kite_works_after_all_is_canc
     order within the grace, so the ledger cancelled it before sending. The placement had
     reached Kite late: the ledger took Kite's id onto the CANCELLED order and never sent a
     cancellation, and the order worked (and filled) at the exchange."""
-    now = [1_800_000_000.0]
-    kite = ScriptedKite()
-    gateway = gateway_for(ledger, kite, clock=lambda: now[0], unknown_outcome_grace=3.0)
+    now, kite, gateway = _gateway_on_a_clock(ledger)
     placed: list[dict[str, Any]] = []
 
     def time_out(**params: Any) -> str:
@@ -1053,9 +1063,7 @@ def test_a_second_placement_of_a_ledger_order_is_reported_as_a_duplicate(
     was adopted as an outside order of strategy "external", with nothing said. Its fills are
     real, so it is still adopted, but under the strategy of the order it duplicates, and
     reported."""
-    now = [1_800_000_000.0]
-    kite = ScriptedKite()
-    gateway = gateway_for(ledger, kite, clock=lambda: now[0], unknown_outcome_grace=3.0)
+    now, kite, gateway = _gateway_on_a_clock(ledger)
     sends = 0
     place = kite.place_order
 
@@ -1430,9 +1438,7 @@ def test_a_protected_market_order_changed_to_a_limit_order_is_recorded_changed(
     """Kite keeps the "mktp" tags it set at placement: the record of the made change was
     read as the ledger's market order still, so the change never showed, and was refused
     after the time limit."""
-    now = [1_800_000_000.0]
-    kite = ScriptedKite()
-    gateway = gateway_for(ledger, kite, clock=lambda: now[0], unknown_outcome_grace=3.0)
+    now, kite, gateway = _gateway_on_a_clock(ledger)
     ledger_market = kite.placed(
         gateway,
         submit(ledger, "market", quantity=10, order_type="MARKET", market_protection="2"),
@@ -1490,18 +1496,15 @@ def _stop_on_a_clock(
     ledger: OrderLedger, client_order_id: str
 ) -> tuple[list[float], ScriptedKite, KiteGateway, Order]:
     """A SELL stop-limit waiting for its trigger at a scripted Kite."""
-    now = [1_800_000_000.0]
-    kite = ScriptedKite()
-    gateway = gateway_for(ledger, kite, clock=lambda: now[0], unknown_outcome_grace=3.0)
-    stop = submit(
+    return _placed_on_a_clock(
         ledger,
         client_order_id,
+        {"status": "TRIGGER PENDING"},
         side="SELL",
         order_type="SL",
         price="795.00",
         trigger_price="796.00",
     )
-    return now, kite, gateway, kite.placed(gateway, stop, status="TRIGGER PENDING")
 
 
 def test_a_stop_triggering_while_its_modification_is_on_its_way_is_not_its_refusal(
@@ -1648,10 +1651,7 @@ def test_a_quantity_kite_changed_while_a_request_is_open_counts_for_the_fills(
     back until the request settled, the fills counted against the old quantity, and the
     order ended FILLED for good with the request dropped. A change that does not carry the
     request's terms is recorded and leaves the request open (`closes_request`)."""
-    now = [1_800_000_000.0]
-    kite = ScriptedKite()
-    gateway = gateway_for(ledger, kite, clock=lambda: now[0], unknown_outcome_grace=3.0)
-    order = kite.placed(gateway, submit(ledger, "raised-outside", quantity=10, price="812.35"))
+    now, kite, gateway, order = _placed_on_a_clock(ledger, "raised-outside", quantity=10)
     broker_id = order.broker_order_id or ""
     opened = kite.histories[broker_id][0]
     kite.histories[broker_id] += [
