@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -630,6 +631,14 @@ def test_a_cancellation_the_exchange_refused_after_kite_took_it_is_recorded_refu
     assert ledger.get_order(order.id).status is OrderStatus.CANCELLED
 
 
+def _takes(
+    kite: ScriptedKite, broker_id: str, record: dict[str, Any]
+) -> Callable[[dict[str, object]], None]:
+    """An `on_modify` / `on_cancel` for a Kite that takes the call: its history gains a
+    copy of `record` (MODIFY PENDING, CANCEL PENDING) and the exchange has not answered."""
+    return lambda params: kite.histories[broker_id].append(dict(record))
+
+
 def _gateway_on_a_clock(ledger: OrderLedger) -> tuple[list[float], ScriptedKite, KiteGateway]:
     """A scripted Kite and a gateway whose clock (`now[0]`) the test moves, with a grace
     of 3 s for sends whose outcome is unknown."""
@@ -753,9 +762,7 @@ def test_the_outcome_of_a_request_sent_before_a_restart_is_still_told(
     now, kite, gateway, order = _placed_on_a_clock(ledger, "restart")
     broker_id = order.broker_order_id or ""
     opened = kite.histories[broker_id][0]
-    kite.on_cancel = lambda params: kite.histories[broker_id].append(
-        {**opened, "status": "CANCEL PENDING"}
-    )
+    kite.on_cancel = _takes(kite, broker_id, {**opened, "status": "CANCEL PENDING"})
     ledger.request_cancel(CancelOrder(order_id=order.id))
     gateway.dispatch()
     assert ledger.get_order(order.id).status is OrderStatus.PENDING_CANCEL
@@ -767,9 +774,7 @@ def test_the_outcome_of_a_request_sent_before_a_restart_is_still_told(
     assert ledger.get_order(order.id).status is OrderStatus.ACCEPTED
     assert [type(e).__name__ for e in ledger.history(order.id)][-1] == "CancelRejected"
 
-    kite.on_modify = lambda params: kite.histories[broker_id].append(
-        {**opened, "status": "MODIFY PENDING"}
-    )
+    kite.on_modify = _takes(kite, broker_id, {**opened, "status": "MODIFY PENDING"})
     ledger.request_modify(ModifyOrder(order_id=order.id, quantity=200))
     restarted.dispatch()
     kite.histories[broker_id].append({**opened, "status": "OPEN"})  # the exchange: no
@@ -789,9 +794,7 @@ def test_a_fill_while_a_modification_is_on_its_way_is_not_taken_for_its_refusal(
     now, kite, gateway, order = _placed_on_a_clock(ledger, "fill-in-between")
     broker_id = order.broker_order_id or ""
     opened = kite.histories[broker_id][0]
-    kite.on_modify = lambda params: kite.histories[broker_id].append(
-        {**opened, "status": "MODIFY PENDING"}
-    )
+    kite.on_modify = _takes(kite, broker_id, {**opened, "status": "MODIFY PENDING"})
     ledger.request_modify(ModifyOrder(order_id=order.id, price=Decimal("813.00")))
     gateway.dispatch()
     part = {**opened, "status": "OPEN", "filled_quantity": 40, "pending_quantity": 60}
@@ -1188,9 +1191,7 @@ def test_a_pending_modification_can_be_taken_back(ledger: OrderLedger) -> None:
     now, kite, gateway, order = _placed_on_a_clock(ledger, "take-back")
     broker_id = order.broker_order_id or ""
     opened = kite.histories[broker_id][0]
-    kite.on_modify = lambda params: kite.histories[broker_id].append(
-        {**opened, "status": "MODIFY PENDING"}
-    )
+    kite.on_modify = _takes(kite, broker_id, {**opened, "status": "MODIFY PENDING"})
     ledger.request_modify(ModifyOrder(order_id=order.id, price=Decimal("813.00")))
     gateway.dispatch()
     ledger.request_modify(ModifyOrder(order_id=order.id, price=Decimal("812.35")))
@@ -1216,9 +1217,7 @@ def test_a_refusal_that_comes_after_a_fill_is_still_recorded(ledger: OrderLedger
     now, kite, gateway, order = _placed_on_a_clock(ledger, "refused-after-fill")
     broker_id = order.broker_order_id or ""
     opened = kite.histories[broker_id][0]
-    kite.on_modify = lambda params: kite.histories[broker_id].append(
-        {**opened, "status": "MODIFY PENDING"}
-    )
+    kite.on_modify = _takes(kite, broker_id, {**opened, "status": "MODIFY PENDING"})
     ledger.request_modify(ModifyOrder(order_id=order.id, price=Decimal("813.00")))
     gateway.dispatch()
     part = {**opened, "status": "OPEN", "filled_quantity": 40, "pending_quantity": 60}
@@ -1293,9 +1292,7 @@ def test_a_cancellation_sent_before_the_outbox_kept_its_count_is_still_told(
     now, kite, gateway, order = _placed_on_a_clock(ledger, "no-baseline")
     broker_id = order.broker_order_id or ""
     opened = kite.histories[broker_id][0]
-    kite.on_cancel = lambda params: kite.histories[broker_id].append(
-        {**opened, "status": "CANCEL PENDING"}
-    )
+    kite.on_cancel = _takes(kite, broker_id, {**opened, "status": "CANCEL PENDING"})
     ledger.request_cancel(CancelOrder(order_id=order.id))
     gateway.dispatch()
     gateway.outbox._conn.execute("UPDATE gateway_outbox SET baseline = NULL")
@@ -1343,9 +1340,7 @@ def test_our_change_made_and_then_moved_on_from_outside_is_recorded_made(
     now, kite, gateway, order = _placed_on_a_clock(ledger, "ours-then-theirs")
     broker_id = order.broker_order_id or ""
     opened = kite.histories[broker_id][0]
-    kite.on_modify = lambda params: kite.histories[broker_id].append(
-        {**opened, "status": "MODIFY PENDING"}
-    )
+    kite.on_modify = _takes(kite, broker_id, {**opened, "status": "MODIFY PENDING"})
     ledger.request_modify(ModifyOrder(order_id=order.id, price=Decimal("813.00")))
     gateway.dispatch()
     kite.histories[broker_id] += [
@@ -1365,9 +1360,7 @@ def test_a_trade_while_a_cancellation_is_on_its_way_is_not_its_refusal(
     now, kite, gateway, order = _placed_on_a_clock(ledger, "trade-then-cancel")
     broker_id = order.broker_order_id or ""
     opened = kite.histories[broker_id][0]
-    kite.on_cancel = lambda params: kite.histories[broker_id].append(
-        {**opened, "status": "CANCEL PENDING"}
-    )
+    kite.on_cancel = _takes(kite, broker_id, {**opened, "status": "CANCEL PENDING"})
     ledger.request_cancel(CancelOrder(order_id=order.id))
     gateway.dispatch()
     part = {**opened, "filled_quantity": 30, "pending_quantity": 70}
@@ -1516,9 +1509,7 @@ def test_a_stop_triggering_while_its_modification_is_on_its_way_is_not_its_refus
     now, kite, gateway, order = _stop_on_a_clock(ledger, "trailing")
     broker_id = order.broker_order_id or ""
     waiting = kite.histories[broker_id][0]
-    kite.on_modify = lambda params: kite.histories[broker_id].append(
-        {**waiting, "status": "MODIFY PENDING"}
-    )
+    kite.on_modify = _takes(kite, broker_id, {**waiting, "status": "MODIFY PENDING"})
     ledger.request_modify(
         ModifyOrder(order_id=order.id, price=Decimal("797.00"), trigger_price=Decimal("798.00"))
     )
@@ -1540,9 +1531,7 @@ def test_a_stop_triggering_while_its_cancellation_is_on_its_way_is_not_its_refus
     now, kite, gateway, order = _stop_on_a_clock(ledger, "trailing-cancel")
     broker_id = order.broker_order_id or ""
     waiting = kite.histories[broker_id][0]
-    kite.on_cancel = lambda params: kite.histories[broker_id].append(
-        {**waiting, "status": "CANCEL PENDING"}
-    )
+    kite.on_cancel = _takes(kite, broker_id, {**waiting, "status": "CANCEL PENDING"})
     ledger.request_cancel(CancelOrder(order_id=order.id))
     gateway.dispatch()
     kite.histories[broker_id].append({**waiting, "status": "OPEN"})  # triggered
@@ -1592,9 +1581,7 @@ def test_a_disclosed_quantity_kite_made_after_the_time_limit_is_recorded(
     now, kite, gateway, order = _placed_on_a_clock(ledger, "disclosed-late")
     broker_id = order.broker_order_id or ""
     opened = kite.histories[broker_id][0]
-    kite.on_modify = lambda params: kite.histories[broker_id].append(
-        {**opened, "status": "MODIFY PENDING"}
-    )
+    kite.on_modify = _takes(kite, broker_id, {**opened, "status": "MODIFY PENDING"})
     ledger.request_modify(ModifyOrder(order_id=order.id, disclosed_quantity=10))
     gateway.dispatch()
     now[0] += 70
@@ -1733,9 +1720,7 @@ def test_a_cancellation_refused_while_kite_works_on_a_modification_is_sent_again
     now, kite, gateway, order = _placed_on_a_clock(ledger, "busy-cancel")
     broker_id = order.broker_order_id or ""
     opened = kite.histories[broker_id][0]
-    kite.on_modify = lambda params: kite.histories[broker_id].append(
-        {**opened, "status": "MODIFY PENDING"}
-    )
+    kite.on_modify = _takes(kite, broker_id, {**opened, "status": "MODIFY PENDING"})
     ledger.request_modify(ModifyOrder(order_id=order.id, price=Decimal("813.00")))
     gateway.dispatch()
     cancels: list[object] = []
