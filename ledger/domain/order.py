@@ -50,9 +50,9 @@ from ledger.domain.values import (
     Validity,
     Variety,
 )
-from ledger.integrity import content_hash
+from ledger.integrity import ORDER_TOPIC, content_hash
 
-_TOPIC_PREFIX = "ledger.domain.order:Order"
+_TOPIC_PREFIX = ORDER_TOPIC
 
 
 class Order(Aggregate):
