@@ -231,13 +231,48 @@ class ContractNoteDifference:
     broker: Decimal
 
 
+def contract_note_request(orders: Iterable[Any]) -> list[dict[str, Any]]:
+    """The `get_virtual_contract_note` request for the ledger's executed orders (each with
+    a broker order id and at least one fill): one entry per order, in the given order.
+
+    Kite answers with one entry per request entry, in the same order, and without the
+    order id, so the request is what ties each answer to its order: pass it to
+    `compare_contract_note` as `requested`."""
+    request = []
+    for order in orders:
+        if not order.broker_order_id or not order.filled_quantity:
+            continue
+        request.append(
+            {
+                "order_id": order.broker_order_id,
+                "exchange": order.instrument.exchange.value,
+                "tradingsymbol": order.instrument.tradingsymbol,
+                "transaction_type": order.side.value,
+                "variety": order.variety.value,
+                "product": order.product.value,
+                "order_type": order.order_type.value,
+                "quantity": order.filled_quantity,
+                "average_price": float(order.average_price),
+            }
+        )
+    return request
+
+
 def compare_contract_note(
     ledger_charges: dict[str, Charges],
     contract_note: Iterable[dict[str, Any]],
     tolerance: Decimal = Decimal("0.05"),
+    requested: Sequence[dict[str, Any]] | None = None,
 ) -> list[ContractNoteDifference]:
     """Differences between the ledger's charges per broker order id and Kite's virtual
     contract note (`get_virtual_contract_note`), beyond `tolerance` rupees a component.
+
+    Kite's answer does not name the orders: its entries follow the request's, one for
+    one. With `requested` (the request sent, as `contract_note_request` makes it), each
+    entry is the charges of the request's order at the same place, and an entry whose
+    exchange, symbol or side is not its request's, or an answer of another length, is a
+    difference ("entry"), since pairing them further would compare the wrong orders. An
+    entry that carries an `order_id` of its own is taken by it.
 
     An order on one side only is an "order" difference of its whole total: one the note
     bills that the ledger does not know (0 against the broker's total), and one the
@@ -246,15 +281,38 @@ def compare_contract_note(
     way round, and walking only the note let it pass as clean."""
     differences: list[ContractNoteDifference] = []
     listed: set[str] = set()
-    for note in contract_note:
-        order_id = str(note.get("order_id", ""))
-        listed.add(order_id)
+    entries = list(contract_note)
+    if requested is not None and len(entries) != len(requested):
+        differences.append(
+            ContractNoteDifference("", "entry", Decimal(len(requested)), Decimal(len(entries)))
+        )
+        requested = None  # answers cannot be paired with the orders asked about
+    for index, note in enumerate(entries):
         charges = note.get("charges") or {}
+        order_id = str(note.get("order_id") or "")
+        if not order_id and requested is not None:
+            asked = requested[index]
+            order_id = str(asked.get("order_id", ""))
+            if any(
+                str(note.get(field, asked.get(field))) != str(asked.get(field))
+                for field in ("exchange", "tradingsymbol", "transaction_type")
+            ):
+                listed.add(order_id)
+                differences.append(
+                    ContractNoteDifference(
+                        order_id,
+                        "entry",
+                        Decimal(0),
+                        _decimal(charges.get("total", 0)),
+                    )
+                )
+                continue
+        listed.add(order_id)
         ours = ledger_charges.get(order_id)
         if ours is None:
             differences.append(
                 ContractNoteDifference(
-                    order_id, "order", Decimal(0), Decimal(str(charges.get("total", 0)))
+                    order_id, "order", Decimal(0), _decimal(charges.get("total", 0))
                 )
             )
             continue
@@ -267,7 +325,7 @@ def compare_contract_note(
             "gst": (charges.get("gst") or {}).get("total", 0),
         }
         for component, value in theirs.items():
-            broker = Decimal(repr(value)) if isinstance(value, float) else Decimal(str(value))
+            broker = _decimal(value)
             mine = getattr(ours, component)
             if abs(broker - mine) > tolerance:
                 differences.append(ContractNoteDifference(order_id, component, mine, broker))
@@ -275,3 +333,8 @@ def compare_contract_note(
         if order_id not in listed:
             differences.append(ContractNoteDifference(order_id, "order", ours.total, Decimal(0)))
     return differences
+
+
+def _decimal(value: Any) -> Decimal:
+    """A JSON number as Kite sent it: a float by its shortest text (0.1, not 0.1000...)."""
+    return Decimal(repr(value)) if isinstance(value, float) else Decimal(str(value))

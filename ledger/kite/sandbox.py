@@ -625,9 +625,8 @@ class KiteSandbox:
                 fills,
                 order.placed_at.astimezone(IST).date(),
             )
-            notes.append(
+            notes.append(  # Kite's answer names no order: it follows the request's order
                 {
-                    "order_id": order.order_id,
                     "transaction_type": order.side.value,
                     "tradingsymbol": order.instrument.ref.tradingsymbol,
                     "exchange": order.instrument.ref.exchange.value,

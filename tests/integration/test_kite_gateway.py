@@ -366,7 +366,7 @@ def test_the_limiter_keeps_a_burst_within_kites_limits(
 def test_charges_compare_with_the_virtual_contract_note(
     ledger: OrderLedger, sandbox: KiteSandbox
 ) -> None:
-    from ledger.charges import ChargesSchedule, compare_contract_note
+    from ledger.charges import ChargesSchedule, compare_contract_note, contract_note_request
     from ledger.domain.values import IST
 
     gateway = gateway_for(ledger, sandbox)
@@ -385,8 +385,11 @@ def test_charges_compare_with_the_virtual_contract_note(
         order.created_on.astimezone(IST).date(),
     )
     assert ours.total == sum((f.charges or Decimal(0) for f in order.fills), Decimal(0))
-    note = client(sandbox).get_virtual_contract_note([{"order_id": order.broker_order_id}])
-    assert compare_contract_note({order.broker_order_id or "": ours}, note) == []
+    request = contract_note_request([order])
+    assert request[0]["order_id"] == order.broker_order_id
+    note = client(sandbox).get_virtual_contract_note(request)
+    assert "order_id" not in note[0]  # as Kite answers: by the request's order
+    assert compare_contract_note({order.broker_order_id or "": ours}, note, requested=request) == []
 
 
 def _raw_post(

@@ -7,7 +7,13 @@ from decimal import Decimal
 
 import pytest
 
-from ledger.charges import ChargesDataError, ChargesSchedule, compare_contract_note, segment_of
+from ledger.charges import (
+    ChargesDataError,
+    ChargesSchedule,
+    compare_contract_note,
+    contract_note_request,
+    segment_of,
+)
 from ledger.domain.values import Exchange, Instrument, InstrumentRef, Product, Side
 
 D = Decimal
@@ -173,4 +179,100 @@ def test_a_ledger_order_the_contract_note_does_not_list_is_a_difference() -> Non
     assert [(d.order_id, d.component, d.ledger, d.broker) for d in differences] == [
         ("9999", "order", D(0), D("3.5")),
         ("2412", "order", charged.total, D(0)),
+    ]
+
+
+def _kite_entry(side: str, symbol: str, charges: dict[str, object]) -> dict[str, object]:
+    """An entry as Kite's `charges/orders` answers: no order id, unrounded floats."""
+    return {
+        "transaction_type": side,
+        "tradingsymbol": symbol,
+        "exchange": "NSE",
+        "variety": "regular",
+        "product": "CNC",
+        "order_type": "LIMIT",
+        "quantity": 100,
+        "price": 812.35,
+        "charges": charges,
+    }
+
+
+_BILLED = {
+    "transaction_tax": 81.235,
+    "transaction_tax_type": "stt",
+    "exchange_turnover_charge": 2.4126795,
+    "sebi_turnover_charge": 0.081235,
+    "brokerage": 0,
+    "stamp_duty": 12.18525,
+    "gst": {"igst": 0.44887, "cgst": 0, "sgst": 0, "total": 0.44887},
+    "total": 96.36,
+}
+
+
+def _request(*orders: tuple[str, str, str]) -> list[dict[str, object]]:
+    return [
+        {"order_id": order_id, "exchange": "NSE", "tradingsymbol": symbol, "transaction_type": side}
+        for order_id, side, symbol in orders
+    ]
+
+
+def test_kites_contract_note_is_paired_with_the_request_by_place() -> None:
+    """Kite's answer names no order (its entries follow the request's): keyed by an
+    `order_id` it does not send, every order showed as unbilled and every entry as
+    unknown, so no real difference could be seen."""
+    charged = SCHEDULE.order_charges(SBIN, Product.CNC, Side.BUY, [(100, D("812.35"))], DAY)
+    request = _request(("2411", "BUY", "SBIN"), ("2412", "BUY", "SBIN"))
+    note = [
+        _kite_entry("BUY", "SBIN", _BILLED),
+        _kite_entry("BUY", "SBIN", _BILLED | {"brokerage": 20.0}),
+    ]
+    differences = compare_contract_note({"2411": charged, "2412": charged}, note, requested=request)
+    assert [(d.order_id, d.component, d.ledger, d.broker) for d in differences] == [
+        ("2412", "brokerage", D("0.00"), D("20.0"))
+    ]
+
+
+def test_a_contract_note_that_does_not_follow_its_request_is_a_difference() -> None:
+    charged = SCHEDULE.order_charges(SBIN, Product.CNC, Side.BUY, [(100, D("812.35"))], DAY)
+    request = _request(("2411", "BUY", "SBIN"))
+    swapped = compare_contract_note(
+        {"2411": charged}, [_kite_entry("SELL", "SBIN", _BILLED)], requested=request
+    )
+    assert [(d.order_id, d.component) for d in swapped] == [("2411", "entry")]
+    short = compare_contract_note({"2411": charged}, [], requested=request)
+    assert [(d.order_id, d.component, d.ledger, d.broker) for d in short] == [
+        ("", "entry", D(1), D(0)),
+        ("2411", "order", charged.total, D(0)),
+    ]
+
+
+def test_the_contract_note_request_lists_executed_orders_with_a_broker_id() -> None:
+    from types import SimpleNamespace
+
+    from ledger.domain.values import OrderType, Variety
+
+    def order(broker_id: str | None, filled: int) -> SimpleNamespace:
+        return SimpleNamespace(
+            broker_order_id=broker_id,
+            filled_quantity=filled,
+            instrument=SBIN.ref,
+            side=Side.SELL,
+            variety=Variety.REGULAR,
+            product=Product.MIS,
+            order_type=OrderType.LIMIT,
+            average_price=D("812.325"),
+        )
+
+    assert contract_note_request([order("2411", 40), order(None, 40), order("2413", 0)]) == [
+        {
+            "order_id": "2411",
+            "exchange": "NSE",
+            "tradingsymbol": "SBIN",
+            "transaction_type": "SELL",
+            "variety": "regular",
+            "product": "MIS",
+            "order_type": "LIMIT",
+            "quantity": 40,
+            "average_price": 812.325,
+        }
     ]
