@@ -19,6 +19,7 @@ import threading
 from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, ClassVar, Final, get_args
 from uuid import UUID
@@ -315,14 +316,45 @@ class OrderLedger(Application[UUID]):
             lambda order, at: order.request_cancel(command.reason, actor=command.actor, at=at),
         )
 
-    def record(self, update: BrokerUpdate) -> Order:
+    def record(
+        self,
+        update: BrokerUpdate,
+        *,
+        charges_for: Callable[[Order], Decimal | None] | None = None,
+    ) -> Order:
         """Record what the broker said about an order.
 
         Updates the order already reflects (a repeated notice, a fill already recorded
         under the same trade id) write nothing: the returned order's version is unchanged.
+
+        `charges_for` (with a `RecordFill` that names no charges) works out the fill's
+        charges from the order as it stands when the fill is applied: a fill's share
+        depends on the fills before it (a flat brokerage is charged once an order), and
+        another writer may record one between a caller's read and this write, so it is
+        asked again whenever the order is decided on afresh.
         """
         _expect(update, BROKER_UPDATES)
-        return self._execute(update.order_id, lambda order, at: _apply_update(order, update, at))
+        if charges_for is None:
+            return self._execute(
+                update.order_id, lambda order, at: _apply_update(order, update, at)
+            )
+        if not isinstance(update, RecordFill) or update.charges is not None:
+            raise InvalidCommand(
+                type(update).__name__,
+                [Problem("charges_for", "only for a RecordFill that names no charges")],
+            )
+        fill = update
+
+        def decide(order: Order, at: datetime) -> object:
+            charges = charges_for(order)
+            charged = (
+                fill
+                if charges is None
+                else RecordFill.model_validate({**fill.model_dump(), "charges": charges})
+            )
+            return _apply_update(order, charged, at)
+
+        return self._execute(update.order_id, decide)
 
     # ------------------------------------------------------------------ reads
 

@@ -363,7 +363,12 @@ class KiteGateway:
             self._fetches += 1
             return self._fetches
 
-    def _record(self, update: Any, problems: list[str]) -> int:
+    def _record(
+        self,
+        update: Any,
+        problems: list[str],
+        charges_for: Callable[[Order], Decimal | None] | None = None,
+    ) -> int:
         """Record one update (or the update a callable makes: building it from Kite's
         data can itself be refused, and that refusal belongs in `problems` too, not in an
         exception that stops the rest of the converge)."""
@@ -371,7 +376,7 @@ class KiteGateway:
             if callable(update):
                 update = update()
             before = self.ledger.get_order(update.order_id).version
-            after = self.ledger.record(update).version
+            after = self.ledger.record(update, charges_for=charges_for).version
         except (LedgerError, ValueError) as error:
             problems.append(" ".join(str(error).split()))
             return 0
@@ -1130,7 +1135,6 @@ class KiteGateway:
         order = self.ledger.get_order(order_id)
         if trade.trade_id in order.trade_ids:
             return 0
-        charges = self._charges_for(order, trade)
         return self._record(
             lambda: RecordFill(
                 order_id=order_id,
@@ -1140,10 +1144,13 @@ class KiteGateway:
                 quantity=trade.quantity,
                 price=trade.average_price,
                 exchange_timestamp=trade.fill_timestamp or trade.exchange_timestamp,
-                charges=charges,
                 source=source,
             ),
             problems,
+            # The share is worked out on the order the fill is recorded on, not the one
+            # read above: another process (a `reconcile` beside `serve`) may record a fill
+            # of this order in between, and a flat brokerage would be charged twice.
+            charges_for=lambda current: self._charges_for(current, trade),
         )
 
     def _charges_for(self, order: Order, trade: KiteTrade) -> Decimal | None:

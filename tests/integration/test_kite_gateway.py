@@ -419,3 +419,68 @@ def test_a_sends_lease_covers_the_clients_timeout(ledger: OrderLedger) -> None:
         kite = KiteConnect("key", "token", timeout=timeout)
         gateway = KiteGateway(ledger, kite, outbox=Outbox(ledger.storage), account=ACCOUNT)
         assert gateway.send_lease == lease
+
+
+def test_a_fill_recorded_meanwhile_by_another_process_is_not_charged_twice(
+    make_ledger: LedgerFactory,
+) -> None:
+    """A fill's charges are its share of its order's, so they depend on the fills before
+    it. The gateway worked them out on the order it had read; when another process (a
+    `reconcile` beside `serve`) recorded a fill in between, the ledger's retry decided on
+    the fresh order but kept the stale figure, and the order paid its Rs 20 flat options
+    brokerage (and its GST) twice: 77.20 where Kite bills 53.60."""
+    from ledger.charges import ChargesSchedule
+    from ledger.commands import RecordAccepted, RecordFill
+    from ledger.domain.values import IST, Source
+    from ledger.kite.payloads import KiteTrade
+
+    serve, reconcile = make_ledger(), make_ledger()
+    option = "NIFTY26DEC26000CE"
+    order = submit(
+        serve, "opt-1", exchange="NFO", tradingsymbol=option, side="SELL", quantity=130,
+        product="NRML", price="120.50",
+    )  # fmt: skip
+    serve.record(RecordAccepted(order_id=order.id, broker_order_id="B1"))
+    assert serve.storage is not None
+    gateway = KiteGateway(serve, None, outbox=Outbox(serve.storage), account=ACCOUNT)
+    at = datetime(2026, 11, 24, 4, 30, tzinfo=UTC)
+
+    def trade(trade_id: str) -> KiteTrade:
+        return KiteTrade.model_validate(
+            {
+                "trade_id": trade_id, "order_id": "B1", "exchange": "NFO",
+                "tradingsymbol": option, "product": "NRML", "transaction_type": "SELL",
+                "quantity": 65, "average_price": 120.5, "fill_timestamp": at,
+            }
+        )  # fmt: skip
+
+    read_order = gateway._charges_for
+
+    def another_process_records_a_fill_meanwhile(
+        current: Order, kite_trade: KiteTrade
+    ) -> Decimal | None:
+        if not current.fills:
+            share = read_order(current, trade("T1"))
+            reconcile.record(
+                RecordFill(
+                    order_id=order.id, trade_id="T1", exchange=Exchange.NFO,
+                    tradingsymbol=option, quantity=65, price=Decimal("120.50"),
+                    exchange_timestamp=at, charges=share, source=Source.POLL,
+                )
+            )  # fmt: skip
+        return read_order(current, kite_trade)
+
+    gateway._charges_for = another_process_records_a_fill_meanwhile  # type: ignore[method-assign,assignment]
+    problems: list[str] = []
+    gateway._record_fill(order.id, trade("T2"), Source.POSTBACK, problems)
+    assert problems == []
+    recorded = serve.get_order(order.id)
+    assert sorted(f.trade_id for f in recorded.fills) == ["T1", "T2"]
+    billed = ChargesSchedule.bundled().order_charges(
+        serve.instruments.get(recorded.instrument),
+        Product.NRML,
+        Side.SELL,
+        [(65, Decimal("120.50")), (65, Decimal("120.50"))],
+        at.astimezone(IST).date(),
+    )
+    assert recorded.charges == billed.total == Decimal("53.60")

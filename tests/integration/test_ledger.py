@@ -343,6 +343,33 @@ def test_a_remembered_order_that_is_stale_is_decided_again(make_ledger: LedgerFa
     assert first.count_events() == 4
 
 
+def test_charges_for_are_worked_out_on_the_order_the_fill_is_recorded_on(
+    make_ledger: LedgerFactory,
+) -> None:
+    """`record(fill, charges_for=...)` asks for the fill's charges on the order it is
+    decided on, and again after a conflict: the share of a fill depends on the ones
+    before it, which another writer may have recorded meanwhile."""
+    first, second = make_ledger(), make_ledger()
+    order = first.submit(submit_command())
+    first.record(accepted(order))  # `first` remembers version 2, with no fills
+    second.record(fill(order, "T-second", 30))
+    seen: list[int] = []
+
+    def charges_for(current: Order) -> Decimal:
+        seen.append(current.filled_quantity)
+        return Decimal("1.00") if not current.fills else Decimal("0.25")
+
+    recorded = first.record(fill(order, "T-third", 70), charges_for=charges_for)
+    assert seen == [0, 30]  # decided on the remembered state, then on the log's
+    assert [f.charges for f in recorded.fills] == [None, Decimal("0.25")]
+    with pytest.raises(InvalidCommand, match="charges_for"):
+        first.record(accepted(order), charges_for=charges_for)
+    charged = fill(order, "T-fourth", 1).model_copy(update={"charges": Decimal(1)})
+    with pytest.raises(InvalidCommand, match="charges_for"):
+        first.record(charged, charges_for=charges_for)
+    assert first.count_events() == 4
+
+
 def test_endless_conflicts_give_up_with_a_clear_error(make_ledger: LedgerFactory) -> None:
     first, second = make_ledger(max_attempts=3), make_ledger()
     order = first.submit(submit_command(quantity=1000))
