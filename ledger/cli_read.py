@@ -13,10 +13,10 @@ from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, fields
 from datetime import date, datetime, time, timedelta
-from decimal import Decimal, InvalidOperation
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Final
 from uuid import UUID
 
 import typer
@@ -180,7 +180,11 @@ def current_views(
 
 
 def _plain(value: Any) -> Any:
-    if isinstance(value, Decimal | UUID):
+    if isinstance(value, Decimal):
+        # Positional, never scientific: str gives "-1E-10" for a sub-paisa remainder,
+        # which spreadsheets and parsers of CSV or JSON read as text or a float.
+        return format(value, "f")
+    if isinstance(value, UUID):
         return str(value)
     if isinstance(value, datetime | date):
         return value.isoformat()
@@ -220,7 +224,7 @@ def _emit(rows: list[dict[str, Any]], fmt: str, title: str) -> None:
 
 def _cell(value: Any) -> str:
     if isinstance(value, _Rupees):
-        return f"{Decimal(value):,.2f}"
+        return f"{_to_paisa(value):,.2f}"
     if isinstance(value, Decimal):
         return _money(value)
     if isinstance(value, datetime):
@@ -260,6 +264,17 @@ class _Rupees(Decimal):
     """An amount shown to the paisa in tables (the value itself stays exact)."""
 
 
+_PAISA: Final = Decimal("0.01")
+
+
+def _to_paisa(value: Decimal) -> Decimal:
+    """Rounded to the paisa half up, as Kite's contract notes and the ledger's charges
+    round (format's own rounding is half even: 0.025 showed as 0.02); a value that
+    rounds to zero is 0.00, not -0.00."""
+    rounded = Decimal(value).quantize(_PAISA, rounding=ROUND_HALF_UP)
+    return rounded if rounded else abs(rounded)
+
+
 @app.command()
 def positions(
     db: DbOption = None,
@@ -281,17 +296,17 @@ def show_pnl(
     view: View, marks: dict[InstrumentRef, Decimal], by: str = "instrument", fmt: str = "table"
 ) -> None:
     lines = pnl_report(view, by, marks)  # type: ignore[arg-type]
-    shown = _Rupees if fmt == "table" else Decimal
-    rows = [
-        {
-            by: line.group,
-            "realised": shown(line.realised_pnl),
-            "unrealised": shown(line.unrealised_pnl),
-            "charges": shown(line.charges),
-            "net": shown(line.net_pnl),
-        }
-        for line in lines
-    ]
+    rows = []
+    for line in lines:
+        parts: tuple[Decimal, ...] = (line.realised_pnl, line.unrealised_pnl, line.charges)
+        if fmt == "table":  # to the paisa, net from the parts shown, so that each row adds up
+            realised, unrealised, charges = map(_to_paisa, parts)
+            parts = tuple(map(_Rupees, (realised, unrealised, charges)))
+            net: Decimal = _Rupees(realised + unrealised - charges)
+        else:  # exact amounts
+            net = line.net_pnl
+        names = (by, "realised", "unrealised", "charges", "net")
+        rows.append(dict(zip(names, (line.group, *parts, net), strict=True)))
     _emit(rows, fmt, f"P&L by {by}")
 
 

@@ -446,3 +446,65 @@ def test_verify_checks_an_export_with_no_database(demo_dir: Path, tmp_path: Path
     assert (
         run("verify", "--export", str(altered), "--digest", digests, cwd=elsewhere).returncode == 1
     )
+
+
+def test_tables_show_amounts_to_the_paisa_half_up_and_rows_add_up(tmp_path: Path) -> None:
+    """Tables rounded amounts half even (format's own rounding): a realised 0.025 showed
+    as 0.02 and an unrealised 0.125 as 0.12 where the ledger and Kite round half up; a
+    remainder of -1E-10 showed as -0.00; and a P&L row's net, rounded from the exact sum,
+    was not the sum of the parts it showed. CSV wrote that remainder as "-1E-10"."""
+    from decimal import Decimal
+
+    from ledger.commands import RecordAccepted, RecordFill, SubmitOrder
+
+    ledger = open_ledger(tmp_path / "ledger.db")
+    trades = [
+        ("a", "SBIN", "BUY", [(1, "100.00")]),
+        ("a", "SBIN", "BUY", [(1, "100.05")]),
+        ("a", "SBIN", "SELL", [(1, "100.05")]),  # realised 100.05 - 100.025 = 0.025
+        ("b", "HDFCBANK", "BUY", [(1, "100.05"), (2, "100.00")]),  # average 100.0166666667
+        ("b", "HDFCBANK", "SELL", [(1, "100.05"), (2, "100.00")]),  # realised -0.0000000001
+    ]
+    for n, (strategy, symbol, side, fills) in enumerate(trades):
+        order = ledger.submit(
+            SubmitOrder.parse(
+                {
+                    "account": "ZD1", "client_order_id": f"c{n}", "exchange": "NSE",
+                    "tradingsymbol": symbol, "side": side,
+                    "quantity": sum(q for q, _ in fills), "order_type": "LIMIT",
+                    "product": "MIS", "price": fills[0][1], "strategy": strategy,
+                }
+            )
+        )  # fmt: skip
+        ledger.record(RecordAccepted(order_id=order.id, broker_order_id=f"B{n}"))
+        for i, (quantity, price) in enumerate(fills):
+            ledger.record(
+                RecordFill(
+                    order_id=order.id, trade_id=f"T{n}-{i}", exchange="NSE",
+                    tradingsymbol=symbol, quantity=quantity, price=Decimal(price),
+                    charges=Decimal(0),
+                )
+            )  # fmt: skip
+    ledger.close()
+    db = str(tmp_path / "ledger.db")
+    env = {**_cli_env(), "COLUMNS": "200"}
+
+    def cells(args: list[str], key: str) -> list[str]:
+        out = subprocess.run([*CLI, *args, "--db", db], env=env, capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+        line = next(row for row in out.stdout.splitlines() if key in row)
+        return [cell.strip() for cell in line.split("│") if cell.strip()]
+
+    sbin = cells(["positions", "--mark", "NSE:SBIN=100.15"], "SBIN")
+    assert sbin[-3:] == ["0.03", "0.13", "0.00"]  # realised 0.025, unrealised 0.125
+    assert cells(["positions"], "HDFCBANK")[-3] == "0.00"  # -0.0000000001, not -0.00
+    assert cells(["pnl", "--by", "strategy", "--mark", "NSE:SBIN=100.15"], "│ a ")[1:] == [
+        "0.03", "0.13", "0.00", "0.16",
+    ]  # fmt: skip
+    out = subprocess.run(
+        [*CLI, "positions", "--format", "csv", "--db", db], env=env, capture_output=True, text=True
+    )
+    rows = list(csv.DictReader(io.StringIO(out.stdout)))
+    assert (
+        next(r for r in rows if r["tradingsymbol"] == "HDFCBANK")["realised_pnl"] == "-0.0000000001"
+    )
