@@ -456,6 +456,7 @@ def test_tables_show_amounts_to_the_paisa_half_up_and_rows_add_up(tmp_path: Path
     from decimal import Decimal
 
     from ledger.commands import RecordAccepted, RecordFill, SubmitOrder
+    from ledger.domain.values import Exchange
 
     ledger = open_ledger(tmp_path / "ledger.db")
     trades = [
@@ -480,7 +481,7 @@ def test_tables_show_amounts_to_the_paisa_half_up_and_rows_add_up(tmp_path: Path
         for i, (quantity, price) in enumerate(fills):
             ledger.record(
                 RecordFill(
-                    order_id=order.id, trade_id=f"T{n}-{i}", exchange="NSE",
+                    order_id=order.id, trade_id=f"T{n}-{i}", exchange=Exchange.NSE,
                     tradingsymbol=symbol, quantity=quantity, price=Decimal(price),
                     charges=Decimal(0),
                 )
