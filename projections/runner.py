@@ -303,6 +303,10 @@ def _transient_errors() -> tuple[type[BaseException], ...]:
 TRANSIENT_ERRORS: Final = _transient_errors()
 
 
+#: Reads of the stored rows before a runner gives up on one that no commit comes between.
+_LOAD_ATTEMPTS: Final = 100
+
+
 class ProjectionRunner:
     """Folds the log into projections held in `store`.
 
@@ -352,20 +356,36 @@ class ProjectionRunner:
         self._check_source()
 
     def _load(self) -> None:
-        """Start from what the store holds: positions, and the bounded tables."""
-        # Built aside and assigned together: a load that fails half way (a lost connection)
-        # leaves the runner as it was, to be loaded again, never half loaded.
-        loaded: dict[str, Working] = {}
-        for projection in self.projections:
-            working = projection.working(self._loader(projection))
-            for table in projection.tables:
-                if table.kind == "bounded":
-                    working.load(table.name, self.store.load_cells(projection, table))
-            loaded[projection.name] = working
-        positions = {p.name: self.store.position(p) for p in self.projections}
-        self.working: dict[str, Working] = loaded
-        self.positions: dict[str, int] = positions
-        self._needs_load = False
+        """Start from what the store holds: positions, and the bounded tables, as of one
+        commit.
+
+        Another runner on the same store (a second `project --follow`, a `project` run
+        beside `serve`) may commit while they are read, each table in a read of its own:
+        rows read before its commit with positions read after it would pass the next
+        commit's position check and write over that runner's batch (a fill lost from the
+        positions, P&L and statistics for good). Positions only move forward and every
+        commit moves one, so the positions are read before and after the rows, and the
+        rows read again until no commit came between."""
+        for _ in range(_LOAD_ATTEMPTS):
+            positions = {p.name: self.store.position(p) for p in self.projections}
+            # Built aside and assigned together: a load that fails half way (a lost
+            # connection) leaves the runner as it was, to be loaded again, never half loaded.
+            loaded: dict[str, Working] = {}
+            for projection in self.projections:
+                working = projection.working(self._loader(projection))
+                for table in projection.tables:
+                    if table.kind == "bounded":
+                        working.load(table.name, self.store.load_cells(projection, table))
+                loaded[projection.name] = working
+            if positions == {p.name: self.store.position(p) for p in self.projections}:
+                self.working: dict[str, Working] = loaded
+                self.positions: dict[str, int] = positions
+                self._needs_load = False
+                return
+        raise RuntimeError(
+            f"{self.store.where}: other runners committed during each of {_LOAD_ATTEMPTS}"
+            " reads of the projections' rows; start this one again when they are fewer"
+        )
 
     #: Set when a batch failed between its fold and its commit: the working sets may hold
     #: folds no commit carried, and must be loaded from the store again before the next
@@ -499,7 +519,10 @@ class ProjectionRunner:
     _in_flight: tuple[Future[None], list[Projection], int, int] | None = None
 
     def catch_up(self) -> int:
-        """Run batches until the log has nothing new. Returns the records covered.
+        """Run batches until the projections reach what the log held when it was called
+        (or the log has nothing new). Returns the records covered. What is written
+        meanwhile is the next call's (or `run_forever`'s): writers that keep pace with the
+        catch-up would otherwise keep a one-off `kite-ledger project` from ever returning.
 
         Pipelined: while one batch's transaction is written (on a writer thread, the
         database working on the other core), the next batch is read and folded; rows it
@@ -511,10 +534,19 @@ class ProjectionRunner:
         total = 0
         if self._needs_load:
             self._load()
+        last_position: Callable[[], int] | None = getattr(self.source, "last_position", None)
+        target = last_position() if last_position is not None else None
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="projections") as writer:
             folded = dict(self.positions)
             while True:
                 try:
+                    if (
+                        target is not None
+                        and self._source_checked
+                        and min(folded.values(), default=0) >= target
+                    ):
+                        self._land()  # what the log held at the call is folded
+                        return total
                     count = self._pipeline_once(writer, folded)
                 except ProjectionConflict:
                     self._needs_load = True

@@ -882,3 +882,80 @@ def test_a_batch_of_another_applications_events_is_not_the_end_of_the_log(
     store.close()
     notes.close()
     ledger.close()
+
+
+def test_a_runner_starting_while_another_commits_loses_none_of_its_batch(
+    ledger: OrderLedger, database_url: str
+) -> None:
+    """A runner loads the bounded tables (positions, books, totals), each in a read of its
+    own, and the positions. When another runner committed after the rows were read and
+    before the positions were, the new one held rows from before that commit and a
+    position after it; its next commit passed the position check and wrote over the
+    other's batch: a fill gone from positions, P&L and statistics, for good."""
+    projections = all_projections()
+    order = ledger.submit(submit_command(client_order_id="a0", quantity=7))
+    ledger.record(accepted(order, "B-a0"))
+    ledger.record(fill(order, "T-a0", 7))
+    first_store = store_for_ledger_url(database_url)
+    first = ProjectionRunner(LedgerLog(ledger), first_store, projections)
+    first.catch_up()
+    late = ledger.submit(submit_command(client_order_id="a1", quantity=10))
+    ledger.record(accepted(late, "B-a1"))
+    ledger.record(fill(late, "T-a1", 10))  # folded by the first runner during the race
+
+    second_store = store_for_ledger_url(database_url)
+    load_cells = second_store.load_cells
+    bounded = [(p.name, t.name) for p in projections for t in p.tables if t.kind == "bounded"]
+    loaded: list[tuple[str, str]] = []
+
+    def another_runner_commits_after_the_rows_are_read(
+        projection: Projection, table: Any, *args: Any, **kwargs: Any
+    ) -> Any:
+        cells = load_cells(projection, table, *args, **kwargs)
+        if not args and not kwargs:
+            loaded.append((projection.name, table.name))
+            if loaded == bounded:  # every bounded table read: the commit lands now
+                first.catch_up()
+        return cells
+
+    second_store.load_cells = another_runner_commits_after_the_rows_are_read  # type: ignore[method-assign]
+    second = ProjectionRunner(LedgerLog(ledger), second_store, projections)
+    second_store.load_cells = load_cells  # type: ignore[method-assign]
+    assert len(loaded) > len(bounded)  # the rows were read again after that commit
+
+    third = ledger.submit(submit_command(client_order_id="b1", quantity=5))
+    ledger.record(accepted(third, "B-b1"))
+    ledger.record(fill(third, "T-b1", 5))
+    second.catch_up()
+    assert tables(second_store, projections) == folded(ledger, projections)
+    first_store.close()
+    second_store.close()
+
+
+def test_catch_up_returns_at_the_log_it_was_called_on_while_writers_keep_pace(
+    ledger: OrderLedger, store: ProjectionStore
+) -> None:
+    """`catch_up` ran until the log had nothing new: with writers adding as much as each
+    batch folded, a one-off `kite-ledger project` never returned."""
+    run_session(ledger)
+    at_call = ledger.count_events()
+    batches = 0
+
+    def writers_keep_pace(count: int, last: int) -> None:
+        nonlocal batches
+        batches += 1
+        if batches < 200:  # (a bound for the code before, which would never stop)
+            order = ledger.submit(submit_command(client_order_id=f"meanwhile-{batches}"))
+            ledger.record(accepted(order, f"B-meanwhile-{batches}"))
+            ledger.record(fill(order, f"T-meanwhile-{batches}", 100))
+
+    projections = all_projections()
+    runner = ProjectionRunner(
+        LedgerLog(ledger), store, projections, batch_size=3, on_batch=writers_keep_pace
+    )
+    covered = runner.catch_up()
+    assert batches == -(-at_call // 3)
+    assert at_call <= covered < at_call + 3  # the last batch takes what is there by then
+    runner.on_batch = None
+    runner.catch_up()
+    assert tables(store, projections) == folded(ledger, projections)
