@@ -792,7 +792,12 @@ def checkpoint_command(
 @app.command("offline-rebuild")
 def offline_rebuild_command(
     source: Annotated[Path, typer.Option("--from", help="An export (.parquet or .jsonl).")],
-    into: Annotated[Path, typer.Option("--into", help="FILE.duckdb or FILE.sqlite to build.")],
+    into: Annotated[
+        Path,
+        typer.Option(
+            "--into", help="FILE.duckdb or FILE.sqlite (or .db) to build; not a ledger's own files."
+        ),
+    ],
 ) -> None:
     """Rebuild every projection from an export into a DuckDB or SQLite file: no server."""
     if not source.exists():

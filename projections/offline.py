@@ -25,6 +25,7 @@ import errno
 import json
 import os
 import shutil
+import sqlite3
 import stat
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -701,6 +702,7 @@ def offline_rebuild(
         raise ExportError(f"{target}: directory {target.parent} does not exist")
     if target.exists() and not target.is_file():
         raise ExportError(f"{target}: is not a file")
+    _refuse_live_files(target)
     partial = target.with_name(f"{target.stem}.partial-{os.getpid()}{target.suffix}")
     _remove(partial)
     if target.exists():
@@ -761,6 +763,41 @@ def offline_rebuild(
     os.replace(partial, target)
     sync_directory(target.parent)
     return count
+
+
+#: What an offline rebuild writes: a DuckDB file, or a SQLite one.
+REBUILD_SUFFIXES: Final = (".duckdb", ".sqlite", ".sqlite3", ".db")
+
+
+def _refuse_live_files(target: Path) -> None:
+    """An offline rebuild replaces its target with a file it made from a copy of it.
+    Pointed at a ledger's own files it would put that copy over the live one: the events
+    committed after the copy lost (and the ledger's write-ahead log then applied to a file
+    that is not its own), or the ledger's live projections replaced by those of an export,
+    shown by every read command as current. Those are refused, and so is a name that says
+    another format (`out.csv` got a SQLite file)."""
+    if target.suffix not in REBUILD_SUFFIXES:
+        raise ExportError(
+            f"{target}: name a .duckdb file (DuckDB) or a .sqlite or .db file (SQLite)"
+        )
+    stem = target.stem
+    if stem.endswith(".projections"):
+        ledger_file = target.with_name(stem.removesuffix(".projections") + target.suffix)
+        if ledger_file.exists():
+            raise ExportError(
+                f"{target}: is the live projections file of the ledger {ledger_file};"
+                " rebuild those with `kite-ledger rebuild`, or name a file of its own"
+            )
+    if target.suffix != ".duckdb" and target.exists() and target.stat().st_size:
+        try:
+            with contextlib.closing(sqlite3.connect(f"file:{target}?mode=ro", uri=True)) as conn:
+                tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+        except sqlite3.DatabaseError:
+            return  # not SQLite: the store says so, naming the file
+        if "stored_events" in tables:
+            raise ExportError(
+                f"{target}: is a ledger (it holds an event log); name a file of its own"
+            )
 
 
 def _remove(path: Path) -> None:

@@ -241,6 +241,7 @@ def test_read_command_errors(demo_dir: Path, args: list[str], message: str) -> N
 def test_paths_that_are_not_what_a_command_wants_are_refused_clearly(demo_dir: Path) -> None:
     """Each of these ended in a traceback (and left partial files beside the target)."""
     (demo_dir / "notes.txt").write_text("not a database")
+    (demo_dir / "notes.sqlite").write_text("not a database")
     (demo_dir / "adir").mkdir(exist_ok=True)
     assert run("export", "--format", "jsonl", "--out", "e.jsonl", cwd=demo_dir).returncode == 0
     cases = [
@@ -248,8 +249,12 @@ def test_paths_that_are_not_what_a_command_wants_are_refused_clearly(demo_dir: P
         (["export", "--format", "jsonl", "--out", "adir"], "Is a directory: 'adir'"),
         (["verify", "--digest", "adir"], "digest file adir cannot be read"),
         (
+            ["offline-rebuild", "--from", "e.jsonl", "--into", "notes.sqlite"],
+            "notes.sqlite: cannot rebuild into it",
+        ),
+        (
             ["offline-rebuild", "--from", "e.jsonl", "--into", "notes.txt"],
-            "notes.txt: cannot rebuild into it",
+            "notes.txt: name a .duckdb file (DuckDB) or a .sqlite or .db file (SQLite)",
         ),
         (
             ["offline-rebuild", "--from", "e.jsonl", "--into", "nodir/x.sqlite"],
@@ -262,6 +267,28 @@ def test_paths_that_are_not_what_a_command_wants_are_refused_clearly(demo_dir: P
         assert message in result.stderr, (args, result.stderr)
         assert "Traceback" not in result.stderr
     assert not list(demo_dir.glob("*partial*"))
+
+
+def test_offline_rebuild_refuses_a_ledgers_own_files(tmp_path: Path) -> None:
+    """An offline rebuild puts a file made from a copy of its target over the target.
+    `--into ledger.db` put a copy of the event log over the live one (what was committed
+    after the copy lost); `--into ledger.projections.db` replaced the live projections
+    with an export's, which every read command then showed as current."""
+    assert run("demo", "--scripted", "--db", "ledger.db", cwd=tmp_path).returncode == 0
+    assert run("export", "--out", "part.jsonl", cwd=tmp_path).returncode == 0
+    assert run("project", cwd=tmp_path).returncode == 0
+    files = ("ledger.db", "ledger.projections.db")
+    before = {name: (tmp_path / name).read_bytes() for name in files}
+    ledger = run("offline-rebuild", "--from", "part.jsonl", "--into", "ledger.db", cwd=tmp_path)
+    assert ledger.returncode == 2
+    assert "ledger.db: is a ledger (it holds an event log)" in ledger.stderr
+    live = run(
+        "offline-rebuild", "--from", "part.jsonl", "--into", "ledger.projections.db", cwd=tmp_path
+    )
+    assert live.returncode == 2
+    assert "is the live projections file of the ledger ledger.db" in live.stderr
+    assert {name: (tmp_path / name).read_bytes() for name in files} == before
+    assert not list(tmp_path.glob("*partial*"))
 
 
 def test_verify_does_not_call_projections_that_lag_the_log_equal_to_it(tmp_path: Path) -> None:
