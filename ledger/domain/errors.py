@@ -121,3 +121,21 @@ class ConcurrencyConflict(LedgerError):
         super().__init__(
             f"order {order_id}: gave up after {attempts} attempts: other writers kept changing it"
         )
+
+
+class TransitionNotAdmitted(LedgerError, KeyError):
+    """A stored event the lifecycle table does not admit where it stands: the log was
+    altered, or written past the ledger's rules. Raised while replaying (commands check
+    the table first and refuse with `TransitionRefused`); `kite-ledger verify` names the
+    event. A KeyError too, as the table's own lookup raised before."""
+
+    def __init__(self, status: str, kind: str) -> None:
+        super().__init__(status, kind)
+        self.message = (
+            f"a {kind} event is not admitted after {status}: the stored events do not"
+            " replay (altered, or written past the ledger's rules);"
+            " `kite-ledger verify` names the event"
+        )
+
+    def __str__(self) -> str:
+        return self.message

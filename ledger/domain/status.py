@@ -24,6 +24,8 @@ from __future__ import annotations
 from enum import Enum
 from typing import Final
 
+from ledger.domain.errors import TransitionNotAdmitted
+
 
 class OrderStatus(Enum):
     """Where an order stands. The first eight are lifecycle states; the PENDING_* two are
@@ -148,10 +150,13 @@ def next_status(
 ) -> OrderStatus:
     """The lifecycle status after an event of `kind`, given the quantities *after* it.
 
-    Raises `KeyError` for a transition the table does not admit: callers check `admits`
-    first and raise a domain error that names the order.
+    Raises `TransitionNotAdmitted` (a `KeyError`) for a transition the table does not
+    admit: commands check `admits` first and raise a domain error that names the order,
+    so only a replay of stored events meets it.
     """
-    target = TRANSITIONS[status][kind]
+    target = TRANSITIONS.get(status, {}).get(kind)
+    if target is None:
+        raise TransitionNotAdmitted(status.value, kind.value)
     if target is Target.SAME:
         return status
     if target is Target.BY_FILLED_QUANTITY:

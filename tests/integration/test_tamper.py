@@ -30,6 +30,7 @@ from ledger.checkpoints import (
     write_checkpoint,
 )
 from ledger.cli import app
+from ledger.domain.errors import LedgerError
 from ledger.domain.order import Order
 from ledger.integrity import ORDER_TOPIC, content_hash
 from tests.conftest import LedgerFactory
@@ -195,6 +196,31 @@ def test_an_edited_event_is_named(scene: Scene) -> None:
     # The database's checkpoint covers it too; the digest file says the same.
     assert any("differs from the database's checkpoint 1" in line for line in lines)
     assert scene.verify(digest=True)[0] == lines[0]
+
+
+def test_an_edit_the_lifecycle_cannot_replay_is_named_not_a_traceback(scene: Scene) -> None:
+    """A first fill's quantity raised past the order's made the second fill one the
+    lifecycle table does not admit: verify, orders and rebuild ended in a KeyError
+    traceback (from the projections' fold) before naming the event."""
+    assert CliRunner().invoke(app, ["project", "--db", scene.url]).exit_code == 0
+    order = scene.orders[1]
+    named = where(scene, order, 3)
+    _, state, _ = scene.rows.get(order.id, 3)
+    scene.rows.set_state(order.id, 3, state.replace(b'"quantity":40', b'"quantity":140', 1))
+    result = CliRunner().invoke(app, ["verify", "--db", scene.url])
+    assert result.exit_code == 1, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    lines = result.output.splitlines()
+    assert lines[0] == (
+        f"TAMPERED first bad event: {named}altered: its content no longer matches its hash"
+    )
+    assert any(
+        line.startswith("DIFFERENCE projections ") and "does not fold" in line for line in lines
+    ), result.output
+    # A ledger error, which `main` prints as one line (exit 2), not a KeyError.
+    listed = CliRunner().invoke(app, ["orders", "--db", scene.url])
+    assert isinstance(listed.exception, LedgerError)
+    assert str(listed.exception).startswith("a Filled event is not admitted after FILLED")
 
 
 def test_an_edit_after_the_last_checkpoint_is_named_by_its_chain(scene: Scene) -> None:
