@@ -350,7 +350,7 @@ class OrderLedger(Application[UUID]):
             charged = (
                 fill
                 if charges is None
-                else RecordFill.model_validate({**fill.model_dump(), "charges": charges})
+                else fill.model_copy(update={"charges": charges})  # checked again
             )
             return _apply_update(order, charged, at)
 

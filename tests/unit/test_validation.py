@@ -290,3 +290,28 @@ def test_text_with_control_characters_and_amounts_past_forty_places_are_refused(
 
 def test_tabs_and_line_breaks_may_stand_in_free_text() -> None:
     assert submit_command(strategy="pairs\tv2").strategy == "pairs\tv2"
+
+
+def test_pydantics_unchecked_ways_of_making_a_command_check_it_all_the_same() -> None:
+    """`model_construct` made a command with no checks at all, and the ledger recorded it
+    (a trade id " T1" beside "T1" counted a fill twice; a NUL stopped the PostgreSQL
+    projections); `model_validate` and `model_copy(update=...)` skipped `problems`."""
+    order_id = uuid4()
+    fields: dict[str, Any] = {
+        "order_id": order_id, "trade_id": "T1", "exchange": Exchange.NSE,
+        "tradingsymbol": "SBIN", "quantity": 2, "price": Decimal("800"),
+    }  # fmt: skip
+    assert RecordFill.model_construct(**{**fields, "trade_id": " T1"}).trade_id == "T1"
+    for bad in ({"quantity": True}, {"client_order_id": "x"}, {"trade_id": "T\x001"}):
+        with pytest.raises(InvalidCommand):
+            RecordFill.model_construct(**{**fields, **bad})
+    with pytest.raises(InvalidCommand, match="quantity: must be greater than 0"):
+        RecordFill.model_validate({**fields, "quantity": 0})
+    with pytest.raises(InvalidCommand, match="charges: must not be negative"):
+        RecordFill(**fields).model_copy(update={"charges": Decimal(-1)})
+    with pytest.raises(InvalidCommand, match="quantity"):
+        SubmitOrder.model_construct(**{**submit_command().model_dump(), "quantity": -5})
+    copied = RecordFill(**fields).model_copy(update={"charges": Decimal("1.5")})
+    assert (copied.charges, copied.trade_id) == (Decimal("1.5"), "T1")
+    assert RecordFill.model_validate(copied) == copied
+    assert RecordFill(**fields).model_copy() == RecordFill(**fields)
