@@ -421,6 +421,9 @@ def submit(
     price: Annotated[str | None, typer.Option(help="Limit price.")] = None,
     trigger_price: Annotated[str | None, typer.Option(help="Stop trigger.")] = None,
     validity: Annotated[str, typer.Option(help="DAY, IOC or TTL.")] = "DAY",
+    validity_ttl: Annotated[
+        int | None, typer.Option(help="Minutes the order lives, with --validity TTL.")
+    ] = None,
     market_protection: Annotated[
         str | None, typer.Option(help="-1 (auto) or a percentage.")
     ] = None,
@@ -450,6 +453,7 @@ def submit(
         ("market_protection", market_protection),
         ("strategy", strategy),
         ("reference_price", reference_price),
+        ("validity_ttl", validity_ttl),
     ):
         if value is not None:
             fields[name] = value
@@ -457,6 +461,8 @@ def submit(
     with _open(db, create=True) as ledger:
         order = ledger.submit(command)
     _print_orders([order], "json" if fmt == "json" else "table", title="Submitted")
+    if fmt != "json":  # the id `order`, `report`, `modify` and `cancel` take
+        console.print(f"order id {order.id}", markup=False, highlight=False)
 
 
 @app.command()

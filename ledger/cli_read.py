@@ -44,6 +44,8 @@ from projections.statistics import statistics
 from projections.store import ProjectionStore, store_at, store_for_ledger_url
 
 FormatOption = Annotated[str, typer.Option("--format", help="table, json or csv.")]
+#: For outputs that are not one table of rows (a report with its fills, the statistics).
+TableOrJsonOption = Annotated[str, typer.Option("--format", help="table or json.")]
 AsOfOption = Annotated[
     str | None,
     typer.Option(
@@ -74,6 +76,19 @@ def parse_instant(text: str, option: str = "--as-of", *, day_starts: bool = Fals
     if instant.tzinfo is None:
         raise LedgerError(f"{option}: {text!r} has no time zone (add +05:30 or Z)")
     return instant
+
+
+def parse_window(since: str | None, until: str | None) -> tuple[datetime | None, datetime | None]:
+    """`--from` and `--to` (either may be missing): a window that ends before it starts
+    is refused, not searched (it found nothing, and `export` wrote an empty file)."""
+    start = parse_instant(since, "--from", day_starts=True) if since else None
+    end = parse_until(until) if until else None
+    if start is not None and end is not None and end <= start:
+        raise LedgerError(
+            f"--to: {until!r} is not after --from {since!r} (--to is exclusive; a date"
+            " means through its end)"
+        )
+    return start, end
 
 
 def parse_until(text: str, option: str = "--to") -> datetime:
@@ -346,7 +361,7 @@ def show_stats(view: View, fmt: str = "table") -> None:
 
 
 @app.command()
-def stats(db: DbOption = None, fmt: FormatOption = "table") -> None:
+def stats(db: DbOption = None, fmt: TableOrJsonOption = "table") -> None:
     """Execution summary and statistics."""
     _check_format(fmt, ("table", "json"))
     with _open(db) as ledger:
@@ -358,7 +373,7 @@ def stats(db: DbOption = None, fmt: FormatOption = "table") -> None:
 def report(
     order_id: Annotated[str, typer.Argument(help="The order's id (a UUID).")],
     db: DbOption = None,
-    fmt: FormatOption = "table",
+    fmt: TableOrJsonOption = "table",
 ) -> None:
     """The execution report of one order, with its fills and slippage."""
     _check_format(fmt, ("table", "json"))
@@ -430,10 +445,11 @@ def audit(
                 f" (one of {', '.join(sorted(EVENT_CLASSES))})"
             )
         event_type = [kinds[t.lower()] for t in event_type]
+    start, end = parse_window(since, until)
     filters: dict[str, Any] = {
         "account": account,
-        "since": parse_instant(since, "--from", day_starts=True) if since else None,
-        "until": parse_until(until) if until else None,
+        "since": start,
+        "until": end,
         "event_types": event_type,
     }
     if order:
@@ -629,8 +645,7 @@ def export(
         raise LedgerError(f"--out: {error}") from None
     if not out.parent.exists():
         raise LedgerError(f"--out: directory {out.parent} does not exist")
-    start = parse_instant(since, "--from", day_starts=True) if since else None
-    end = parse_until(until) if until else None
+    start, end = parse_window(since, until)
     with _open(db) as ledger, _progress("exporting", LedgerLog(ledger).last_position()) as advance:
         count = export_log(
             ledger,
@@ -772,8 +787,8 @@ def checkpoint_command(
     all checkpoints to a file to keep elsewhere (for `verify --digest`)."""
     from ledger.checkpoints import export_checkpoints, write_checkpoint
 
-    if export is not None and not export.parent.exists():
-        raise LedgerError(f"--export: directory {export.parent} does not exist")
+    if export is not None:
+        _check_digest_target(export)
     with _open(db) as ledger:
         checkpoint = write_checkpoint(ledger)
         if checkpoint is None:
@@ -787,6 +802,24 @@ def checkpoint_command(
         if export is not None:
             count = export_checkpoints(ledger, export)
             console.print(f"exported {count} checkpoints to {export}")
+
+
+def _check_digest_target(export: Path) -> None:
+    """A digest file is JSON, and replaces only an earlier digest file: `--export
+    log.parquet` put digests over the export they were meant to check."""
+    if not export.parent.exists():
+        raise LedgerError(f"--export: directory {export.parent} does not exist")
+    if export.suffix.lower() != ".json":
+        raise LedgerError(f"--export: {export} names no .json file (digests are JSON)")
+    if export.exists():
+        from ledger.checkpoints import load_digests
+
+        try:
+            load_digests(export)
+        except LedgerError:
+            raise LedgerError(
+                f"--export: {export} exists and is not a digest file; it was left as it was"
+            ) from None
 
 
 @app.command("offline-rebuild")

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Final
 
 from ledger.domain.errors import LedgerError
-from ledger.persistence import StorageSettings, advisory_lock_key
+from ledger.persistence import StorageError, StorageSettings, advisory_lock_key, first_line
 from projections.base import PRICE_PLACES, Key, Projection, Table, View, _normal
 
 TRACKING: Final = "proj_tracking"
@@ -1217,7 +1217,14 @@ def store_at(url: str | Path | StorageSettings) -> ProjectionStore:
         return SQLiteProjectionStore(settings.sqlite_path)
     assert settings.postgres_conninfo is not None
     assert settings.postgres_schema is not None
-    return PostgresProjectionStore(settings.postgres_conninfo, settings.postgres_schema)
+    import psycopg
+
+    try:
+        return PostgresProjectionStore(settings.postgres_conninfo, settings.postgres_schema)
+    except psycopg.OperationalError as error:  # named as the ledger's own URL is (masked)
+        raise StorageError(
+            f"cannot reach PostgreSQL at {settings.display}: {first_line(error)}"
+        ) from None
 
 
 def store_for_file(path: str | Path) -> ProjectionStore:

@@ -749,6 +749,8 @@ class KiteSandbox:
                 self._ws_clients.discard(connection)
 
     def _ws_handler(self, connection: Any) -> None:
+        from websockets.exceptions import ConnectionClosed
+
         query = parse_qs(urlsplit(connection.request.path).query)
         if query.get("api_key") != [self.api_key] or query.get("access_token") != [
             self.access_token
@@ -759,6 +761,8 @@ class KiteSandbox:
         try:
             for _message in connection:  # subscriptions and pings: nothing to answer
                 pass
+        except ConnectionClosed:
+            pass  # a client gone without a closing handshake (a killed `serve`): as Kite
         finally:
             self._ws_clients.discard(connection)
 

@@ -229,6 +229,21 @@ def test_rebuild_and_project(demo_dir: Path) -> None:
         (["audit", "--type", "Nope"], "--type: 'Nope' is not an event type (one of Accepted"),
         (["audit", "--instrument", "NSE"], "--instrument: 'NSE' is not EXCHANGE:SYMBOL"),
         (["audit", "--from", "soon"], "--from: 'soon' is not an ISO time"),
+        # A window that ends before it starts found nothing (and export wrote an empty file).
+        *(
+            (
+                [*command, "--from", "2026-11-26", "--to", "2026-11-24"],
+                "--to: '2026-11-24' is not after --from '2026-11-26'",
+            )
+            for command in (["audit"], ["export", "--out", "window.parquet"])
+        ),
+        # Tracebacks before: the store's own connection error, not the ledger's message.
+        (
+            ["project", "--projections-db", "postgresql://postgres:secret@127.0.0.1:5999/x"],
+            "cannot reach PostgreSQL at postgresql://postgres:***@127.0.0.1:5999/x",
+        ),
+        (["checkpoint", "--export", "log.parquet"], "--export: log.parquet names no .json file"),
+        (["stats", "--format", "csv"], "--format: 'csv'"),
     ],
 )
 def test_read_command_errors(demo_dir: Path, args: list[str], message: str) -> None:
@@ -236,6 +251,40 @@ def test_read_command_errors(demo_dir: Path, args: list[str], message: str) -> N
     assert result.returncode == 2, result.stdout
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_checkpoint_export_replaces_only_a_digest_file(demo_dir: Path) -> None:
+    """`checkpoint --export` wrote its digests over any file: an export among them."""
+    (demo_dir / "notes.json").write_text('{"not": "digests"}')
+    refused = run("checkpoint", "--export", "notes.json", cwd=demo_dir)
+    assert refused.returncode == 2
+    assert "notes.json exists and is not a digest file" in refused.stderr
+    assert (demo_dir / "notes.json").read_text() == '{"not": "digests"}'
+    assert run("checkpoint", "--export", "kept.json", cwd=demo_dir).returncode == 0
+    again = run("checkpoint", "--export", "kept.json", cwd=demo_dir)
+    assert again.returncode == 0, again.stderr
+    assert "exported 1 checkpoints to kept.json" in again.stdout
+
+
+def test_submit_takes_a_ttl_and_names_the_order_id(tmp_path: Path) -> None:
+    """`--validity TTL` was offered and then refused for want of a TTL no option could
+    give; and no table showed the id that order, report, modify and cancel take."""
+    submitted = run(
+        "submit", "--db", "l.db", "--account", "ZD1", "--client-order-id", "ttl-1",
+        "--instrument", "NSE:SBIN", "--side", "BUY", "--quantity", "1", "--type", "LIMIT",
+        "--product", "CNC", "--price", "812.35", "--validity", "TTL", "--validity-ttl", "5",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert submitted.returncode == 0, submitted.stderr
+    order_id = submitted.stdout.strip().splitlines()[-1].removeprefix("order id ")
+    from uuid import UUID
+
+    ledger = open_ledger(tmp_path / "l.db")
+    try:
+        order = ledger.get_order(UUID(order_id))
+    finally:
+        ledger.close()
+    assert (order.client_order_id, order.validity.value, order.validity_ttl) == ("ttl-1", "TTL", 5)
 
 
 def test_paths_that_are_not_what_a_command_wants_are_refused_clearly(demo_dir: Path) -> None:

@@ -142,3 +142,23 @@ def test_a_sandbox_that_went_away_is_an_unknown_outcome(
     gateway.dispatch()
     assert len(sandbox.orders) == 1
     assert ledger.get_order(order.id).status is OrderStatus.ACCEPTED
+
+
+def test_a_websocket_client_gone_without_closing_is_no_error(
+    sandbox: KiteSandbox, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A client that went away without the closing handshake (a killed `serve`, a cut
+    network) printed two tracebacks ('connection handler failed') from the sandbox."""
+    import logging
+    import socket
+
+    from websockets.sync.client import connect
+
+    caplog.set_level(logging.DEBUG)
+    url = f"{sandbox.ws_root}/?api_key={sandbox.api_key}&access_token={sandbox.access_token}"
+    connection = connect(url)
+    connection.socket.shutdown(socket.SHUT_RDWR)  # no close frame, as a killed process
+    connection.socket.close()
+    time.sleep(0.5)
+    failed = [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+    assert failed == [], [r.getMessage() for r in failed]
