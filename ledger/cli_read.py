@@ -36,7 +36,7 @@ from projections.base import EVENT_CLASSES, Projection, View
 from projections.offline import ExportError, Format, export_format, export_log, offline_rebuild
 from projections.pnl import pnl_report
 from projections.pointintime import as_of
-from projections.positions import positions_of
+from projections.positions import Position, positions_of
 from projections.rebuild import rebuild
 from projections.reports import fills_for, report_for
 from projections.runner import LedgerLog, ProjectionRunner
@@ -119,7 +119,8 @@ def parse_marks(marks: list[str] | None) -> dict[InstrumentRef, Decimal]:
         try:
             name, text = mark.split("=", 1)
             exchange, symbol = name.split(":", 1)
-            instrument = InstrumentRef(Exchange(exchange.upper()), symbol)
+            # Kite's symbols are upper case: "NSE:sbin" matched nothing, without a word.
+            instrument = InstrumentRef(Exchange(exchange.upper()), symbol.strip().upper())
             price = Decimal(text)
         except (ValueError, InvalidOperation):
             raise LedgerError(f"--mark: {mark!r} is not EXCHANGE:SYMBOL=PRICE") from None
@@ -251,7 +252,9 @@ def show_positions(
     view: View, marks: dict[InstrumentRef, Decimal], fmt: str = "table", title: str = "Positions"
 ) -> None:
     rows = []
-    for p in positions_of(view):
+    positions = positions_of(view)
+    _warn_about_marks(marks, positions)
+    for p in positions:
         unrealised = p.unrealised_pnl(marks.get(p.instrument))
         if fmt == "table":  # the columns a trader scans; json and csv carry every field
             rows.append(
@@ -273,6 +276,24 @@ def show_positions(
         row["unrealised_pnl"] = unrealised
         rows.append(row)
     _emit(rows, fmt, title)
+
+
+def _warn_about_marks(marks: dict[InstrumentRef, Decimal], positions: list[Position]) -> None:
+    """On stderr: a mark that matches no position (a typo, another exchange), and open
+    positions with no mark, whose unrealised P&L shows as 0.00 (it is not known)."""
+    held = {p.instrument for p in positions}
+    for instrument in marks.keys() - held:
+        errors.print(f"warning: --mark {instrument} matches no position", markup=False)
+    unmarked = sorted(
+        {str(p.instrument) for p in positions if p.net_quantity and p.instrument not in marks}
+    )
+    if unmarked:
+        errors.print(
+            f"note: unrealised P&L is 0.00 for {len(unmarked)} open position"
+            f"{'' if len(unmarked) == 1 else 's'} with no --mark: {', '.join(unmarked)}",
+            markup=False,
+            soft_wrap=True,
+        )
 
 
 class _Rupees(Decimal):

@@ -585,3 +585,27 @@ def test_tables_show_amounts_to_the_paisa_half_up_and_rows_add_up(tmp_path: Path
     assert (
         next(r for r in rows if r["tradingsymbol"] == "HDFCBANK")["realised_pnl"] == "-0.0000000001"
     )
+
+
+def test_marks_match_whatever_the_case_and_unmatched_or_missing_ones_are_named(
+    demo_dir: Path,
+) -> None:
+    """`--mark NSE:sbin=...` matched nothing and `--mark NSE:NOPE=1` was taken, both
+    without a word; open positions with no mark showed an unrealised 0.00 as if known."""
+    marked = run(
+        "positions", "--mark", "NSE:sbin=815.20", "--mark", "NSE:NOPE=1", "--format", "csv",
+        cwd=demo_dir,
+    )  # fmt: skip
+    assert marked.returncode == 0, marked.stderr
+    rows = list(csv.DictReader(io.StringIO(marked.stdout)))
+    sbin = next(r for r in rows if r["tradingsymbol"] == "SBIN")
+    assert sbin["net_quantity"] != "0"
+    assert sbin["unrealised_pnl"] not in ("0", "0.00")
+    assert "warning: --mark NSE:NOPE matches no position" in marked.stderr
+    unmarked = [
+        f"{r['exchange']}:{r['tradingsymbol']}"
+        for r in rows
+        if r["net_quantity"] != "0" and r["tradingsymbol"] != "SBIN"
+    ]
+    assert unmarked, "the demo leaves other positions open"
+    assert f"with no --mark: {', '.join(sorted(unmarked))}" in marked.stderr
