@@ -45,7 +45,13 @@ def sandbox(
     tick: Annotated[float, typer.Option(help="Seconds between market steps.")] = 0.5,
 ) -> None:
     """Run the local Kite sandbox until Ctrl-C."""
-    box = KiteSandbox(seed=seed, postback_url=postback_url).start(host, port, ws_port)
+    try:
+        box = KiteSandbox(seed=seed, postback_url=postback_url).start(host, port, ws_port)
+    except OSError as error:  # a port taken, an address this machine does not have
+        raise LedgerError(
+            f"cannot listen on {host} port {port} (--port) and {ws_port} (--ws-port):"
+            f" {error.strerror or error}"
+        ) from None
     box.run_market(tick)
     console.print(
         json.dumps(
@@ -68,6 +74,15 @@ def sandbox(
         pass
     finally:
         box.stop()
+
+
+def _reason(error: BaseException) -> str:
+    """The innermost cause of a connection error, as one short phrase ("Connection
+    refused"), not urllib3's pool and retry wrappers."""
+    while error.__context__ is not None or error.__cause__ is not None:
+        error = error.__cause__ or error.__context__  # type: ignore[assignment]
+    text = str(error)
+    return text.rsplit("] ", 1)[-1] if "] " in text else text
 
 
 def _gateway(db: str | None, root: str, account: str) -> tuple[KiteGateway, Outbox]:
@@ -218,9 +233,16 @@ def reconcile(
 
     if fmt not in ("table", "json"):
         raise LedgerError(f"--format: {fmt!r} is not one of table, json")
+    import requests
+
     gateway, outbox = _gateway(db, kite_root, account)
     try:
-        orders = gateway.reconcile()
+        try:
+            orders = gateway.reconcile()
+        except requests.ConnectionError as error:
+            raise LedgerError(
+                f"cannot reach Kite at {kite_root} (--kite-root, KITE_ROOT): {_reason(error)}"
+            ) from None
         log = LedgerLog(gateway.ledger)
         events, after = [], 0
         while batch := log.read(after, 5000):

@@ -311,3 +311,32 @@ def test_serve_refuses_an_unknown_projections_mode(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "--projections: 'thread' is not one of process, inline, off" in result.stderr
     assert not (tmp_path / "ledger.db").exists()  # refused before anything was opened
+
+
+def test_network_mistakes_name_the_setting_to_change(tmp_path: Path, sandbox: KiteSandbox) -> None:
+    """A taken port printed "[Errno 98] Address already in use", and an unreachable Kite
+    urllib3's "HTTPConnectionPool(...): Max retries exceeded ...": neither said which
+    option to change."""
+    env = kite_env(sandbox)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        busy = subprocess.run(
+            [*CLI, "sandbox", "--port", str(port), "--ws-port", "0"],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    assert busy.returncode == 2
+    assert f"cannot listen on 127.0.0.1 port {port} (--port)" in busy.stderr
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        nobody = free.getsockname()[1]  # closed again: nothing listens there
+    away = subprocess.run(
+        [*CLI, "reconcile", "--kite-root", f"http://127.0.0.1:{nobody}"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert away.returncode == 2, away.stderr
+    assert away.stderr.strip() == (
+        f"error: cannot reach Kite at http://127.0.0.1:{nobody} (--kite-root, KITE_ROOT):"
+        " Connection refused"
+    )
