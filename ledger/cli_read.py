@@ -44,6 +44,13 @@ from projections.statistics import statistics
 from projections.store import ProjectionStore, store_at, store_for_ledger_url
 
 FormatOption = Annotated[str, typer.Option("--format", help="table, json or csv.")]
+ProjectionsDbOption = Annotated[
+    str | None,
+    typer.Option(
+        "--projections-db",
+        help="Keep projection tables in this database instead (SQLite path or postgresql:// URL).",
+    ),
+]
 #: For outputs that are not one table of rows (a report with its fills, the statistics).
 TableOrJsonOption = Annotated[str, typer.Option("--format", help="table or json.")]
 AsOfOption = Annotated[
@@ -171,6 +178,7 @@ def current_views(
     *,
     wanted: Sequence[str] | None = None,
     where: Mapping[str, Collection[str]] | None = None,
+    projections_db: str | None = None,
 ) -> dict[str, View]:
     """The `wanted` projections (default every one), current (every projection caught up
     in the database, then the wanted ones read) or as of `instant` (folded from the log).
@@ -178,12 +186,14 @@ def current_views(
     Only what is wanted is read: the audit trail and the per-order tables hold rows for
     every event and order, and reading them all made `kite-ledger positions` take 6 s
     over 200,000 events. `where` (text column -> values) narrows the rows read from the
-    database (`ProjectionStore.load_view`); callers filter what they show themselves."""
+    database (`ProjectionStore.load_view`); callers filter what they show themselves.
+    With `projections_db`, the projections kept there (`project --projections-db`) are
+    caught up and read, not the ledger's own."""
     projections = all_projections()
     chosen = [p for p in projections if wanted is None or p.name in wanted]
     if instant is not None:
         return as_of(LedgerLog(ledger), chosen, instant)
-    store = store_for_ledger_url(ledger.storage)
+    store = _store(ledger, projections_db)
     try:
         runner = ProjectionRunner(LedgerLog(ledger), store, projections)
         behind = LedgerLog(ledger).last_position() - runner.position
@@ -314,6 +324,7 @@ def _to_paisa(value: Decimal) -> Decimal:
 @app.command()
 def positions(
     db: DbOption = None,
+    projections_db: ProjectionsDbOption = None,
     as_of_time: AsOfOption = None,
     mark: MarkOption = None,
     fmt: FormatOption = "table",
@@ -323,7 +334,9 @@ def positions(
     marks = parse_marks(mark)
     instant = parse_instant(as_of_time) if as_of_time else None
     with _open(db) as ledger:
-        view = current_views(ledger, instant, wanted=["positions"])["positions"]
+        view = current_views(ledger, instant, wanted=["positions"], projections_db=projections_db)[
+            "positions"
+        ]
     title = "Positions" + (f" as of {instant.isoformat()}" if instant else "")
     show_positions(view, marks, fmt, title)
 
@@ -349,6 +362,7 @@ def show_pnl(
 @app.command()
 def pnl(
     db: DbOption = None,
+    projections_db: ProjectionsDbOption = None,
     as_of_time: AsOfOption = None,
     by: Annotated[str, typer.Option(help="instrument, strategy or day.")] = "instrument",
     mark: MarkOption = None,
@@ -360,7 +374,7 @@ def pnl(
         raise LedgerError(f"--by: {by!r} is not one of instrument, strategy, day")
     instant = parse_instant(as_of_time) if as_of_time else None
     with _open(db) as ledger:
-        view = current_views(ledger, instant, wanted=["pnl"])["pnl"]
+        view = current_views(ledger, instant, wanted=["pnl"], projections_db=projections_db)["pnl"]
     show_pnl(view, parse_marks(mark), by, fmt)
 
 
@@ -382,11 +396,17 @@ def show_stats(view: View, fmt: str = "table") -> None:
 
 
 @app.command()
-def stats(db: DbOption = None, fmt: TableOrJsonOption = "table") -> None:
+def stats(
+    db: DbOption = None,
+    fmt: TableOrJsonOption = "table",
+    projections_db: ProjectionsDbOption = None,
+) -> None:
     """Execution summary and statistics."""
     _check_format(fmt, ("table", "json"))
     with _open(db) as ledger:
-        view = current_views(ledger, wanted=["statistics"])["statistics"]
+        view = current_views(ledger, wanted=["statistics"], projections_db=projections_db)[
+            "statistics"
+        ]
     show_stats(view, fmt)
 
 
@@ -394,6 +414,7 @@ def stats(db: DbOption = None, fmt: TableOrJsonOption = "table") -> None:
 def report(
     order_id: Annotated[str, typer.Argument(help="The order's id (a UUID).")],
     db: DbOption = None,
+    projections_db: ProjectionsDbOption = None,
     fmt: TableOrJsonOption = "table",
 ) -> None:
     """The execution report of one order, with its fills and slippage."""
@@ -403,9 +424,12 @@ def report(
     except ValueError:
         raise LedgerError(f"ORDER_ID: {order_id!r} is not an order id (a UUID)") from None
     with _open(db) as ledger:
-        view = current_views(ledger, wanted=["reports"], where={"order_id": [str(parsed)]})[
-            "reports"
-        ]
+        view = current_views(
+            ledger,
+            wanted=["reports"],
+            where={"order_id": [str(parsed)]},
+            projections_db=projections_db,
+        )["reports"]
     found = report_for(view, parsed)
     if found is None:
         raise LedgerError(f"order {parsed}: no such order")
@@ -437,6 +461,7 @@ def report(
 @app.command()
 def audit(
     db: DbOption = None,
+    projections_db: ProjectionsDbOption = None,
     order: Annotated[str | None, typer.Option(help="An order id.")] = None,
     instrument: Annotated[str | None, typer.Option(help="EXCHANGE:SYMBOL, e.g. NSE:SBIN.")] = None,
     account: Annotated[str | None, typer.Option()] = None,
@@ -493,7 +518,9 @@ def audit(
         where["exchange"] = [filters["instrument"].exchange.value]
         where["tradingsymbol"] = [filters["instrument"].tradingsymbol]
     with _open(db) as ledger:
-        view = current_views(ledger, wanted=["audit"], where=where)["audit"]
+        view = current_views(ledger, wanted=["audit"], where=where, projections_db=projections_db)[
+            "audit"
+        ]
     entries: list[AuditEntry] = trail(view, **filters)
     if fmt == "csv":
         write_out(to_csv(entries))
@@ -514,15 +541,6 @@ def audit(
             for e in entries
         ]
         _emit(rows, "table", f"Audit trail ({len(rows)} events)")
-
-
-ProjectionsDbOption = Annotated[
-    str | None,
-    typer.Option(
-        "--projections-db",
-        help="Keep projection tables in this database instead (SQLite path or postgresql:// URL).",
-    ),
-]
 
 
 def _store(ledger: OrderLedger, projections_db: str | None) -> ProjectionStore:

@@ -609,3 +609,24 @@ def test_marks_match_whatever_the_case_and_unmatched_or_missing_ones_are_named(
     ]
     assert unmarked, "the demo leaves other positions open"
     assert f"with no --mark: {', '.join(sorted(unmarked))}" in marked.stderr
+
+
+def test_read_commands_read_the_projections_kept_elsewhere(tmp_path: Path) -> None:
+    """`project --projections-db X` kept them in X, but positions, pnl, stats, report and
+    audit had no such option and folded the log again into the ledger's own file."""
+    assert run("demo", "--scripted", "--db", "ledger.db", cwd=tmp_path).returncode == 0
+    elsewhere = ["--projections-db", "kept.sqlite"]
+    assert run("project", *elsewhere, cwd=tmp_path).returncode == 0
+    own = tmp_path / "ledger.projections.db"
+    own.unlink(missing_ok=True)
+    for command in (
+        ["positions", "--format", "json"],
+        ["pnl", "--by", "strategy", "--format", "json"],
+        ["stats", "--format", "json"],
+        ["audit", "--format", "jsonl"],
+    ):
+        kept = run(*command, *elsewhere, cwd=tmp_path)
+        assert kept.returncode == 0, kept.stderr
+        assert not own.exists(), command  # read from kept.sqlite, not folded again
+        assert kept.stdout == run(*command, cwd=tmp_path).stdout
+        own.unlink()
