@@ -63,6 +63,8 @@ from ledger.kite.payloads import (
     KiteOrder,
     KitePayloadError,
     KiteTrade,
+    parse_each_order,
+    parse_each_trade,
     parse_orders,
     parse_trades,
 )
@@ -912,7 +914,9 @@ class KiteGateway:
         first) or made (by the ledger's own modification) holds older terms, and records
         none."""
         latest = history[-1]
-        order_id = self.order_for(latest)
+        # Looked for in the log too before it is taken for an outside order: another
+        # process (`serve` beside a `reconcile`) may have placed it since this one read.
+        order_id = self.order_for(latest, refresh=True)
         if order_id is None:
             order_id = self._adopt(history, result)
             if order_id is None:
@@ -1294,15 +1298,16 @@ class KiteGateway:
             for order in self.open_orders()
             if order.broker_order_id is not None and order.account == self.account
         }
-        broker_orders = parse_orders(self.call("orders"))
-        trades = parse_trades(self.call("trades"))
+        broker_orders, unread = parse_each_order(self.call("orders"))
+        trades, unread_trades = parse_each_trade(self.call("trades"))
+        result.problems += unread + unread_trades
         trade_ids: dict[str, set[str]] = {}
         for trade in trades:
             trade_ids.setdefault(trade.order_id, set()).add(trade.trade_id)
         result.broker_orders = len(broker_orders)
         for broker_order in broker_orders:
             unlisted.pop(broker_order.order_id, None)
-            order_id = self.order_for(broker_order)
+            order_id = self.order_for(broker_order, refresh=True)
             if order_id is None or not self._up_to_date(order_id, broker_order, trade_ids):
                 try:
                     converged = self.converge(broker_order.order_id, source)

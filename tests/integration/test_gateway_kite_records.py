@@ -1747,3 +1747,66 @@ def test_a_cancellation_refused_while_kite_works_on_a_modification_is_sent_again
     assert len(cancels) == 2
     assert ledger.get_order(order.id).status is OrderStatus.CANCELLED
     assert "CancelRejected" not in _names(ledger, order)
+
+
+def test_reconcile_beside_serve_does_not_adopt_an_order_serve_placed_meanwhile(
+    make_ledger: LedgerFactory,
+) -> None:
+    """`reconcile` (a process of its own) read the log, then Kite's book; an order that
+    `serve` placed while that read was in flight carried a tag reconcile had not read, and
+    was adopted as an outside order: one order at Kite, two in the ledger, its fills
+    counted twice."""
+    serve_ledger, reconcile_ledger = make_ledger(), make_ledger()
+    kite = ScriptedKite()
+    serve, reconcile = gateway_for(serve_ledger, kite), gateway_for(reconcile_ledger, kite)
+    book = kite.orders
+
+    def serve_places_one_while_the_book_is_read() -> list[dict[str, Any]]:
+        order = submit(serve_ledger, "strat-42", quantity=10, price="812.35")
+        placed = kite.placed(serve, order)
+        broker_id = placed.broker_order_id
+        assert broker_id is not None
+        kite.histories[broker_id] = [
+            kite_record(
+                placed, broker_id, status="COMPLETE", filled_quantity=10, pending_quantity=0,
+                average_price=812.35,
+            )
+        ]  # fmt: skip
+        kite.trade_book.append(kite_trade(placed, broker_id, "T-1", 10, "812.35"))
+        kite.orders = book  # type: ignore[method-assign]
+        return book()
+
+    kite.orders = serve_places_one_while_the_book_is_read  # type: ignore[method-assign]
+    result = reconcile.reconcile()
+    assert result.adopted == []
+    assert result.problems == []
+    orders = reconcile_ledger.all_orders()
+    assert [(o.client_order_id, o.filled_quantity) for o in orders] == [("strat-42", 10)]
+
+
+def test_an_odd_record_in_kites_books_does_not_stop_the_poll(ledger: OrderLedger) -> None:
+    """The order book and the trade book were parsed whole: one record the parser refused
+    (an order placed in Kite's web app, a trade of it) stopped every poll, and `serve`'s
+    start, so the ledger's own fills were never picked up."""
+    kite = ScriptedKite()
+    gateway = gateway_for(ledger, kite)
+    placed = kite.placed(gateway, submit(ledger, "ours", quantity=10, price="812.35"))
+    broker_id = placed.broker_order_id
+    assert broker_id is not None
+    kite.histories[broker_id] = [
+        kite_record(
+            placed, broker_id, status="COMPLETE", filled_quantity=10, pending_quantity=0,
+            average_price=812.35,
+        )
+    ]  # fmt: skip
+    kite.trade_book.append(kite_trade(placed, broker_id, "T-1", 10, "812.35"))
+    odd = kite_record(placed, "261124000009999", filled_quantity=None, tag=None)
+    kite.histories["261124000009999"] = [odd]
+    kite.trade_book.append({"trade_id": "T-odd", "order_id": "261124000009999"})
+    result = gateway.poll()
+    assert ledger.get_order(placed.id).filled_quantity == 10
+    assert [p.split(" not read:")[0] for p in result.problems] == [
+        "Kite order 261124000009999 (record 1)",
+        "Kite trade T-odd (record 1)",
+    ]
+    KiteService(gateway, api_secret="s", app_id=1, poll_interval=3600).start().stop()
