@@ -46,7 +46,7 @@ def verify_postback(body: bytes, *, api_secret: str, app_id: int | str | None) -
         raise PostbackRefused(413, f"postback larger than {MAX_POSTBACK_BYTES} bytes")
     try:
         payload = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # (nesting deeper than json goes)
         raise PostbackRefused(400, "malformed postback: not JSON") from None
     if not isinstance(payload, dict):
         raise PostbackRefused(400, "malformed postback: expected a JSON object")

@@ -102,3 +102,12 @@ def test_text_that_looks_like_sql_is_stored_as_text_everywhere(
     lite.close()
     for text in HOSTILE:  # stored as text in the analyst's file too, tables intact
         assert text.replace("'", "''") in dump
+
+
+def test_a_postback_nested_past_what_json_parses_is_refused_not_dropped() -> None:
+    """10 kB of nested brackets (under the size cap, no checksum needed) raised
+    RecursionError from json, which the check did not catch: the handler thread died and
+    the sender got no answer at all."""
+    with pytest.raises(PostbackRefused, match="malformed postback: not JSON") as refused:
+        verify_postback(b"[" * 5000 + b"]" * 5000, api_secret="secret", app_id=None)
+    assert refused.value.status == 400
