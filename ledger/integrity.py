@@ -355,15 +355,25 @@ class Checkpoint:
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Checkpoint:
         return cls(
-            seq=int(data["seq"]),
-            first_position=int(data["first_position"]),
-            last_position=int(data["last_position"]),
-            event_count=int(data["event_count"]),
-            positions=tuple((int(a), int(b)) for a, b in data["positions"]),
+            seq=_whole(data["seq"], "seq"),
+            first_position=_whole(data["first_position"], "first_position"),
+            last_position=_whole(data["last_position"], "last_position"),
+            event_count=_whole(data["event_count"], "event_count"),
+            positions=tuple(
+                (_whole(a, "positions"), _whole(b, "positions")) for a, b in data["positions"]
+            ),
             previous_digest=_hex_digest(data["previous_digest"], "previous_digest"),
             digest=_hex_digest(data["digest"], "digest"),
             created_at=str(data["created_at"]),
         )
+
+
+def _whole(value: Any, name: str) -> int:
+    """A whole number as JSON holds one: not 5.9, "5", true or 1e999 (which `int` took,
+    rounded, or failed on with an OverflowError)."""
+    if type(value) is not int:
+        raise ValueError(f"{name} must be a whole number, got {value!r}")
+    return value
 
 
 def _hex_digest(value: Any, name: str) -> str:

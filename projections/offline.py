@@ -44,6 +44,7 @@ from ledger.checkpoints import IntegrityReport, check_records
 from ledger.domain.errors import LedgerError
 from ledger.domain.order import Order
 from ledger.integrity import Checkpoint, StoredRecord
+from ledger.persistence import first_line
 from projections.base import Projection, Record, ledger_mapper, parse_state
 from projections.rebuild import rebuild
 from projections.runner import (
@@ -419,12 +420,13 @@ def _stored(record: Any, where: str) -> tuple[int, StoredEvent]:
     missing = [c for c in ("position", "order_id", "version", "topic", "state") if c not in record]
     if missing:
         raise ExportError(f"{where}: missing {', '.join(missing)}")
+    position, version = record["position"], record["version"]
+    if type(position) is not int or type(version) is not int:  # not "5", 5.9 or true
+        raise ExportError(f"{where}: position and version must be whole numbers")
     try:
-        position = int(record["position"])
-        version = int(record["version"])
         order_id = UUID(str(record["order_id"]))
     except (TypeError, ValueError) as error:
-        raise ExportError(f"{where}: bad position, version or order_id ({error})") from None
+        raise ExportError(f"{where}: bad order_id ({error})") from None
     if not isinstance(record["topic"], str) or not isinstance(record["state"], str):
         raise ExportError(f"{where}: topic and state must be strings")
     return position, StoredEvent(
@@ -545,7 +547,7 @@ def read_export_records(path: str | Path, *, chunk: int = 5000) -> Iterator[list
         yield handed.pop()
 
 
-StoredRow = tuple[int, str, int, str, str]
+StoredRow = tuple[Any, ...]  # position, order id, version, topic, state[, event_type, recorded_at]
 
 
 def export_integrity(
@@ -559,12 +561,16 @@ def export_integrity(
     digest file's checkpoints name as deleted: check it by its chains alone."""
     transcoder = ledger_mapper().transcoder
     fmt = format_of(path)
-    rows = _parquet_rows(path, 5000) if fmt == "parquet" else _jsonl_rows(path, 5000)
+    rows = (
+        _parquet_rows(path, 5000, columns=(*_BASE_COLUMNS, "event_type", "recorded_at"))
+        if fmt == "parquet"
+        else _jsonl_rows(path, 5000, whole=True)
+    )
 
     def records() -> Iterator[StoredRecord]:
         last = 0
         for where, batch in rows:
-            for position, order_id, version, topic, state in batch:
+            for position, order_id, version, topic, state, *told in batch:
                 if position <= last:
                     raise ExportError(
                         f"{where}: position {position} is not after {last} (log order broken)"
@@ -575,32 +581,84 @@ def export_integrity(
                     decoded = transcoder.decode(data)
                 except Exception:  # undecodable bytes are a finding of the chain check
                     decoded = None
+                state_dict = decoded if isinstance(decoded, dict) else None
+                _check_told(where, position, topic, state_dict, *told)
+                try:
+                    originator_id = UUID(order_id)
+                except ValueError:
+                    raise ExportError(
+                        f"{where}: position {position}: order_id {order_id!r} is not a UUID"
+                    ) from None
                 yield StoredRecord(
                     position=position,
-                    originator_id=UUID(order_id),
+                    originator_id=originator_id,
                     originator_version=version,
                     topic=topic,
                     state_bytes=data,
-                    state=decoded if isinstance(decoded, dict) else None,
+                    state=state_dict,
                 )
 
     return check_records(records(), reference=reference)
 
 
-def _jsonl_rows(path: str | Path, chunk: int) -> Iterator[tuple[str, list[StoredRow]]]:
+def _check_told(
+    where: str,
+    position: int,
+    topic: str,
+    state: dict[str, Any] | None,
+    event_type: Any = None,
+    recorded_at: Any = None,
+) -> None:
+    """An export's `event_type` and `recorded_at` columns, which its hash does not cover,
+    held to the hashed state they repeat (analysts query them directly), and every row an
+    order event (an export holds nothing else)."""
+    try:
+        kind = order_kind(topic, position)
+    except ValueError as error:
+        raise ExportError(f"{where}: {error}") from None
+    if kind is None:
+        raise ExportError(f"{where}: position {position}: topic {topic!r} is not an order's")
+    if event_type != kind:
+        raise ExportError(
+            f"{where}: position {position}: event_type {event_type!r} is not the event's"
+            f" own ({kind!r})"
+        )
+    if state is None:
+        return  # an undecodable state is the chain check's finding
+    if isinstance(recorded_at, str):
+        try:
+            recorded_at = datetime.fromisoformat(recorded_at)
+        except ValueError:
+            recorded_at = None
+    if not isinstance(recorded_at, datetime) or recorded_at != state.get("timestamp"):
+        raise ExportError(
+            f"{where}: position {position}: recorded_at {recorded_at!s} is not the event's"
+            f" own ({state.get('timestamp')!s})"
+        )
+
+
+def _jsonl_rows(
+    path: str | Path, chunk: int, *, whole: bool = False
+) -> Iterator[tuple[str, list[StoredRow]]]:
+    """Rows of a JSON lines export; `whole`: every record holds exactly `COLUMNS`, and
+    rows carry event_type and recorded_at too."""
     batch: list[StoredRow] = []
     where = str(path)
     for where, record in _read_jsonl(path):
         position, stored = _stored(record, where)
-        batch.append(
-            (
-                position,
-                str(stored.originator_id),
-                stored.originator_version,
-                stored.topic,
-                record["state"],
-            )
+        if whole and set(record) != _COLUMN_SET:
+            odd = sorted(set(record) ^ _COLUMN_SET)
+            raise ExportError(f"{where}: fields {', '.join(odd)} are not an export's")
+        row: StoredRow = (
+            position,
+            str(stored.originator_id),
+            stored.originator_version,
+            stored.topic,
+            record["state"],
         )
+        if whole:
+            row = (*row, record["event_type"], record["recorded_at"])
+        batch.append(row)
         if len(batch) >= chunk:
             yield where, batch
             batch = []
@@ -608,34 +666,50 @@ def _jsonl_rows(path: str | Path, chunk: int) -> Iterator[tuple[str, list[Stored
         yield where, batch
 
 
-def _parquet_rows(path: str | Path, chunk: int) -> Iterator[tuple[str, list[StoredRow]]]:
+_BASE_COLUMNS: Final = ("position", "order_id", "version", "topic", "state")
+_COLUMN_SET: Final = frozenset(COLUMNS)
+
+
+def _parquet_rows(
+    path: str | Path, chunk: int, *, columns: Sequence[str] = _BASE_COLUMNS
+) -> Iterator[tuple[str, list[StoredRow]]]:
+    """Rows of a Parquet export: `columns`, each of the type `export` writes."""
     import pyarrow as pa
 
     try:
         parquet = _open_parquet(path)
+        schema = parquet.schema_arrow
     except (OSError, pa.ArrowException) as error:
         raise ExportError(f"{path}: cannot read Parquet export: {error}") from None
-    missing = [
-        c
-        for c in ("position", "order_id", "version", "topic", "state")
-        if c not in parquet.schema.names
-    ]
+    missing = [c for c in columns if c not in schema.names]
     if missing:
         raise ExportError(f"{path}: missing column(s) {', '.join(missing)}")
+    expected = _parquet_schema()
+    for name in columns:  # a column of another type reads as other values (5.9, b"...")
+        if not schema.field(name).type.equals(expected.field(name).type):
+            raise ExportError(
+                f"{path}: column {name} is {schema.field(name).type},"
+                f" not {expected.field(name).type}"
+            )
     index = 0
-    for batch in parquet.iter_batches(
-        batch_size=chunk,
-        columns=["position", "order_id", "version", "topic", "state"],
-        use_threads=False,  # decoding is a few % of the rebuild; each thread keeps buffers
-    ):
-        columns = [batch.column(i).to_pylist() for i in range(5)]
-        rows = batch.num_rows
-        del batch
-        _release_arrow_memory()
-        if any(None in column for column in columns):
-            raise ExportError(f"{path} records {index + 1}-{index + rows}: empty field")
-        index += rows
-        yield f"{path} record {index}", list(zip(*columns, strict=True))
+    try:
+        for batch in parquet.iter_batches(
+            batch_size=chunk,
+            columns=list(columns),
+            use_threads=False,  # decoding is a few % of the rebuild; each thread keeps buffers
+        ):
+            read = [batch.column(i).to_pylist() for i in range(len(columns))]
+            rows = batch.num_rows
+            del batch
+            _release_arrow_memory()
+            if any(None in column for column in read):
+                raise ExportError(f"{path} records {index + 1}-{index + rows}: empty field")
+            index += rows
+            yield f"{path} record {index}", list(zip(*read, strict=True))
+    except (pa.ArrowException, UnicodeDecodeError, OSError) as error:  # damaged pages
+        raise ExportError(
+            f"{path}: cannot read Parquet export after record {index}: {first_line(error)}"
+        ) from None
 
 
 @dataclass
