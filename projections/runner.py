@@ -303,10 +303,6 @@ def _transient_errors() -> tuple[type[BaseException], ...]:
 TRANSIENT_ERRORS: Final = _transient_errors()
 
 
-#: Reads of the stored rows before a runner gives up on one that no commit comes between.
-_LOAD_ATTEMPTS: Final = 100
-
-
 class ProjectionRunner:
     """Folds the log into projections held in `store`.
 
@@ -356,36 +352,29 @@ class ProjectionRunner:
         self._check_source()
 
     def _load(self) -> None:
-        """Start from what the store holds: positions, and the bounded tables, as of one
-        commit.
+        """Start from what the store holds: positions, and the bounded tables, read in one
+        snapshot of the store (`consistent_reads`).
 
         Another runner on the same store (a second `project --follow`, a `project` run
-        beside `serve`) may commit while they are read, each table in a read of its own:
-        rows read before its commit with positions read after it would pass the next
-        commit's position check and write over that runner's batch (a fill lost from the
-        positions, P&L and statistics for good). Positions only move forward and every
-        commit moves one, so the positions are read before and after the rows, and the
-        rows read again until no commit came between."""
-        for _ in range(_LOAD_ATTEMPTS):
-            positions = {p.name: self.store.position(p) for p in self.projections}
-            # Built aside and assigned together: a load that fails half way (a lost
-            # connection) leaves the runner as it was, to be loaded again, never half loaded.
-            loaded: dict[str, Working] = {}
+        beside `serve`) may commit while they are read: read each in a read of its own,
+        rows from before its commit with positions from after it passed the next commit's
+        position check and wrote over that runner's batch (a fill lost from the
+        positions, P&L and statistics for good)."""
+        # Built aside and assigned together: a load that fails half way (a lost connection)
+        # leaves the runner as it was, to be loaded again, never half loaded.
+        loaded: dict[str, Working] = {}
+        with self.store.consistent_reads() as cur:
+            positions = {p.name: self.store.position_in(cur, p) for p in self.projections}
             for projection in self.projections:
                 working = projection.working(self._loader(projection))
                 for table in projection.tables:
                     if table.kind == "bounded":
-                        working.load(table.name, self.store.load_cells(projection, table))
+                        rows = self.store.load_cells(projection, table, cursor=cur)
+                        working.load(table.name, rows)
                 loaded[projection.name] = working
-            if positions == {p.name: self.store.position(p) for p in self.projections}:
-                self.working: dict[str, Working] = loaded
-                self.positions: dict[str, int] = positions
-                self._needs_load = False
-                return
-        raise RuntimeError(
-            f"{self.store.where}: other runners committed during each of {_LOAD_ATTEMPTS}"
-            " reads of the projections' rows; start this one again when they are fewer"
-        )
+        self.working: dict[str, Working] = loaded
+        self.positions: dict[str, int] = positions
+        self._needs_load = False
 
     #: Set when a batch failed between its fold and its commit: the working sets may hold
     #: folds no commit carried, and must be loaded from the store again before the next

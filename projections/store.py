@@ -347,10 +347,12 @@ class ProjectionStore(ABC):
         keys: Sequence[Key] | None = None,
         *,
         beside_writes: bool = False,
+        cursor: Any = None,
     ) -> dict[Key, Any]:
         """Cells (mutable rows) of one table: every row, or those at `keys`; with
         `beside_writes`, read through `committed_reads` (safe while a write is in
-        flight on another thread, and blind to it)."""
+        flight on another thread, and blind to it); with `cursor`, through that (one of
+        `consistent_reads`, for rows of one snapshot)."""
         cells: dict[Key, Any] = {}
         if keys is not None and not keys:
             return cells
@@ -362,7 +364,14 @@ class ProjectionStore(ABC):
         )
         make = table.cell_type
         key_at = [names.index(k) for k in table.key_fields]
-        with self.committed_reads() if beside_writes else self.reading() as cur:
+        reads = (
+            contextlib.nullcontext(cursor)
+            if cursor is not None
+            else self.committed_reads()
+            if beside_writes
+            else self.reading()
+        )
+        with reads as cur:
             batches: list[Sequence[Key] | None] = [None]
             if keys is not None:
                 batches = [keys[i : i + 500] for i in range(0, len(keys), 500)]
@@ -1231,7 +1240,7 @@ def store_for_file(path: str | Path) -> ProjectionStore:
     """An analyst's file: `.duckdb` for DuckDB, anything else SQLite."""
     return (
         DuckDBProjectionStore(path)
-        if str(path).endswith(".duckdb")
+        if str(path).lower().endswith(".duckdb")
         else SQLiteProjectionStore(path, cache_mb=None)
     )
 
