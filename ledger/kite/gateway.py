@@ -1298,9 +1298,21 @@ class KiteGateway:
             for order in self.open_orders()
             if order.broker_order_id is not None and order.account == self.account
         }
-        broker_orders, unread = parse_each_order(self.call("orders"))
-        trades, unread_trades = parse_each_trade(self.call("trades"))
-        result.problems += unread + unread_trades
+        book, trade_book = (
+            parse_each_order(self.call("orders")),
+            parse_each_trade(self.call("trades")),
+        )
+        broker_orders, trades = book.parsed, trade_book.parsed
+        result.problems += book.problems + trade_book.problems
+        for unread in book.unread_ids:  # listed, though not read: not missing from the book
+            if unlisted.pop(unread, None) is not None:
+                try:  # its history may read where the book's copy did not
+                    converged = self.converge(unread, source)
+                except KitePayloadError as error:
+                    result.problems.append(f"order {unread}: {error}")
+                    continue
+                result.recorded += converged.recorded
+                result.problems.extend(converged.problems)
         trade_ids: dict[str, set[str]] = {}
         for trade in trades:
             trade_ids.setdefault(trade.order_id, set()).add(trade.trade_id)

@@ -11,9 +11,10 @@ too. Unknown fields are kept (Kite adds fields over time) but never trusted.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, time
 from decimal import Decimal, InvalidOperation
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Generic, TypeVar
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
@@ -209,28 +210,39 @@ def parse_trades(data: Any) -> list[KiteTrade]:
     return _parse(KiteTrade, "trade", data)
 
 
-def parse_each_order(data: Any) -> tuple[list[KiteOrder], list[str]]:
-    """`parse_orders`, record by record: the records that parse, and a problem for each
-    one that does not (one odd order in Kite's book, placed anywhere, stopped every poll
-    and `serve`'s start)."""
+@dataclass
+class ParsedEach(Generic[_P]):
+    """What record-by-record parsing made of a list: the records that parse, a problem
+    for each that does not, and the ids of those (where they name one)."""
+
+    parsed: list[_P] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    unread_ids: list[str] = field(default_factory=list)
+
+
+def parse_each_order(data: Any) -> ParsedEach[KiteOrder]:
+    """`parse_orders`, record by record: one odd order in Kite's book, placed anywhere,
+    stopped every poll and `serve`'s start."""
     return _parse_each(KiteOrder, "order", data)
 
 
-def parse_each_trade(data: Any) -> tuple[list[KiteTrade], list[str]]:
+def parse_each_trade(data: Any) -> ParsedEach[KiteTrade]:
     """`parse_trades`, record by record (as `parse_each_order`)."""
     return _parse_each(KiteTrade, "trade", data)
 
 
-def _parse_each(model: type[_P], kind: str, data: Any) -> tuple[list[_P], list[str]]:
-    parsed, problems = [], []
+def _parse_each(model: type[_P], kind: str, data: Any) -> ParsedEach[_P]:
+    result: ParsedEach[_P] = ParsedEach()
     for index, item in enumerate(_data_list(data, kind)):
         try:
-            parsed.append(model.model_validate(item))
+            result.parsed.append(model.model_validate(item))
         except ValidationError as error:
             named = item.get(f"{kind}_id") if isinstance(item, dict) else None
+            if isinstance(named, str) and named:
+                result.unread_ids.append(named)
             which = f"{kind} {named}" if isinstance(named, str) and named else f"{kind} record"
-            problems.append(f"Kite {which} (record {index}) not read: {_problems(error)}")
-    return parsed, problems
+            result.problems.append(f"Kite {which} (record {index}) not read: {_problems(error)}")
+    return result
 
 
 def _parse(model: type[_P], kind: str, data: Any) -> list[_P]:

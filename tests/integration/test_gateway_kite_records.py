@@ -1810,3 +1810,26 @@ def test_an_odd_record_in_kites_books_does_not_stop_the_poll(ledger: OrderLedger
         "Kite trade T-odd (record 1)",
     ]
     KiteService(gateway, api_secret="s", app_id=1, poll_interval=3600).start().stop()
+
+
+def test_an_unreadable_book_copy_of_our_order_is_not_reported_missing(ledger: OrderLedger) -> None:
+    """Read record by record, an order whose copy in Kite's book did not parse was
+    reported as one Kite's book "does not list", and its fills were not picked up,
+    though its history (read on its own) parses."""
+    kite = ScriptedKite()
+    gateway = gateway_for(ledger, kite)
+    order = kite.placed(gateway, submit(ledger, "ours", quantity=100, price="812.35"))
+    broker_id = order.broker_order_id
+    assert broker_id is not None
+    good = kite_record(
+        order, broker_id, filled_quantity=40, pending_quantity=60, average_price=812.35
+    )
+    kite.histories[broker_id] = [good]
+    kite.trade_book.append(kite_trade(order, broker_id, "T-1", 40, "812.35"))
+    kite.orders = lambda: [dict(good, filled_quantity=None)]  # type: ignore[method-assign]
+    result = gateway.poll()
+    assert [p.split(" not read:")[0] for p in result.problems] == [
+        f"Kite order {broker_id} (record 0)"
+    ]
+    assert result.differences == []
+    assert ledger.get_order(order.id).filled_quantity == 40
