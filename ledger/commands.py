@@ -79,6 +79,20 @@ Text = Annotated[str, Field(min_length=1, max_length=200)]
 _CONTROL: Final = {code: True for code in (*range(0x20), 0x7F) if chr(code) not in "\t\n\r"}
 
 
+def _refused(command: str, error: pydantic.ValidationError) -> InvalidCommand:
+    """pydantic's errors as the ledger's refusal, one problem a field."""
+    return InvalidCommand(
+        command,
+        [
+            Problem(
+                ".".join(str(part) for part in e["loc"]) or "command",
+                e["msg"].removeprefix("Value error, "),
+            )
+            for e in error.errors()
+        ],
+    )
+
+
 class Command(BaseModel):
     """Base of every command: frozen, no unknown fields, domain errors on bad input."""
 
@@ -88,16 +102,10 @@ class Command(BaseModel):
         try:
             super().__init__(**data)
         except pydantic.ValidationError as error:
-            raise InvalidCommand(
-                type(self).__name__,
-                [
-                    Problem(
-                        ".".join(str(part) for part in e["loc"]) or "command",
-                        e["msg"].removeprefix("Value error, "),
-                    )
-                    for e in error.errors()
-                ],
-            ) from None
+            raise _refused(type(self).__name__, error) from None
+        self._check()
+
+    def _check(self) -> None:
         problems = self.problems()
         if problems:
             raise InvalidCommand(type(self).__name__, problems)
@@ -143,20 +151,62 @@ class Command(BaseModel):
         by_alias: bool | None = None,
         by_name: bool | None = None,
     ) -> Self:
-        """`parse`, for a mapping (or a command, checked again)."""
-        if isinstance(obj, Command):
-            obj = obj.model_dump()
-        return cls.parse(obj)
+        """pydantic's validation, with its options, then the rules across fields; errors
+        as the constructor's (`InvalidCommand`)."""
+        try:
+            command = super().model_validate(
+                obj,
+                strict=strict,
+                extra=extra,
+                from_attributes=from_attributes,
+                context=context,
+                by_alias=by_alias,
+                by_name=by_name,
+            )
+        except pydantic.ValidationError as error:
+            raise _refused(cls.__name__, error) from None
+        command._check()
+        return command
+
+    @classmethod
+    def model_validate_json(
+        cls,
+        json_data: str | bytes | bytearray,
+        *,
+        strict: bool | None = None,
+        extra: Any = None,
+        context: Any | None = None,
+        by_alias: bool | None = None,
+        by_name: bool | None = None,
+    ) -> Self:
+        """As `model_validate`, from JSON text."""
+        try:
+            command = super().model_validate_json(
+                json_data,
+                strict=strict,
+                extra=extra,
+                context=context,
+                by_alias=by_alias,
+                by_name=by_name,
+            )
+        except pydantic.ValidationError as error:
+            raise _refused(cls.__name__, error) from None
+        command._check()
+        return command
 
     def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
-        """A copy; with `update`, a new command made from the changed fields and checked."""
+        """A copy; with `update`, a new command made from the fields set and the changed
+        ones, and checked (the fields it was given stay the fields set)."""
         if not update:
             return super().model_copy(deep=deep)
-        return type(self)(**{**self.model_dump(), **update})
+        given = self.model_dump(include=set(self.model_fields_set))
+        return type(self)(**{**given, **update})
 
     @classmethod
     def parse(cls, data: dict[str, Any]) -> Self:
         """Build from a mapping (JSON, CLI), with the same validation."""
+        if isinstance(data, Mapping) and not isinstance(data, dict):
+            data = dict(data)
         if not isinstance(data, dict):
             raise InvalidCommand(
                 cls.__name__, [Problem("command", f"expected a mapping, got {type(data).__name__}")]

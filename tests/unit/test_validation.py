@@ -315,3 +315,21 @@ def test_pydantics_unchecked_ways_of_making_a_command_check_it_all_the_same() ->
     assert (copied.charges, copied.trade_id) == (Decimal("1.5"), "T1")
     assert RecordFill.model_validate(copied) == copied
     assert RecordFill(**fields).model_copy() == RecordFill(**fields)
+
+
+def test_model_validate_takes_pydantics_options_and_any_mapping() -> None:
+    """The checked `model_validate` refused a read-only mapping ("expected a mapping")
+    and dropped `from_attributes`; `model_copy(update=)` marked every field as set."""
+    from types import MappingProxyType, SimpleNamespace
+
+    fields = submit_command().model_dump(exclude_unset=True)
+    assert SubmitOrder.model_validate(MappingProxyType(fields)) == SubmitOrder(**fields)
+    order_id = uuid4()
+    row = SimpleNamespace(order_id=order_id, reason="stop", actor="api")
+    assert CancelOrder.model_validate(row, from_attributes=True).order_id == order_id
+    as_json = SubmitOrder(**fields).model_dump_json()
+    assert SubmitOrder.model_validate_json(as_json) == SubmitOrder(**fields)
+    with pytest.raises(InvalidCommand, match="quantity: must be greater than 0"):
+        SubmitOrder.model_validate_json(as_json.replace('"quantity":100', '"quantity":0'))
+    copied = SubmitOrder(**fields).model_copy(update={"quantity": 5})
+    assert copied.model_fields_set == set(fields) | {"quantity"}
