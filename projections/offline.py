@@ -788,7 +788,7 @@ def offline_rebuild(
         if on_batch is not None:
             on_batch(done, total)
 
-    duckdb = target.suffix == ".duckdb"
+    duckdb = target.suffix.lower() == ".duckdb"
     try:
         store = store_for_file(partial) if duckdb else WriterProcessStore(partial)
     except Exception as error:  # an existing target that is not a database of its kind
@@ -840,7 +840,7 @@ def offline_rebuild(
 
 
 #: What an offline rebuild writes: a DuckDB file, or a SQLite one.
-REBUILD_SUFFIXES: Final = (".duckdb", ".sqlite", ".sqlite3", ".db")
+REBUILD_SUFFIXES: Final = (".duckdb", ".sqlite", ".sqlite3", ".sqlitedb", ".db")
 
 
 def _refuse_live_files(target: Path) -> None:
@@ -850,9 +850,10 @@ def _refuse_live_files(target: Path) -> None:
     that is not its own), or the ledger's live projections replaced by those of an export,
     shown by every read command as current. Those are refused, and so is a name that says
     another format (`out.csv` got a SQLite file)."""
-    if target.suffix not in REBUILD_SUFFIXES:
+    suffix = target.suffix.lower()
+    if suffix and suffix not in REBUILD_SUFFIXES:  # (no suffix: SQLite, as it always was)
         raise ExportError(
-            f"{target}: name a .duckdb file (DuckDB) or a .sqlite or .db file (SQLite)"
+            f"{target}: name a .duckdb file (DuckDB) or a .sqlite, .sqlite3 or .db file (SQLite)"
         )
     stem = target.stem
     if stem.endswith(".projections"):
@@ -862,7 +863,7 @@ def _refuse_live_files(target: Path) -> None:
                 f"{target}: is the live projections file of the ledger {ledger_file};"
                 " rebuild those with `kite-ledger rebuild`, or name a file of its own"
             )
-    if target.suffix != ".duckdb" and target.exists() and target.stat().st_size:
+    if suffix != ".duckdb" and target.exists() and target.stat().st_size:
         try:
             with contextlib.closing(sqlite3.connect(f"file:{target}?mode=ro", uri=True)) as conn:
                 tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}

@@ -260,6 +260,13 @@ def test_checkpoint_export_replaces_only_a_digest_file(demo_dir: Path) -> None:
     assert refused.returncode == 2
     assert "notes.json exists and is not a digest file" in refused.stderr
     assert (demo_dir / "notes.json").read_text() == '{"not": "digests"}'
+    # One written before any checkpoint (none to export yet) is a digest file all the same.
+    empty = demo_dir / "empty"
+    empty.mkdir()
+    (empty / "d.json").write_text('{"kind": "kite-ledger digests", "checkpoints": []}')
+    assert (
+        run("checkpoint", "--db", "../ledger.db", "--export", "d.json", cwd=empty).returncode == 0
+    )
     assert run("checkpoint", "--export", "kept.json", cwd=demo_dir).returncode == 0
     again = run("checkpoint", "--export", "kept.json", cwd=demo_dir)
     assert again.returncode == 0, again.stderr
@@ -303,7 +310,7 @@ def test_paths_that_are_not_what_a_command_wants_are_refused_clearly(demo_dir: P
         ),
         (
             ["offline-rebuild", "--from", "e.jsonl", "--into", "notes.txt"],
-            "notes.txt: name a .duckdb file (DuckDB) or a .sqlite or .db file (SQLite)",
+            "notes.txt: name a .duckdb file (DuckDB) or a .sqlite, .sqlite3 or .db file (SQLite)",
         ),
         (
             ["offline-rebuild", "--from", "e.jsonl", "--into", "nodir/x.sqlite"],
