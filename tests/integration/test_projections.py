@@ -147,7 +147,7 @@ def test_a_batch_whose_commit_and_reload_both_fail_is_not_folded_twice(
     ledger.record(fill(order, "T1", 10))
     failures = {"write": 1, "position": 1}
     write = store.commit if path == "run_once" else store.write
-    position = store.position
+    position_in = store.position_in
 
     def failing_write(*args: Any, **kwargs: Any) -> Any:
         if failures["write"]:
@@ -155,14 +155,14 @@ def test_a_batch_whose_commit_and_reload_both_fail_is_not_folded_twice(
             raise ConnectionError("the store went away")
         return write(*args, **kwargs)
 
-    def failing_position(projection: Projection) -> int:
+    def failing_position(cur: Any, projection: Projection) -> int:
         if failures["position"]:
             failures["position"] -= 1
             raise ConnectionError("the store is still away")
-        return position(projection)
+        return position_in(cur, projection)
 
     monkeypatch.setattr(store, "commit" if path == "run_once" else "write", failing_write)
-    monkeypatch.setattr(store, "position", failing_position)
+    monkeypatch.setattr(store, "position_in", failing_position)
     with pytest.raises(ConnectionError, match="still away"):
         getattr(runner, path)()
     assert getattr(runner, path)() == 1
