@@ -11,7 +11,7 @@ Commands are imperative (`SubmitOrder`); the events they lead to are in the past
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from decimal import Decimal
 from typing import Annotated, Any, Final, Literal, Self
 from uuid import UUID
@@ -153,8 +153,8 @@ class Command(BaseModel):
     ) -> Self:
         """pydantic's validation, with its options, then the rules across fields; errors
         as the constructor's (`InvalidCommand`)."""
-        try:
-            command = super().model_validate(
+        return cls._checked(
+            lambda: super(Command, cls).model_validate(
                 obj,
                 strict=strict,
                 extra=extra,
@@ -163,10 +163,7 @@ class Command(BaseModel):
                 by_alias=by_alias,
                 by_name=by_name,
             )
-        except pydantic.ValidationError as error:
-            raise _refused(cls.__name__, error) from None
-        command._check()
-        return command
+        )
 
     @classmethod
     def model_validate_json(
@@ -180,15 +177,19 @@ class Command(BaseModel):
         by_name: bool | None = None,
     ) -> Self:
         """As `model_validate`, from JSON text."""
-        try:
-            command = super().model_validate_json(
-                json_data,
-                strict=strict,
-                extra=extra,
-                context=context,
-                by_alias=by_alias,
+        return cls._checked(
+            lambda: super(Command, cls).model_validate_json(
+                json_data, strict=strict, extra=extra, context=context, by_alias=by_alias,
                 by_name=by_name,
             )
+        )  # fmt: skip
+
+    @classmethod
+    def _checked(cls, validate: Callable[[], Self]) -> Self:
+        """pydantic's validation (`validate`) with its errors as `InvalidCommand`, then
+        the rules across fields."""
+        try:
+            command = validate()
         except pydantic.ValidationError as error:
             raise _refused(cls.__name__, error) from None
         command._check()
